@@ -1,0 +1,152 @@
+//! Bidirectional TCP forwarding. On Linux the bytes go socket -> pipe -> socket with
+//! `splice(2)` and never enter userspace; elsewhere they are copied.
+
+use std::io;
+use std::sync::atomic::AtomicU64;
+
+use tokio::net::TcpStream;
+
+/// Forwards both ways until both have ended. `on_first_eof` runs once, when the first
+/// direction ends (the connection becomes half-closed). An error in either direction ends
+/// both (the caller drops the sockets).
+pub(crate) async fn forward(
+    client: &TcpStream,
+    server: &TcpStream,
+    bytes_in: &AtomicU64,
+    bytes_out: &AtomicU64,
+    on_first_eof: impl Fn(),
+) -> io::Result<()> {
+    let first_eof = std::sync::Once::new();
+    let upstream = async {
+        pump(client, server, bytes_in).await?;
+        first_eof.call_once(&on_first_eof);
+        Ok::<_, io::Error>(())
+    };
+    let downstream = async {
+        pump(server, client, bytes_out).await?;
+        first_eof.call_once(&on_first_eof);
+        Ok::<_, io::Error>(())
+    };
+    tokio::try_join!(upstream, downstream).map(|_| ())
+}
+
+fn shutdown_write(stream: &TcpStream) -> io::Result<()> {
+    match socket2::SockRef::from(stream).shutdown(std::net::Shutdown::Write) {
+        // The peer already went away; nothing left to tell it.
+        Err(e) if e.kind() == io::ErrorKind::NotConnected => Ok(()),
+        other => other,
+    }
+}
+
+#[cfg(target_os = "linux")]
+use linux::pump;
+
+#[cfg(target_os = "linux")]
+mod linux {
+    use std::io;
+    use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
+    use std::sync::atomic::{AtomicU64, Ordering};
+
+    use tokio::io::Interest;
+    use tokio::net::TcpStream;
+
+    use super::shutdown_write;
+
+    /// A bigger pipe means fewer system calls per megabyte; the kernel may give less.
+    const PIPE_SIZE: libc::c_int = 256 * 1024;
+
+    struct Pipe {
+        read: OwnedFd,
+        write: OwnedFd,
+        size: usize,
+    }
+
+    impl Pipe {
+        fn new() -> io::Result<Pipe> {
+            let mut fds = [0 as RawFd; 2];
+            // SAFETY: fds is a valid array of two ints for pipe2 to fill.
+            if unsafe { libc::pipe2(fds.as_mut_ptr(), libc::O_NONBLOCK | libc::O_CLOEXEC) } != 0 {
+                return Err(io::Error::last_os_error());
+            }
+            // SAFETY: pipe2 succeeded, so both are open descriptors we now own.
+            let (read, write) = unsafe { (OwnedFd::from_raw_fd(fds[0]), OwnedFd::from_raw_fd(fds[1])) };
+            // SAFETY: F_SETPIPE_SZ on our own pipe; failure leaves the default size.
+            let granted = unsafe { libc::fcntl(write.as_raw_fd(), libc::F_SETPIPE_SZ, PIPE_SIZE) };
+            let size = if granted > 0 { granted as usize } else { 64 * 1024 };
+            Ok(Pipe { read, write, size })
+        }
+    }
+
+    fn splice(from: RawFd, to: RawFd, len: usize) -> io::Result<usize> {
+        // SAFETY: both descriptors are open for the duration of the call; null offsets are
+        // required for pipes and sockets.
+        let n = unsafe {
+            libc::splice(
+                from,
+                std::ptr::null_mut(),
+                to,
+                std::ptr::null_mut(),
+                len,
+                libc::SPLICE_F_MOVE | libc::SPLICE_F_NONBLOCK,
+            )
+        };
+        if n < 0 {
+            Err(io::Error::last_os_error())
+        } else {
+            Ok(n as usize)
+        }
+    }
+
+    /// Moves bytes from `src` to `dst` until `src` ends, then half-closes `dst`.
+    pub(crate) async fn pump(src: &TcpStream, dst: &TcpStream, bytes: &AtomicU64) -> io::Result<()> {
+        let pipe = Pipe::new()?;
+        loop {
+            let filled = loop {
+                src.readable().await?;
+                match src.try_io(Interest::READABLE, || splice(src.as_raw_fd(), pipe.write.as_raw_fd(), pipe.size)) {
+                    Ok(n) => break n,
+                    Err(e) if e.kind() == io::ErrorKind::WouldBlock => continue,
+                    Err(e) => return Err(e),
+                }
+            };
+            if filled == 0 {
+                return shutdown_write(dst);
+            }
+            let mut left = filled;
+            while left > 0 {
+                dst.writable().await?;
+                match dst.try_io(Interest::WRITABLE, || splice(pipe.read.as_raw_fd(), dst.as_raw_fd(), left)) {
+                    Ok(n) => left -= n,
+                    Err(e) if e.kind() == io::ErrorKind::WouldBlock => continue,
+                    Err(e) => return Err(e),
+                }
+            }
+            bytes.fetch_add(filled as u64, Ordering::Relaxed);
+        }
+    }
+}
+
+#[cfg(not(target_os = "linux"))]
+async fn pump(src: &TcpStream, dst: &TcpStream, bytes: &AtomicU64) -> io::Result<()> {
+    use std::sync::atomic::Ordering;
+    let mut buf = vec![0u8; 64 * 1024];
+    loop {
+        src.readable().await?;
+        let n = match src.try_read(&mut buf) {
+            Ok(0) => return shutdown_write(dst),
+            Ok(n) => n,
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => continue,
+            Err(e) => return Err(e),
+        };
+        let mut sent = 0;
+        while sent < n {
+            dst.writable().await?;
+            match dst.try_write(&buf[sent..n]) {
+                Ok(m) => sent += m,
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => continue,
+                Err(e) => return Err(e),
+            }
+        }
+        bytes.fetch_add(n as u64, Ordering::Relaxed);
+    }
+}

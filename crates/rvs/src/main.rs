@@ -1,0 +1,85 @@
+//! `rvs`: one binary for the service data plane.
+
+mod check;
+mod echo;
+mod ls;
+mod run;
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use clap::{Parser, Subcommand};
+
+#[derive(Parser)]
+#[command(name = "rvs", version, about = "Rust Virtual Server: a Kubernetes service data plane with IPVS's model")]
+struct Cli {
+    /// Log filter (tracing's EnvFilter syntax), e.g. `info`, `rvs_l4=debug`.
+    #[arg(long, global = true, env = "RVS_LOG", default_value = "info")]
+    log: String,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Proxy every Service in a manifest directory to its endpoints.
+    Run(run::RunArgs),
+    /// Validate a manifest directory: one line per problem, non-zero exit if any.
+    Check {
+        /// The manifest directory.
+        #[arg(short = 'f', long = "filename")]
+        dir: PathBuf,
+    },
+    /// Print the live table like `ipvsadm -Ln --stats`, read from a running rvs.
+    Ls {
+        /// The admin address of the running rvs.
+        #[arg(long, default_value = "127.0.0.1:9090")]
+        admin: SocketAddr,
+        /// List connections instead (like `ipvsadm -Lnc`).
+        #[arg(short = 'c', long)]
+        connections: bool,
+        /// Print the JSON the admin API returns.
+        #[arg(long)]
+        json: bool,
+    },
+    /// A small backend for trying rvs out: answers with its name and the client it saw.
+    Echo(echo::EchoArgs),
+}
+
+pub(crate) fn parse_duration(s: &str) -> Result<Duration, String> {
+    if let Ok(secs) = s.parse::<u64>() {
+        return Ok(Duration::from_secs(secs));
+    }
+    humantime::parse_duration(s).map_err(|e| format!("{s:?} is not a duration (like 1s, 500ms, 5m): {e}"))
+}
+
+fn main() -> std::process::ExitCode {
+    let cli = Cli::parse();
+    let filter = tracing_subscriber::EnvFilter::try_new(&cli.log)
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).init();
+
+    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("rvs: cannot start the runtime: {e}");
+            return std::process::ExitCode::FAILURE;
+        }
+    };
+    let result = runtime.block_on(async move {
+        match cli.command {
+            Command::Run(args) => run::run(args).await,
+            Command::Check { dir } => check::check(&dir),
+            Command::Ls { admin, connections, json } => ls::ls(admin, connections, json).await,
+            Command::Echo(args) => echo::echo(args).await,
+        }
+    });
+    match result {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("rvs: {e:#}");
+            std::process::ExitCode::FAILURE
+        }
+    }
+}

@@ -1,0 +1,242 @@
+//! `rvs run`: source -> snapshot -> engine, and the admin server beside them.
+
+use std::collections::BTreeSet;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use anyhow::Context;
+use clap::Args;
+use ipnet::IpNet;
+use rvs_admin::{AdminSource, ConfigStatus};
+use rvs_l4::{Engine, EngineConfig};
+use rvs_model::status::{ConnectionStatus, ServiceTable};
+use rvs_model::{BuildOptions, Frontend, Problem, SchedulerKind, Snapshot};
+use rvs_source::ManifestDir;
+
+#[derive(Args)]
+pub struct RunArgs {
+    /// The manifest directory (Services and EndpointSlices; watched for changes).
+    #[arg(short = 'f', long = "filename")]
+    dir: PathBuf,
+    /// Admin HTTP address: /healthz, /readyz, /metrics, /api/v1/services.
+    #[arg(long, default_value = "127.0.0.1:9090")]
+    admin: SocketAddr,
+    /// Scheduler for Services without the rvs.io/scheduler annotation.
+    #[arg(long, default_value = "rr")]
+    scheduler: SchedulerKind,
+    /// Time allowed for a real server to accept a connection before the next is tried.
+    #[arg(long, default_value = "1s", value_parser = crate::parse_duration)]
+    connect_timeout: Duration,
+    /// Close a removed real server's connections at once (IPVS expire_nodest_conn=1).
+    #[arg(long)]
+    expire_removed: bool,
+    /// Idle timeout of UDP flows.
+    #[arg(long, default_value = "300s", value_parser = crate::parse_duration)]
+    udp_timeout: Duration,
+    /// NodePorts listen on node addresses inside these networks (comma separated CIDRs);
+    /// default: all node addresses.
+    #[arg(long, value_delimiter = ',')]
+    nodeport_addresses: Vec<IpNet>,
+    /// Add virtual addresses to this interface (and remove them), like kube-ipvs0.
+    #[arg(long, value_name = "IFACE")]
+    manage_vips: Option<String>,
+    /// On SIGTERM, how long open connections may take to finish.
+    #[arg(long, default_value = "30s", value_parser = crate::parse_duration)]
+    shutdown_grace: Duration,
+}
+
+/// What the admin server reads.
+struct State {
+    engine: Engine,
+    ready: AtomicBool,
+    config: Mutex<ConfigStatus>,
+}
+
+impl AdminSource for State {
+    fn table(&self) -> ServiceTable {
+        self.engine.table()
+    }
+    fn ready(&self) -> bool {
+        self.ready.load(Ordering::Relaxed)
+    }
+    fn config(&self) -> ConfigStatus {
+        self.config.lock().map(|c| c.clone()).unwrap_or_default()
+    }
+    fn connections(&self) -> Vec<ConnectionStatus> {
+        self.engine.connections()
+    }
+}
+
+pub async fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
+    let engine = Engine::new(EngineConfig {
+        connect_timeout: args.connect_timeout,
+        connect_tries: 3,
+        expire_removed: args.expire_removed,
+        udp_timeout: args.udp_timeout,
+        nodeport_addresses: args.nodeport_addresses.clone(),
+        manage_vips: args.manage_vips.clone(),
+    });
+    let state = Arc::new(State {
+        engine: engine.clone(),
+        ready: AtomicBool::new(false),
+        config: Mutex::new(ConfigStatus::default()),
+    });
+    let admin = tokio::net::TcpListener::bind(args.admin)
+        .await
+        .with_context(|| format!("--admin {}: cannot listen", args.admin))?;
+    let shutdown = shutdown_signal();
+    tokio::spawn(rvs_admin::serve(admin, state.clone(), shutdown.clone().wait()));
+
+    let mut dir = ManifestDir::new(&args.dir);
+    let (_watcher, mut changes) =
+        rvs_source::watch_dir(&args.dir, Duration::from_millis(100), Duration::from_secs(2))
+            .with_context(|| format!("{}: cannot watch the manifest directory", args.dir.display()))?;
+    let options = BuildOptions { default_scheduler: args.scheduler };
+    let mut reloader = Reloader { previous: None, reported: BTreeSet::new() };
+    reloader.reload(&mut dir, &options, &state).await;
+    if let Some(snapshot) = &reloader.previous {
+        announce(snapshot, &engine, args.admin);
+    }
+    loop {
+        tokio::select! {
+            changed = changes.recv() => {
+                if changed.is_none() {
+                    anyhow::bail!("{}: the directory watcher stopped", args.dir.display());
+                }
+                reloader.reload(&mut dir, &options, &state).await;
+            }
+            _ = shutdown.clone().wait() => break,
+        }
+    }
+    tracing::info!(grace = ?args.shutdown_grace, "shutting down: no new connections, waiting for open ones");
+    state.ready.store(false, Ordering::Relaxed);
+    engine.shutdown(args.shutdown_grace).await;
+    Ok(ExitCode::SUCCESS)
+}
+
+struct Reloader {
+    previous: Option<Snapshot>,
+    /// Problems already logged, so a periodic reload does not repeat them.
+    reported: BTreeSet<String>,
+}
+
+impl Reloader {
+    async fn reload(&mut self, dir: &mut ManifestDir, options: &BuildOptions, state: &State) {
+        let loaded = dir.load();
+        let mut status = state.config.lock().map(|c| c.clone()).unwrap_or_default();
+        status.reloads_total += 1;
+        let (objects, mut problems) = match loaded {
+            Ok(l) => l,
+            Err(e) => {
+                tracing::error!("{e}; keeping the last good configuration");
+                status.reload_failures_total += 1;
+                status.last_reload_successful = false;
+                if let Ok(mut c) = state.config.lock() {
+                    *c = status;
+                }
+                return;
+            }
+        };
+        let (mut snapshot, built) = Snapshot::build(&objects, options, self.previous.as_ref());
+        problems.extend(built);
+        self.report(&problems);
+
+        let changed = self.previous.as_ref().is_none_or(|p| p.services != snapshot.services);
+        if changed {
+            let errors = state.engine.apply(&snapshot).await;
+            for e in &errors {
+                tracing::error!("{e}");
+            }
+            tracing::info!(version = snapshot.version, virtual_services = snapshot.services.len(), failed = errors.len(), "configuration applied");
+            status.last_reload_unix_seconds =
+                SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_secs_f64()).unwrap_or(0.0);
+            status.last_reload_successful = errors.is_empty();
+            if !errors.is_empty() {
+                status.reload_failures_total += 1;
+            }
+            status.problems = problems.iter().map(ToString::to_string).chain(errors.iter().map(ToString::to_string)).collect();
+            status.version = snapshot.version;
+            self.previous = Some(snapshot);
+        } else if let Some(previous) = &self.previous {
+            // Nothing to do; keep the version of what is in force.
+            snapshot.version = previous.version;
+            status.problems = problems.iter().map(ToString::to_string).collect();
+        }
+        if let Ok(mut c) = state.config.lock() {
+            *c = status;
+        }
+        state.ready.store(true, Ordering::Relaxed);
+    }
+
+    fn report(&mut self, problems: &[Problem]) {
+        let now: BTreeSet<String> = problems.iter().map(ToString::to_string).collect();
+        for line in now.difference(&self.reported) {
+            tracing::warn!("{line}");
+        }
+        self.reported = now;
+    }
+}
+
+/// Tells the user what is being served and how to try it.
+fn announce(snapshot: &Snapshot, engine: &Engine, admin: SocketAddr) {
+    let listening = engine.listening();
+    println!("rvs: serving {} virtual services (admin http://{admin}, `rvs ls` shows the table)", snapshot.services.len());
+    for vs in &snapshot.services {
+        let servers = vs.real_servers.iter().filter(|r| r.weight > 0).count();
+        let addrs: Vec<String> = match vs.frontend {
+            Frontend::Address { addr } => vec![addr.to_string()],
+            Frontend::NodePort { port, .. } => listening
+                .iter()
+                .filter(|(p, a)| *p == vs.protocol && a.port() == port)
+                .map(|(_, a)| a.to_string())
+                .collect(),
+        };
+        for addr in addrs {
+            println!("  {} {addr} -> {servers} real servers ({}, {})", vs.protocol, vs.service, vs.scheduler.kind);
+        }
+    }
+    if let Some(vs) = snapshot.services.iter().find(|v| matches!(v.frontend, Frontend::Address { .. }) && v.protocol == rvs_model::Protocol::Tcp) {
+        println!("try: curl http://{}/", vs.frontend);
+    }
+}
+
+/// A shutdown signal (SIGTERM or Ctrl-C) that many tasks can wait for.
+#[derive(Clone)]
+struct Shutdown(tokio::sync::watch::Receiver<bool>);
+
+impl Shutdown {
+    async fn wait(mut self) {
+        let _ = self.0.wait_for(|stop| *stop).await;
+    }
+}
+
+fn shutdown_signal() -> Shutdown {
+    let (tx, rx) = tokio::sync::watch::channel(false);
+    tokio::spawn(async move {
+        let ctrl_c = tokio::signal::ctrl_c();
+        #[cfg(unix)]
+        {
+            let mut term = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+                Ok(s) => s,
+                Err(e) => {
+                    tracing::warn!(error = %e, "cannot listen for SIGTERM");
+                    let _ = ctrl_c.await;
+                    let _ = tx.send(true);
+                    return;
+                }
+            };
+            tokio::select! {
+                _ = ctrl_c => {}
+                _ = term.recv() => {}
+            }
+        }
+        #[cfg(not(unix))]
+        let _ = ctrl_c.await;
+        let _ = tx.send(true);
+    });
+    Shutdown(rx)
+}

@@ -1,0 +1,234 @@
+//! A directory of Kubernetes manifests (`*.yaml`, `*.yml`, `*.json`, multi-document, `List`).
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+
+use k8s_openapi::api::core::v1::Service;
+use k8s_openapi::api::discovery::v1::EndpointSlice;
+use rvs_model::{ObjectRef, ObjectSet, Origin, Problem, Sourced};
+use serde::Deserialize;
+use serde_yaml::Value;
+
+#[derive(Debug, thiserror::Error)]
+pub enum SourceError {
+    #[error("{path}: cannot read the manifest directory: {source}")]
+    Dir { path: PathBuf, source: std::io::Error },
+}
+
+/// One object of a kind rvs reads.
+#[derive(Debug, Clone)]
+pub enum ParsedObject {
+    Service(Box<Service>),
+    EndpointSlice(Box<EndpointSlice>),
+}
+
+impl ParsedObject {
+    fn object_ref(&self) -> ObjectRef {
+        let (kind, meta) = match self {
+            ParsedObject::Service(s) => ("Service", &s.metadata),
+            ParsedObject::EndpointSlice(s) => ("EndpointSlice", &s.metadata),
+        };
+        ObjectRef {
+            kind: kind.into(),
+            namespace: meta.namespace.clone().unwrap_or_else(|| "default".into()),
+            name: meta.name.clone().unwrap_or_default(),
+        }
+    }
+}
+
+/// What one document of a file became.
+struct Document {
+    /// Identity read from the raw document, even when the object itself did not parse.
+    identity: Option<ObjectRef>,
+    result: Result<Option<ParsedObject>, Problem>,
+}
+
+fn parse_documents(path: &Path, text: &str) -> Result<Vec<Document>, Problem> {
+    let mut documents = Vec::new();
+    for (index, de) in serde_yaml::Deserializer::from_str(text).enumerate() {
+        let origin = Origin::File { path: path.to_path_buf(), document: index };
+        let value = Value::deserialize(de).map_err(|e| Problem {
+            origin: origin.clone(),
+            object: None,
+            field: String::new(),
+            message: format!("not valid YAML or JSON: {e}"),
+        })?;
+        flatten(value, &origin, &mut documents);
+    }
+    Ok(documents)
+}
+
+/// Expands `kind: List` (what `kubectl get -o yaml` writes) into its items.
+fn flatten(value: Value, origin: &Origin, out: &mut Vec<Document>) {
+    if value.is_null() {
+        return;
+    }
+    let kind = value.get("kind").and_then(Value::as_str).unwrap_or_default().to_string();
+    if kind == "List" || kind.ends_with("List") && value.get("items").is_some() {
+        if let Some(Value::Sequence(items)) = value.get("items").cloned() {
+            for item in items {
+                flatten(item, origin, out);
+            }
+        }
+        return;
+    }
+    out.push(parse_value(value, origin));
+}
+
+fn identity(kind: &str, value: &Value) -> Option<ObjectRef> {
+    let meta = value.get("metadata")?;
+    Some(ObjectRef {
+        kind: kind.to_string(),
+        namespace: meta.get("namespace").and_then(Value::as_str).unwrap_or("default").to_string(),
+        name: meta.get("name").and_then(Value::as_str)?.to_string(),
+    })
+}
+
+fn parse_value(value: Value, origin: &Origin) -> Document {
+    let api_version = value.get("apiVersion").and_then(Value::as_str).unwrap_or_default().to_string();
+    let kind = value.get("kind").and_then(Value::as_str).unwrap_or_default().to_string();
+    let identity = identity(&kind, &value);
+    let problem = |message: String| Problem {
+        origin: origin.clone(),
+        object: identity.clone(),
+        field: String::new(),
+        message,
+    };
+    let result = match (api_version.as_str(), kind.as_str()) {
+        ("v1", "Service") => serde_yaml::from_value::<Service>(value)
+            .map(|s| Some(ParsedObject::Service(Box::new(s))))
+            .map_err(|e| problem(format!("not a valid Service: {e}"))),
+        ("discovery.k8s.io/v1", "EndpointSlice") => serde_yaml::from_value::<EndpointSlice>(value)
+            .map(|s| Some(ParsedObject::EndpointSlice(Box::new(s))))
+            .map_err(|e| problem(format!("not a valid EndpointSlice: {e}"))),
+        (_, "") => Err(problem("has no kind".into())),
+        // Other kinds (Deployments, ConfigMaps, ...) are not rvs's business.
+        _ => Ok(None),
+    };
+    let result = result.and_then(|object| match object {
+        Some(o) if o.object_ref().name.is_empty() => Err(problem("metadata.name: missing".into())),
+        other => Ok(other),
+    });
+    Document { identity, result }
+}
+
+/// The last good objects of one file, by identity.
+#[derive(Default)]
+struct FileState {
+    objects: Vec<Sourced<ParsedObject>>,
+}
+
+/// A manifest directory, read whole on each load. Remembers each file's and each object's
+/// last good version, so a bad edit keeps the previous configuration serving.
+pub struct ManifestDir {
+    root: PathBuf,
+    files: HashMap<PathBuf, FileState>,
+}
+
+impl ManifestDir {
+    pub fn new(root: impl Into<PathBuf>) -> Self {
+        ManifestDir { root: root.into(), files: HashMap::new() }
+    }
+
+    pub fn root(&self) -> &Path {
+        &self.root
+    }
+
+    /// Reads every manifest under the directory (recursively, in name order).
+    pub fn load(&mut self) -> Result<(ObjectSet, Vec<Problem>), SourceError> {
+        let mut paths = Vec::new();
+        collect_files(&self.root, &mut paths)
+            .map_err(|source| SourceError::Dir { path: self.root.clone(), source })?;
+        paths.sort();
+        let mut problems = Vec::new();
+        let mut files = HashMap::new();
+        for path in paths {
+            let previous = self.files.remove(&path).unwrap_or_default();
+            let state = match std::fs::read_to_string(&path) {
+                Ok(text) => load_file(&path, &text, previous, &mut problems),
+                Err(e) => {
+                    problems.push(Problem {
+                        origin: Origin::File { path: path.clone(), document: 0 },
+                        object: None,
+                        field: String::new(),
+                        message: format!("cannot read: {e}"),
+                    });
+                    previous
+                }
+            };
+            files.insert(path, state);
+        }
+        self.files = files;
+
+        let mut set = ObjectSet::default();
+        let mut paths: Vec<&PathBuf> = self.files.keys().collect();
+        paths.sort();
+        for path in paths {
+            for sourced in &self.files[path].objects {
+                let origin = sourced.origin.clone();
+                match &sourced.object {
+                    ParsedObject::Service(s) => {
+                        set.services.push(Sourced { origin, object: (**s).clone() })
+                    }
+                    ParsedObject::EndpointSlice(s) => {
+                        set.endpoint_slices.push(Sourced { origin, object: (**s).clone() })
+                    }
+                }
+            }
+        }
+        Ok((set, problems))
+    }
+}
+
+fn load_file(path: &Path, text: &str, previous: FileState, problems: &mut Vec<Problem>) -> FileState {
+    let documents = match parse_documents(path, text) {
+        Ok(d) => d,
+        Err(problem) => {
+            problems.push(Problem {
+                message: format!("{}; keeping this file's last good objects", problem.message),
+                ..problem
+            });
+            return previous;
+        }
+    };
+    let mut objects = Vec::new();
+    for (index, doc) in documents.into_iter().enumerate() {
+        let origin = Origin::File { path: path.to_path_buf(), document: index };
+        match doc.result {
+            Ok(Some(object)) => objects.push(Sourced { origin, object }),
+            Ok(None) => {}
+            Err(problem) => {
+                let kept = doc.identity.as_ref().and_then(|id| {
+                    previous.objects.iter().find(|o| &o.object.object_ref() == id)
+                });
+                let suffix = if kept.is_some() { "; keeping its last good version" } else { "" };
+                problems.push(Problem { message: format!("{}{suffix}", problem.message), ..problem });
+                if let Some(old) = kept {
+                    objects.push(old.clone());
+                }
+            }
+        }
+    }
+    FileState { objects }
+}
+
+fn is_manifest(path: &Path) -> bool {
+    let hidden = path.file_name().and_then(|n| n.to_str()).is_some_and(|n| n.starts_with('.'));
+    let ext = path.extension().and_then(|e| e.to_str()).unwrap_or_default();
+    !hidden && matches!(ext, "yaml" | "yml" | "json")
+}
+
+fn collect_files(dir: &Path, out: &mut Vec<PathBuf>) -> std::io::Result<()> {
+    for entry in std::fs::read_dir(dir)? {
+        let entry = entry?;
+        let path = entry.path();
+        let file_type = entry.file_type()?;
+        let hidden = path.file_name().and_then(|n| n.to_str()).is_some_and(|n| n.starts_with('.'));
+        if file_type.is_dir() && !hidden {
+            collect_files(&path, out)?;
+        } else if is_manifest(&path) {
+            out.push(path);
+        }
+    }
+    Ok(())
+}
