@@ -118,6 +118,25 @@ fn human_bytes(n: u64) -> String {
     format!("{value:.0}E")
 }
 
+/// Prints the connection table like `ipvsadm -Lnc`.
+pub fn format_connections(conns: &[ConnectionStatus]) -> String {
+    let mut out = String::new();
+    let _ = writeln!(out, "rvs connection entries: {}", conns.len());
+    let _ = writeln!(
+        out,
+        "pro  {:<11} {:>8}  {:<28} {:<28} destination",
+        "state", "age", "source", "virtual"
+    );
+    for c in conns {
+        let _ = writeln!(
+            out,
+            "{:<4} {:<11} {:>7}s  {:<28} {:<28} {}",
+            c.protocol, c.state, c.age_seconds, c.client, c.virtual_address, c.real_server
+        );
+    }
+    out
+}
+
 #[cfg(test)]
 mod tests {
     use rvs_model::status::{RealServerStatus, VirtualServiceStatus};
@@ -224,23 +243,4 @@ UDP  [fd00::10]:53 mh (mh-fallback,mh-port)   kube-system/dns:dns
         assert_eq!(human_bytes(3_000_000_000), "3.0G");
         assert_eq!(human_bytes(u64::MAX), "18E");
     }
-}
-
-/// Prints the connection table like `ipvsadm -Lnc`.
-pub fn format_connections(conns: &[ConnectionStatus]) -> String {
-    let mut out = String::new();
-    let _ = writeln!(out, "rvs connection entries: {}", conns.len());
-    let _ = writeln!(
-        out,
-        "pro  {:<11} {:>8}  {:<28} {:<28} {}",
-        "state", "age", "source", "virtual", "destination"
-    );
-    for c in conns {
-        let _ = writeln!(
-            out,
-            "{:<4} {:<11} {:>7}s  {:<28} {:<28} {}",
-            c.protocol, c.state, c.age_seconds, c.client, c.virtual_address, c.real_server
-        );
-    }
-    out
 }

@@ -77,7 +77,9 @@ impl ConnTable {
                     client: info.client.to_string(),
                     virtual_address: info.vip.to_string(),
                     real_server: info.server.to_string(),
-                    state: ConnState::from_u8(info.state.load(Ordering::Relaxed)).name().into(),
+                    state: ConnState::from_u8(info.state.load(Ordering::Relaxed))
+                        .name()
+                        .into(),
                     age_seconds: now.duration_since(info.since).as_secs(),
                 });
             }
@@ -150,7 +152,8 @@ impl ConnGuard {
         self.set_state(state);
         self.server.connections.fetch_add(1, Ordering::Relaxed);
         if self.vs.persistence().is_some() {
-            self.vs.bind_template(self.info.client.ip(), self.server.addr);
+            self.vs
+                .bind_template(self.info.client.ip(), self.server.addr);
             self.templated = true;
         }
     }
@@ -170,7 +173,8 @@ impl Drop for ConnGuard {
         counter(&self.server, state).fetch_sub(1, Ordering::Relaxed);
         lock(&self.table.shards[self.id as usize % SHARDS]).remove(&self.id);
         if self.templated {
-            self.vs.release_template(self.info.client.ip(), self.server.addr);
+            self.vs
+                .release_template(self.info.client.ip(), self.server.addr);
         }
     }
 }

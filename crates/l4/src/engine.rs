@@ -9,7 +9,9 @@ use std::time::{Duration, Instant};
 
 use arc_swap::ArcSwap;
 use ipnet::IpNet;
-use rvs_model::status::{ConnectionStatus, RealServerStatus, ServerDisplayState, ServiceTable, VirtualServiceStatus};
+use rvs_model::status::{
+    ConnectionStatus, RealServerStatus, ServerDisplayState, ServiceTable, VirtualServiceStatus,
+};
 use rvs_model::{Frontend, IpFamily, Protocol, Snapshot, VirtualService};
 use tokio_util::sync::CancellationToken;
 
@@ -149,11 +151,18 @@ impl Engine {
                             .or_insert_with(|| Arc::new(ServerShared::new(rs.addr)))
                             .clone();
                         shared.removed.store(false, Ordering::Relaxed);
-                        ServerSlot { shared, weight: rs.weight, state: rs.state }
+                        ServerSlot {
+                            shared,
+                            weight: rs.weight,
+                            state: rs.state,
+                        }
                     })
                     .collect();
                 let previous = old.get(key).map(|o| &o.state);
-                next.insert(*key, Arc::new(VsRuntime::new(*key, (*vs).clone(), slots, previous)));
+                next.insert(
+                    *key,
+                    Arc::new(VsRuntime::new(*key, (*vs).clone(), slots, previous)),
+                );
             }
         }
 
@@ -173,7 +182,11 @@ impl Engine {
                             protocol: key.0,
                             address: key.1.to_string(),
                             service: vs.map(|v| v.config.service.to_string()).unwrap_or_default(),
-                            message: listen_error_message(&key, &e, inner.config.manage_vips.is_some()),
+                            message: listen_error_message(
+                                &key,
+                                &e,
+                                inner.config.manage_vips.is_some(),
+                            ),
                         });
                     }
                 }
@@ -208,11 +221,21 @@ impl Engine {
         match key.0 {
             Protocol::Tcp => {
                 let listener = crate::tcp::bind(key.1)?;
-                tokio::spawn(crate::tcp::accept_loop(listener, key, self.inner.clone(), stop.clone()));
+                tokio::spawn(crate::tcp::accept_loop(
+                    listener,
+                    key,
+                    self.inner.clone(),
+                    stop.clone(),
+                ));
             }
             Protocol::Udp => {
                 let socket = crate::udp::bind(key.1)?;
-                tokio::spawn(crate::udp::serve(socket, key, self.inner.clone(), stop.clone()));
+                tokio::spawn(crate::udp::serve(
+                    socket,
+                    key,
+                    self.inner.clone(),
+                    stop.clone(),
+                ));
             }
         }
         Ok(stop)
@@ -251,28 +274,42 @@ impl Engine {
             .into_iter()
             .map(|key| {
                 let vs = &current[key];
-                let status = |shared: &ServerShared, weight: u32, state: ServerDisplayState| RealServerStatus {
-                    address: shared.addr.to_string(),
-                    weight,
-                    active_conns: shared.active.load(Ordering::Relaxed).into(),
-                    inactive_conns: shared.inactive.load(Ordering::Relaxed).into(),
-                    connections: shared.connections.load(Ordering::Relaxed),
-                    bytes_in: shared.bytes_in.load(Ordering::Relaxed),
-                    bytes_out: shared.bytes_out.load(Ordering::Relaxed),
-                    state,
+                let status = |shared: &ServerShared, weight: u32, state: ServerDisplayState| {
+                    RealServerStatus {
+                        address: shared.addr.to_string(),
+                        weight,
+                        active_conns: shared.active.load(Ordering::Relaxed).into(),
+                        inactive_conns: shared.inactive.load(Ordering::Relaxed).into(),
+                        connections: shared.connections.load(Ordering::Relaxed),
+                        bytes_in: shared.bytes_in.load(Ordering::Relaxed),
+                        bytes_out: shared.bytes_out.load(Ordering::Relaxed),
+                        state,
+                    }
                 };
                 let mut real_servers: Vec<RealServerStatus> = vs
                     .servers
                     .iter()
-                    .map(|s| status(&s.shared, s.weight, ServerDisplayState::of(s.state, s.weight)))
+                    .map(|s| {
+                        status(
+                            &s.shared,
+                            s.weight,
+                            ServerDisplayState::of(s.state, s.weight),
+                        )
+                    })
                     .collect();
                 let mut removed: Vec<&Arc<ServerShared>> = registry
                     .iter()
-                    .filter(|((k, _), s)| k == key && s.removed.load(Ordering::Relaxed) && s.open_connections() > 0)
+                    .filter(|((k, _), s)| {
+                        k == key && s.removed.load(Ordering::Relaxed) && s.open_connections() > 0
+                    })
                     .map(|(_, s)| s)
                     .collect();
                 removed.sort_by_key(|s| s.addr);
-                real_servers.extend(removed.into_iter().map(|s| status(s, 0, ServerDisplayState::Removed)));
+                real_servers.extend(
+                    removed
+                        .into_iter()
+                        .map(|s| status(s, 0, ServerDisplayState::Removed)),
+                );
                 let cfg = &vs.config;
                 let mut flags = Vec::new();
                 let family = cfg.scheduler.kind.name();
@@ -402,7 +439,9 @@ async fn housekeeping(inner: std::sync::Weak<Inner>) {
         lock(&inner.registry).retain(|(key, addr), s| {
             !s.removed.load(Ordering::Relaxed)
                 || s.open_connections() > 0
-                || current.get(key).is_some_and(|vs| vs.servers.iter().any(|x| x.shared.addr == *addr))
+                || current
+                    .get(key)
+                    .is_some_and(|vs| vs.servers.iter().any(|x| x.shared.addr == *addr))
         });
     }
 }

@@ -72,23 +72,34 @@ pub fn parse_v2(buf: &[u8]) -> Result<Option<ProxyHeader>, &'static str> {
         return Ok(None);
     }
     let body = &buf[16..16 + len];
-    let addr = |ip: IpAddr, port: &[u8]| SocketAddr::new(ip, u16::from_be_bytes([port[0], port[1]]));
+    let addr =
+        |ip: IpAddr, port: &[u8]| SocketAddr::new(ip, u16::from_be_bytes([port[0], port[1]]));
     let (source, destination) = match buf[13] >> 4 {
         1 if len >= 12 => {
             let src: [u8; 4] = [body[0], body[1], body[2], body[3]];
             let dst: [u8; 4] = [body[4], body[5], body[6], body[7]];
-            (addr(IpAddr::from(src), &body[8..10]), addr(IpAddr::from(dst), &body[10..12]))
+            (
+                addr(IpAddr::from(src), &body[8..10]),
+                addr(IpAddr::from(dst), &body[10..12]),
+            )
         }
         2 if len >= 36 => {
             let mut src = [0u8; 16];
             let mut dst = [0u8; 16];
             src.copy_from_slice(&body[0..16]);
             dst.copy_from_slice(&body[16..32]);
-            (addr(IpAddr::from(src), &body[32..34]), addr(IpAddr::from(dst), &body[34..36]))
+            (
+                addr(IpAddr::from(src), &body[32..34]),
+                addr(IpAddr::from(dst), &body[34..36]),
+            )
         }
         _ => return Err("unsupported PROXY protocol address family"),
     };
-    Ok(Some(ProxyHeader { source, destination, length: 16 + len }))
+    Ok(Some(ProxyHeader {
+        source,
+        destination,
+        length: 16 + len,
+    }))
 }
 
 #[cfg(test)]
@@ -105,14 +116,21 @@ mod tests {
             let (c, l): (SocketAddr, SocketAddr) = (c.parse().unwrap(), l.parse().unwrap());
             let h = encode_v2(Protocol::Tcp, c, l);
             let parsed = parse_v2(&h).unwrap().unwrap();
-            assert_eq!((parsed.source, parsed.destination, parsed.length), (c, l, h.len()));
+            assert_eq!(
+                (parsed.source, parsed.destination, parsed.length),
+                (c, l, h.len())
+            );
             assert_eq!(parse_v2(&h[..h.len() - 1]), Ok(None));
         }
     }
 
     #[test]
     fn mixed_families_map_to_v6_and_garbage_is_refused() {
-        let h = encode_v2(Protocol::Udp, "1.2.3.4:5".parse().unwrap(), "[::1]:80".parse().unwrap());
+        let h = encode_v2(
+            Protocol::Udp,
+            "1.2.3.4:5".parse().unwrap(),
+            "[::1]:80".parse().unwrap(),
+        );
         assert_eq!(h[13], AF_INET6 | DGRAM);
         assert!(parse_v2(b"GET / HTTP/1.1\r\n").is_err());
     }

@@ -127,7 +127,12 @@ impl VsRuntime {
             }
             None => Arc::new(VsState::new(&config.scheduler)),
         };
-        let runtime = VsRuntime { key, config, servers, state };
+        let runtime = VsRuntime {
+            key,
+            config,
+            servers,
+            state,
+        };
         let dests = runtime.dests();
         lock(&runtime.state.scheduler).1.update(&dests);
         runtime
@@ -161,24 +166,31 @@ impl VsRuntime {
             }
         }
         let dests = self.dests();
-        let flow = Flow { client, vip: self.key.1 };
+        let flow = Flow {
+            client,
+            vip: self.key.1,
+        };
         let chosen = lock(&self.state.scheduler).1.schedule(&dests, &flow);
         match chosen {
             Some(i) if i < self.servers.len() && usable(i) => Some(i),
             // The scheduler's pick just failed to connect (or it insists on one server, as
             // hashing schedulers do): take the least loaded other server, as wlc would.
-            _ => (0..self.servers.len()).filter(|i| usable(*i)).min_by(|&a, &b| {
-                // overhead/weight, compared by cross multiplication as ip_vs_wlc.c does.
-                let la = u128::from(dests[a].overhead()) * u128::from(dests[b].weight);
-                let lb = u128::from(dests[b].overhead()) * u128::from(dests[a].weight);
-                la.cmp(&lb)
-            }),
+            _ => (0..self.servers.len())
+                .filter(|i| usable(*i))
+                .min_by(|&a, &b| {
+                    // overhead/weight, compared by cross multiplication as ip_vs_wlc.c does.
+                    let la = u128::from(dests[a].overhead()) * u128::from(dests[b].weight);
+                    let lb = u128::from(dests[b].overhead()) * u128::from(dests[a].weight);
+                    la.cmp(&lb)
+                }),
         }
     }
 
     /// Records that `client` now has an open connection to `server` under persistence.
     pub fn bind_template(&self, client: IpAddr, server: SocketAddr) {
-        let Some(timeout) = self.config.persistence else { return };
+        let Some(timeout) = self.config.persistence else {
+            return;
+        };
         let now = Instant::now();
         let mut templates = lock(&self.state.templates);
         let entry = templates.entry(client).or_insert(Template {
@@ -187,7 +199,11 @@ impl VsRuntime {
             expires: now + timeout,
         });
         if entry.server != server {
-            *entry = Template { server, controlled: 0, expires: now + timeout };
+            *entry = Template {
+                server,
+                controlled: 0,
+                expires: now + timeout,
+            };
         }
         entry.controlled += 1;
         entry.expires = now + timeout;
@@ -195,7 +211,9 @@ impl VsRuntime {
 
     /// A connection made under a template closed: the template's timer starts again.
     pub fn release_template(&self, client: IpAddr, server: SocketAddr) {
-        let Some(timeout) = self.config.persistence else { return };
+        let Some(timeout) = self.config.persistence else {
+            return;
+        };
         let mut templates = lock(&self.state.templates);
         if let Some(t) = templates.get_mut(&client) {
             if t.server == server {

@@ -69,10 +69,15 @@ mod linux {
                 return Err(io::Error::last_os_error());
             }
             // SAFETY: pipe2 succeeded, so both are open descriptors we now own.
-            let (read, write) = unsafe { (OwnedFd::from_raw_fd(fds[0]), OwnedFd::from_raw_fd(fds[1])) };
+            let (read, write) =
+                unsafe { (OwnedFd::from_raw_fd(fds[0]), OwnedFd::from_raw_fd(fds[1])) };
             // SAFETY: F_SETPIPE_SZ on our own pipe; failure leaves the default size.
             let granted = unsafe { libc::fcntl(write.as_raw_fd(), libc::F_SETPIPE_SZ, PIPE_SIZE) };
-            let size = if granted > 0 { granted as usize } else { 64 * 1024 };
+            let size = if granted > 0 {
+                granted as usize
+            } else {
+                64 * 1024
+            };
             Ok(Pipe { read, write, size })
         }
     }
@@ -98,12 +103,18 @@ mod linux {
     }
 
     /// Moves bytes from `src` to `dst` until `src` ends, then half-closes `dst`.
-    pub(crate) async fn pump(src: &TcpStream, dst: &TcpStream, bytes: &AtomicU64) -> io::Result<()> {
+    pub(crate) async fn pump(
+        src: &TcpStream,
+        dst: &TcpStream,
+        bytes: &AtomicU64,
+    ) -> io::Result<()> {
         let pipe = Pipe::new()?;
         loop {
             let filled = loop {
                 src.readable().await?;
-                match src.try_io(Interest::READABLE, || splice(src.as_raw_fd(), pipe.write.as_raw_fd(), pipe.size)) {
+                match src.try_io(Interest::READABLE, || {
+                    splice(src.as_raw_fd(), pipe.write.as_raw_fd(), pipe.size)
+                }) {
                     Ok(n) => break n,
                     Err(e) if e.kind() == io::ErrorKind::WouldBlock => continue,
                     Err(e) => return Err(e),
@@ -115,7 +126,9 @@ mod linux {
             let mut left = filled;
             while left > 0 {
                 dst.writable().await?;
-                match dst.try_io(Interest::WRITABLE, || splice(pipe.read.as_raw_fd(), dst.as_raw_fd(), left)) {
+                match dst.try_io(Interest::WRITABLE, || {
+                    splice(pipe.read.as_raw_fd(), dst.as_raw_fd(), left)
+                }) {
                     Ok(n) => left -= n,
                     Err(e) if e.kind() == io::ErrorKind::WouldBlock => continue,
                     Err(e) => return Err(e),

@@ -18,7 +18,11 @@ use crate::runtime::ListenKey;
 const BACKLOG: u32 = 4096;
 
 pub(crate) fn bind(addr: SocketAddr) -> io::Result<TcpListener> {
-    let socket = if addr.is_ipv4() { TcpSocket::new_v4()? } else { TcpSocket::new_v6()? };
+    let socket = if addr.is_ipv4() {
+        TcpSocket::new_v4()?
+    } else {
+        TcpSocket::new_v6()?
+    };
     socket.set_reuseaddr(true)?;
     if addr.is_ipv6() {
         // An IPv6 VIP serves IPv6 only; IPv4 has its own virtual service.
@@ -53,7 +57,11 @@ pub(crate) async fn accept_loop(
 }
 
 async fn connect(addr: SocketAddr, timeout: Duration) -> io::Result<TcpStream> {
-    let socket = if addr.is_ipv4() { TcpSocket::new_v4()? } else { TcpSocket::new_v6()? };
+    let socket = if addr.is_ipv4() {
+        TcpSocket::new_v4()?
+    } else {
+        TcpSocket::new_v6()?
+    };
     match tokio::time::timeout(timeout, socket.connect(addr)).await {
         Ok(result) => result,
         Err(_) => Err(io::Error::new(io::ErrorKind::TimedOut, "connect timed out")),
@@ -61,23 +69,45 @@ async fn connect(addr: SocketAddr, timeout: Duration) -> io::Result<TcpStream> {
 }
 
 async fn handle(inner: Arc<Inner>, key: ListenKey, client: TcpStream, client_addr: SocketAddr) {
-    let Some(vs) = inner.services.load().get(&key).cloned() else { return };
+    let Some(vs) = inner.services.load().get(&key).cloned() else {
+        return;
+    };
     let _ = client.set_nodelay(true);
     let mut failed = Vec::new();
     for _ in 0..inner.config.connect_tries.max(1) {
-        let Some(index) = vs.pick(client_addr, &failed) else { break };
+        let Some(index) = vs.pick(client_addr, &failed) else {
+            break;
+        };
         let server = vs.servers[index].shared.clone();
-        let mut guard = ConnGuard::new(&inner.conns, &vs, &server, client_addr, ConnState::Connecting);
+        let mut guard = ConnGuard::new(
+            &inner.conns,
+            &vs,
+            &server,
+            client_addr,
+            ConnState::Connecting,
+        );
         match connect(server.addr, inner.config.connect_timeout).await {
             Ok(upstream) => {
                 guard.established(ConnState::Established);
                 let _ = upstream.set_nodelay(true);
-                proxy(&inner, vs.config.proxy_protocol, key, client, client_addr, upstream, guard).await;
+                proxy(
+                    &inner,
+                    vs.config.proxy_protocol,
+                    key,
+                    client,
+                    client_addr,
+                    upstream,
+                    guard,
+                )
+                .await;
                 return;
             }
             Err(e) => {
                 tracing::debug!(vip = %key.1, server = %server.addr, error = %e, "connect to real server failed");
-                inner.stats.connect_failures.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                inner
+                    .stats
+                    .connect_failures
+                    .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
                 failed.push(index);
             }
         }
@@ -104,9 +134,13 @@ async fn proxy(
         }
     }
     let expire = server.expire.clone();
-    let forwarding = crate::splice::forward(&client, &upstream, &server.bytes_in, &server.bytes_out, || {
-        guard.set_state(ConnState::HalfClosed)
-    });
+    let forwarding = crate::splice::forward(
+        &client,
+        &upstream,
+        &server.bytes_in,
+        &server.bytes_out,
+        || guard.set_state(ConnState::HalfClosed),
+    );
     tokio::select! {
         result = forwarding => {
             if let Err(e) = result {

@@ -21,7 +21,11 @@ use crate::runtime::{lock, ListenKey, ServerShared};
 const MAX_DATAGRAM: usize = 65_535;
 
 pub(crate) fn bind(addr: SocketAddr) -> io::Result<UdpSocket> {
-    let domain = if addr.is_ipv4() { socket2::Domain::IPV4 } else { socket2::Domain::IPV6 };
+    let domain = if addr.is_ipv4() {
+        socket2::Domain::IPV4
+    } else {
+        socket2::Domain::IPV6
+    };
     let socket = socket2::Socket::new(domain, socket2::Type::DGRAM, Some(socket2::Protocol::UDP))?;
     socket.set_reuse_address(true)?;
     if addr.is_ipv6() {
@@ -43,7 +47,12 @@ struct FlowHandle {
 
 type Flows = Arc<Mutex<HashMap<SocketAddr, FlowHandle>>>;
 
-pub(crate) async fn serve(socket: UdpSocket, key: ListenKey, inner: Arc<Inner>, stop: CancellationToken) {
+pub(crate) async fn serve(
+    socket: UdpSocket,
+    key: ListenKey,
+    inner: Arc<Inner>,
+    stop: CancellationToken,
+) {
     let socket = Arc::new(socket);
     let flows: Flows = Arc::new(Mutex::new(HashMap::new()));
     let epoch = Instant::now();
@@ -63,7 +72,10 @@ pub(crate) async fn serve(socket: UdpSocket, key: ListenKey, inner: Arc<Inner>, 
         };
         let existing = {
             let flows = lock(&flows);
-            flows.get(&client).filter(|f| !f.done.is_cancelled()).cloned()
+            flows
+                .get(&client)
+                .filter(|f| !f.done.is_cancelled())
+                .cloned()
         };
         let flow = match existing {
             Some(flow) => flow,
@@ -72,9 +84,12 @@ pub(crate) async fn serve(socket: UdpSocket, key: ListenKey, inner: Arc<Inner>, 
                 None => continue,
             },
         };
-        flow.last_seen.store(epoch.elapsed().as_millis() as u64, Ordering::Relaxed);
+        flow.last_seen
+            .store(epoch.elapsed().as_millis() as u64, Ordering::Relaxed);
         if let Ok(sent) = flow.upstream.send(&buf[..len]).await {
-            flow.server.bytes_in.fetch_add(sent as u64, Ordering::Relaxed);
+            flow.server
+                .bytes_in
+                .fetch_add(sent as u64, Ordering::Relaxed);
         }
     }
     for (_, flow) in lock(&flows).drain() {
@@ -113,7 +128,9 @@ async fn open_flow(
     guard.established(ConnState::Udp);
     if vs.config.proxy_protocol {
         // A UDP flow announces its client once, in its own datagram before the first one.
-        let _ = upstream.send(&encode_v2(Protocol::Udp, client, key.1)).await;
+        let _ = upstream
+            .send(&encode_v2(Protocol::Udp, client, key.1))
+            .await;
     }
     let upstream = Arc::new(upstream);
     let last_seen = Arc::new(AtomicU64::new(epoch.elapsed().as_millis() as u64));
@@ -130,7 +147,11 @@ async fn open_flow(
         socket.clone(),
         client,
         guard,
-        FlowTimers { last_seen: last_seen.clone(), epoch, idle: inner.config.udp_timeout },
+        FlowTimers {
+            last_seen: last_seen.clone(),
+            epoch,
+            idle: inner.config.udp_timeout,
+        },
         done,
         flows.clone(),
         inner.shutdown.clone(),
@@ -192,7 +213,10 @@ async fn replies(
     }
     done.cancel();
     let mut flows = lock(&flows);
-    if flows.get(&client).is_some_and(|f| Arc::ptr_eq(&f.upstream, &upstream)) {
+    if flows
+        .get(&client)
+        .is_some_and(|f| Arc::ptr_eq(&f.upstream, &upstream))
+    {
         flows.remove(&client);
     }
     drop(guard);

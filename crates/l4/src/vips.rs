@@ -18,7 +18,10 @@ pub(crate) struct VipManager {
 
 impl VipManager {
     pub fn new(iface: String) -> Self {
-        VipManager { iface, added: BTreeSet::new() }
+        VipManager {
+            iface,
+            added: BTreeSet::new(),
+        }
     }
 
     fn line(&self, verb: &str, ip: &IpAddr) -> String {
@@ -78,12 +81,21 @@ async fn ip_batch(lines: &[String]) -> Result<(), String> {
         .map_err(|e| format!("cannot run ip (iproute2): {e}"))?;
     if let Some(mut stdin) = child.stdin.take() {
         let input = lines.join("\n") + "\n";
-        stdin.write_all(input.as_bytes()).await.map_err(|e| format!("ip: {e}"))?;
+        stdin
+            .write_all(input.as_bytes())
+            .await
+            .map_err(|e| format!("ip: {e}"))?;
     }
-    let output = child.wait_with_output().await.map_err(|e| format!("ip: {e}"))?;
+    let output = child
+        .wait_with_output()
+        .await
+        .map_err(|e| format!("ip: {e}"))?;
     if output.status.success() {
         Ok(())
     } else {
-        Err(format!("ip -batch failed: {}", String::from_utf8_lossy(&output.stderr).trim()))
+        Err(format!(
+            "ip -batch failed: {}",
+            String::from_utf8_lossy(&output.stderr).trim()
+        ))
     }
 }

@@ -38,7 +38,9 @@ pub struct BuildOptions {
 
 impl Default for BuildOptions {
     fn default() -> Self {
-        BuildOptions { default_scheduler: SchedulerKind::Rr }
+        BuildOptions {
+            default_scheduler: SchedulerKind::Rr,
+        }
     }
 }
 
@@ -64,9 +66,8 @@ impl Snapshot {
         // Earlier objects win a contested address: order by creation time, then origin.
         let mut services: Vec<&Sourced<Service>> = objects.services.iter().collect();
         services.sort_by(|a, b| {
-            let created = |s: &Sourced<Service>| {
-                s.object.metadata.creation_timestamp.as_ref().map(|t| t.0)
-            };
+            let created =
+                |s: &Sourced<Service>| s.object.metadata.creation_timestamp.as_ref().map(|t| t.0);
             created(a)
                 .cmp(&created(b))
                 .then_with(|| a.origin.cmp(&b.origin))
@@ -107,7 +108,9 @@ impl Snapshot {
                     .unwrap_or_default()
             };
             if let Some(taken) = vss.iter().find_map(|vs| {
-                claims.get(&(vs.protocol, vs.frontend)).map(|owner| (vs, owner))
+                claims
+                    .get(&(vs.protocol, vs.frontend))
+                    .map(|owner| (vs, owner))
             }) {
                 let (vs, owner) = taken;
                 problems.push(Problem {
@@ -126,12 +129,18 @@ impl Snapshot {
                 out.push(vs);
             }
         }
-        out.sort_by(|a, b| (a.protocol, a.frontend).cmp(&(b.protocol, b.frontend)));
+        out.sort_by_key(|vs| (vs.protocol, vs.frontend));
         // A bad endpoint is met once per port and frontend; report it once.
         problems.sort();
         problems.dedup();
         let version = previous.map_or(1, |p| p.version + 1);
-        (Snapshot { version, services: out }, problems)
+        (
+            Snapshot {
+                version,
+                services: out,
+            },
+            problems,
+        )
     }
 
     pub fn find(&self, protocol: Protocol, frontend: &Frontend) -> Option<&VirtualService> {
@@ -165,7 +174,11 @@ impl Ctx<'_> {
 fn service_ref(service: &Service) -> ObjectRef {
     ObjectRef {
         kind: "Service".into(),
-        namespace: service.metadata.namespace.clone().unwrap_or_else(|| "default".into()),
+        namespace: service
+            .metadata
+            .namespace
+            .clone()
+            .unwrap_or_else(|| "default".into()),
         name: service.metadata.name.clone().unwrap_or_default(),
     }
 }
@@ -181,7 +194,10 @@ fn index_slices<'a>(
         let meta = &sourced.object.metadata;
         let namespace = meta.namespace.clone().unwrap_or_else(|| "default".into());
         match meta.labels.as_ref().and_then(|l| l.get(SERVICE_NAME_LABEL)) {
-            Some(service) => index.entry((namespace, service.clone())).or_default().push(sourced),
+            Some(service) => index
+                .entry((namespace, service.clone()))
+                .or_default()
+                .push(sourced),
             None => problems.push(Problem {
                 origin: sourced.origin.clone(),
                 object: Some(ObjectRef {
@@ -209,7 +225,10 @@ fn parse_annotations(service: &Service, options: &BuildOptions, ctx: &mut Ctx) -
     let ann = service.metadata.annotations.as_ref().unwrap_or(&empty);
     let field = |key: &str| format!("metadata.annotations[{key}]");
 
-    let mut scheduler = SchedulerConfig { kind: options.default_scheduler, ..Default::default() };
+    let mut scheduler = SchedulerConfig {
+        kind: options.default_scheduler,
+        ..Default::default()
+    };
     if let Some(name) = ann.get(ANN_SCHEDULER) {
         match name.parse::<SchedulerKind>() {
             Ok(kind) => scheduler.kind = kind,
@@ -235,7 +254,10 @@ fn parse_annotations(service: &Service, options: &BuildOptions, ctx: &mut Ctx) -
         None | Some("") | Some("off") => false,
         Some(v) if v.eq_ignore_ascii_case("v2") => true,
         Some(v) => {
-            ctx.problem(field(ANN_PROXY_PROTOCOL), format!("{v:?} is not supported (use \"v2\")"));
+            ctx.problem(
+                field(ANN_PROXY_PROTOCOL),
+                format!("{v:?} is not supported (use \"v2\")"),
+            );
             false
         }
     };
@@ -252,16 +274,25 @@ fn parse_annotations(service: &Service, options: &BuildOptions, ctx: &mut Ctx) -
                 }
                 _ => ctx.problem(
                     field(ANN_WEIGHTS),
-                    format!("{item:?} is not POD-OR-IP=WEIGHT with a weight from 0 to {MAX_WEIGHT}"),
+                    format!(
+                        "{item:?} is not POD-OR-IP=WEIGHT with a weight from 0 to {MAX_WEIGHT}"
+                    ),
                 ),
             }
         }
     }
-    Annotations { scheduler, proxy_protocol, weights }
+    Annotations {
+        scheduler,
+        proxy_protocol,
+        weights,
+    }
 }
 
 fn is_prime(n: u32) -> bool {
-    n >= 2 && (2..).take_while(|d: &u32| d.saturating_mul(*d) <= n).all(|d| n % d != 0)
+    n >= 2
+        && (2..)
+            .take_while(|d: &u32| d.saturating_mul(*d) <= n)
+            .all(|d| !n.is_multiple_of(d))
 }
 
 fn parse_ip(raw: &str, field: &str, ctx: &mut Ctx) -> Option<IpAddr> {
@@ -307,7 +338,11 @@ fn translate_service(
                 .enumerate()
                 .map(|(i, ip)| (format!("spec.clusterIPs[{i}]"), ip))
                 .collect(),
-            _ => spec.cluster_ip.iter().map(|ip| ("spec.clusterIP".to_string(), ip)).collect(),
+            _ => spec
+                .cluster_ip
+                .iter()
+                .map(|ip| ("spec.clusterIP".to_string(), ip))
+                .collect(),
         };
         for (field, raw) in listed {
             if raw.is_empty() {
@@ -323,11 +358,16 @@ fn translate_service(
             }
         }
         if service_type == "ClusterIP" && cluster_ips.is_empty() && ctx.problems.is_empty() {
-            ctx.problem("spec.clusterIP", "not set: rvs does not allocate cluster IPs, give one");
+            ctx.problem(
+                "spec.clusterIP",
+                "not set: rvs does not allocate cluster IPs, give one",
+            );
         }
     }
-    let mut fixed: Vec<(IpAddr, FrontendKind)> =
-        cluster_ips.iter().map(|ip| (*ip, FrontendKind::ClusterIp)).collect();
+    let mut fixed: Vec<(IpAddr, FrontendKind)> = cluster_ips
+        .iter()
+        .map(|ip| (*ip, FrontendKind::ClusterIp))
+        .collect();
     for (i, raw) in spec.external_ips.iter().flatten().enumerate() {
         if let Some(ip) = parse_ip(raw, &format!("spec.externalIPs[{i}]"), ctx) {
             fixed.push((ip, FrontendKind::ExternalIp));
@@ -370,7 +410,10 @@ fn translate_service(
             }
         }
         Some(other) => {
-            ctx.problem("spec.sessionAffinity", format!("{other:?} is not None or ClientIP"));
+            ctx.problem(
+                "spec.sessionAffinity",
+                format!("{other:?} is not None or ClientIP"),
+            );
             None
         }
     };
@@ -381,7 +424,9 @@ fn translate_service(
     }
     let mut out = Vec::new();
     for (i, port) in ports.iter().enumerate() {
-        let Some(parsed) = parse_port(port, i, service_type, ctx) else { continue };
+        let Some(parsed) = parse_port(port, i, service_type, ctx) else {
+            continue;
+        };
         let service_ref = ServiceRef {
             namespace: ctx.object.namespace.clone(),
             name: ctx.object.name.clone(),
@@ -392,12 +437,22 @@ fn translate_service(
         }
         let mut frontends: Vec<(Frontend, FrontendKind)> = fixed
             .iter()
-            .map(|(ip, kind)| (Frontend::Address { addr: SocketAddr::new(*ip, parsed.port) }, *kind))
+            .map(|(ip, kind)| {
+                (
+                    Frontend::Address {
+                        addr: SocketAddr::new(*ip, parsed.port),
+                    },
+                    *kind,
+                )
+            })
             .collect();
         if let Some(node_port) = parsed.node_port {
             for family in &families {
                 frontends.push((
-                    Frontend::NodePort { family: *family, port: node_port },
+                    Frontend::NodePort {
+                        family: *family,
+                        port: node_port,
+                    },
                     FrontendKind::NodePort,
                 ));
             }
@@ -425,7 +480,10 @@ fn translate_service(
     let mut seen = std::collections::HashSet::new();
     for vs in &out {
         if !seen.insert((vs.protocol, vs.frontend)) {
-            ctx.problem("spec.ports", format!("{} {} appears twice", vs.protocol, vs.frontend));
+            ctx.problem(
+                "spec.ports",
+                format!("{} {} appears twice", vs.protocol, vs.frontend),
+            );
         }
     }
     out
@@ -441,7 +499,10 @@ fn service_families(
         match raw.as_str() {
             "IPv4" => families.push(IpFamily::V4),
             "IPv6" => families.push(IpFamily::V6),
-            other => ctx.problem(format!("spec.ipFamilies[{i}]"), format!("{other:?} is not IPv4 or IPv6")),
+            other => ctx.problem(
+                format!("spec.ipFamilies[{i}]"),
+                format!("{other:?} is not IPv4 or IPv6"),
+            ),
         }
     }
     if families.is_empty() {
@@ -483,8 +544,17 @@ fn port_number(value: i32, field: &str, ctx: &mut Ctx) -> Option<u16> {
     }
 }
 
-fn parse_port(port: &ServicePort, i: usize, service_type: &str, ctx: &mut Ctx) -> Option<ParsedPort> {
-    let protocol = parse_protocol(port.protocol.as_deref(), &format!("spec.ports[{i}].protocol"), ctx);
+fn parse_port(
+    port: &ServicePort,
+    i: usize,
+    service_type: &str,
+    ctx: &mut Ctx,
+) -> Option<ParsedPort> {
+    let protocol = parse_protocol(
+        port.protocol.as_deref(),
+        &format!("spec.ports[{i}].protocol"),
+        ctx,
+    );
     let number = port_number(port.port, &format!("spec.ports[{i}].port"), ctx);
     let node_port = match (service_type, port.node_port) {
         ("NodePort" | "LoadBalancer", Some(n)) => {
@@ -494,13 +564,24 @@ fn parse_port(port: &ServicePort, i: usize, service_type: &str, ctx: &mut Ctx) -
     };
     let numeric_target = match &port.target_port {
         None => number,
-        Some(IntOrString::Int(n)) => Some(port_number(*n, &format!("spec.ports[{i}].targetPort"), ctx)?),
-        Some(IntOrString::String(s)) if s.parse::<i32>().is_ok() => {
-            Some(port_number(s.parse().unwrap_or(0), &format!("spec.ports[{i}].targetPort"), ctx)?)
-        }
+        Some(IntOrString::Int(n)) => Some(port_number(
+            *n,
+            &format!("spec.ports[{i}].targetPort"),
+            ctx,
+        )?),
+        Some(IntOrString::String(s)) if s.parse::<i32>().is_ok() => Some(port_number(
+            s.parse().unwrap_or(0),
+            &format!("spec.ports[{i}].targetPort"),
+            ctx,
+        )?),
         Some(IntOrString::String(_)) => None,
     };
-    Some(ParsedPort { protocol: protocol?, port: number?, node_port, numeric_target })
+    Some(ParsedPort {
+        protocol: protocol?,
+        port: number?,
+        node_port,
+        numeric_target,
+    })
 }
 
 fn real_servers(
@@ -539,9 +620,13 @@ fn real_servers(
                 .and_then(|p| p.port)
                 .and_then(|p| u16::try_from(p).ok().filter(|p| *p > 0)),
         };
-        let Some(target_port) = target_port else { continue };
+        let Some(target_port) = target_port else {
+            continue;
+        };
         for (j, endpoint) in slice.endpoints.iter().enumerate() {
-            let Some(raw) = endpoint.addresses.first() else { continue };
+            let Some(raw) = endpoint.addresses.first() else {
+                continue;
+            };
             let Ok(ip) = raw.parse::<IpAddr>() else {
                 // Reported against the slice, not the Service: the Service itself is fine.
                 ctx.elsewhere.push(Problem {
@@ -581,7 +666,10 @@ fn real_servers(
             } else if is_serving && is_terminating {
                 terminating.insert(
                     server.addr,
-                    RealServer { state: EndpointState::Terminating, ..server },
+                    RealServer {
+                        state: EndpointState::Terminating,
+                        ..server
+                    },
                 );
             }
         }

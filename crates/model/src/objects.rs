@@ -18,7 +18,9 @@ impl fmt::Display for Origin {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
             Origin::File { path, document: 0 } => write!(f, "{}", path.display()),
-            Origin::File { path, document } => write!(f, "{} (document {})", path.display(), document + 1),
+            Origin::File { path, document } => {
+                write!(f, "{} (document {})", path.display(), document + 1)
+            }
             Origin::Api => f.write_str("api"),
         }
     }

@@ -71,8 +71,14 @@ impl fmt::Display for Frontend {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
             Frontend::Address { addr } => write!(f, "{addr}"),
-            Frontend::NodePort { family: IpFamily::V4, port } => write!(f, "*:{port}"),
-            Frontend::NodePort { family: IpFamily::V6, port } => write!(f, "[*]:{port}"),
+            Frontend::NodePort {
+                family: IpFamily::V4,
+                port,
+            } => write!(f, "*:{port}"),
+            Frontend::NodePort {
+                family: IpFamily::V6,
+                port,
+            } => write!(f, "[*]:{port}"),
         }
     }
 }

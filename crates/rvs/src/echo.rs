@@ -43,18 +43,27 @@ pub async fn echo(args: EchoArgs) -> anyhow::Result<ExitCode> {
     let args = Arc::new(args);
     let mut tasks = tokio::task::JoinSet::new();
     for addr in args.http.clone() {
-        let listener = TcpListener::bind(addr).await.with_context(|| format!("--listen {addr}"))?;
+        let listener = TcpListener::bind(addr)
+            .await
+            .with_context(|| format!("--listen {addr}"))?;
         tasks.spawn(serve_tcp(listener, args.clone(), true));
     }
     for addr in args.tcp.clone() {
-        let listener = TcpListener::bind(addr).await.with_context(|| format!("--tcp {addr}"))?;
+        let listener = TcpListener::bind(addr)
+            .await
+            .with_context(|| format!("--tcp {addr}"))?;
         tasks.spawn(serve_tcp(listener, args.clone(), false));
     }
     for addr in args.udp.clone() {
-        let socket = UdpSocket::bind(addr).await.with_context(|| format!("--udp {addr}"))?;
+        let socket = UdpSocket::bind(addr)
+            .await
+            .with_context(|| format!("--udp {addr}"))?;
         tasks.spawn(serve_udp(socket, args.clone()));
     }
-    println!("rvs echo {}: http {:?} tcp {:?} udp {:?}", args.name, args.http, args.tcp, args.udp);
+    println!(
+        "rvs echo {}: http {:?} tcp {:?} udp {:?}",
+        args.name, args.http, args.tcp, args.udp
+    );
     tokio::select! {
         _ = tokio::signal::ctrl_c() => {}
         _ = tasks.join_next() => {}
@@ -64,7 +73,9 @@ pub async fn echo(args: EchoArgs) -> anyhow::Result<ExitCode> {
 
 async fn serve_tcp(listener: TcpListener, args: Arc<EchoArgs>, http: bool) {
     loop {
-        let Ok((stream, peer)) = listener.accept().await else { continue };
+        let Ok((stream, peer)) = listener.accept().await else {
+            continue;
+        };
         let args = args.clone();
         tokio::spawn(async move {
             let _ = stream.set_nodelay(true);
@@ -78,7 +89,11 @@ async fn serve_tcp(listener: TcpListener, args: Arc<EchoArgs>, http: bool) {
 }
 
 /// Reads a PROXY v2 header when expected; the client it names, or the peer.
-async fn client_of(stream: &mut TcpStream, peer: SocketAddr, args: &EchoArgs) -> std::io::Result<SocketAddr> {
+async fn client_of(
+    stream: &mut TcpStream,
+    peer: SocketAddr,
+    args: &EchoArgs,
+) -> std::io::Result<SocketAddr> {
     if !args.proxy_protocol {
         return Ok(peer);
     }
@@ -89,12 +104,17 @@ async fn client_of(stream: &mut TcpStream, peer: SocketAddr, args: &EchoArgs) ->
     stream.read_exact(&mut header[16..]).await?;
     match rvs_l4::parse_v2(&header) {
         Ok(Some(h)) => Ok(h.source),
-        _ => Err(std::io::Error::new(std::io::ErrorKind::InvalidData, "bad PROXY v2 header")),
+        _ => Err(std::io::Error::new(
+            std::io::ErrorKind::InvalidData,
+            "bad PROXY v2 header",
+        )),
     }
 }
 
 async fn serve_http(mut stream: TcpStream, peer: SocketAddr, args: Arc<EchoArgs>) {
-    let Ok(client) = client_of(&mut stream, peer, &args).await else { return };
+    let Ok(client) = client_of(&mut stream, peer, &args).await else {
+        return;
+    };
     let name = args.name.clone();
     let service = service_fn(move |req: Request<hyper::body::Incoming>| {
         let body = format!("{name} {client} {} {}\n", req.method(), req.uri());
@@ -103,7 +123,9 @@ async fn serve_http(mut stream: TcpStream, peer: SocketAddr, args: Arc<EchoArgs>
             .header("x-echo-client", client.to_string())
             .header("content-type", "text/plain")
             .body(Full::new(Bytes::from(body)));
-        async move { Ok::<_, Infallible>(response.unwrap_or_else(|_| Response::new(Full::new(Bytes::new())))) }
+        async move {
+            Ok::<_, Infallible>(response.unwrap_or_else(|_| Response::new(Full::new(Bytes::new()))))
+        }
     });
     let _ = hyper::server::conn::http1::Builder::new()
         .serve_connection(TokioIo::new(stream), service)
@@ -111,9 +133,15 @@ async fn serve_http(mut stream: TcpStream, peer: SocketAddr, args: Arc<EchoArgs>
         .await;
 }
 
-async fn serve_raw(mut stream: TcpStream, peer: SocketAddr, args: Arc<EchoArgs>) -> std::io::Result<()> {
+async fn serve_raw(
+    mut stream: TcpStream,
+    peer: SocketAddr,
+    args: Arc<EchoArgs>,
+) -> std::io::Result<()> {
     let client = client_of(&mut stream, peer, &args).await?;
-    stream.write_all(format!("{} {client}\n", args.name).as_bytes()).await?;
+    stream
+        .write_all(format!("{} {client}\n", args.name).as_bytes())
+        .await?;
     let (mut read, mut write) = stream.split();
     tokio::io::copy(&mut read, &mut write).await?;
     write.shutdown().await
@@ -124,7 +152,9 @@ async fn serve_udp(socket: UdpSocket, args: Arc<EchoArgs>) {
     // With PROXY protocol a flow announces its client once, in its first datagram.
     let mut announced: HashMap<SocketAddr, SocketAddr> = HashMap::new();
     loop {
-        let Ok((len, peer)) = socket.recv_from(&mut buf).await else { continue };
+        let Ok((len, peer)) = socket.recv_from(&mut buf).await else {
+            continue;
+        };
         let data = &buf[..len];
         if args.proxy_protocol {
             if let Ok(Some(h)) = rvs_l4::parse_v2(data) {

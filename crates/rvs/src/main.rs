@@ -12,7 +12,11 @@ use std::time::Duration;
 use clap::{Parser, Subcommand};
 
 #[derive(Parser)]
-#[command(name = "rvs", version, about = "Rust Virtual Server: a Kubernetes service data plane with IPVS's model")]
+#[command(
+    name = "rvs",
+    version,
+    about = "Rust Virtual Server: a Kubernetes service data plane with IPVS's model"
+)]
 struct Cli {
     /// Log filter (tracing's EnvFilter syntax), e.g. `info`, `rvs_l4=debug`.
     #[arg(long, global = true, env = "RVS_LOG", default_value = "info")]
@@ -51,16 +55,23 @@ pub(crate) fn parse_duration(s: &str) -> Result<Duration, String> {
     if let Ok(secs) = s.parse::<u64>() {
         return Ok(Duration::from_secs(secs));
     }
-    humantime::parse_duration(s).map_err(|e| format!("{s:?} is not a duration (like 1s, 500ms, 5m): {e}"))
+    humantime::parse_duration(s)
+        .map_err(|e| format!("{s:?} is not a duration (like 1s, 500ms, 5m): {e}"))
 }
 
 fn main() -> std::process::ExitCode {
     let cli = Cli::parse();
     let filter = tracing_subscriber::EnvFilter::try_new(&cli.log)
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
-    tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).init();
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .init();
 
-    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
         Ok(rt) => rt,
         Err(e) => {
             eprintln!("rvs: cannot start the runtime: {e}");
@@ -71,7 +82,11 @@ fn main() -> std::process::ExitCode {
         match cli.command {
             Command::Run(args) => run::run(args).await,
             Command::Check { dir } => check::check(&dir),
-            Command::Ls { admin, connections, json } => ls::ls(admin, connections, json).await,
+            Command::Ls {
+                admin,
+                connections,
+                json,
+            } => ls::ls(admin, connections, json).await,
             Command::Echo(args) => echo::echo(args).await,
         }
     });

@@ -89,14 +89,31 @@ pub async fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
         .await
         .with_context(|| format!("--admin {}: cannot listen", args.admin))?;
     let shutdown = shutdown_signal();
-    tokio::spawn(rvs_admin::serve(admin, state.clone(), shutdown.clone().wait()));
+    tokio::spawn(rvs_admin::serve(
+        admin,
+        state.clone(),
+        shutdown.clone().wait(),
+    ));
 
     let mut dir = ManifestDir::new(&args.dir);
-    let (_watcher, mut changes) =
-        rvs_source::watch_dir(&args.dir, Duration::from_millis(100), Duration::from_secs(2))
-            .with_context(|| format!("{}: cannot watch the manifest directory", args.dir.display()))?;
-    let options = BuildOptions { default_scheduler: args.scheduler };
-    let mut reloader = Reloader { previous: None, reported: BTreeSet::new() };
+    let (_watcher, mut changes) = rvs_source::watch_dir(
+        &args.dir,
+        Duration::from_millis(100),
+        Duration::from_secs(2),
+    )
+    .with_context(|| {
+        format!(
+            "{}: cannot watch the manifest directory",
+            args.dir.display()
+        )
+    })?;
+    let options = BuildOptions {
+        default_scheduler: args.scheduler,
+    };
+    let mut reloader = Reloader {
+        previous: None,
+        reported: BTreeSet::new(),
+    };
     reloader.reload(&mut dir, &options, &state).await;
     if let Some(snapshot) = &reloader.previous {
         announce(snapshot, &engine, args.admin);
@@ -145,20 +162,34 @@ impl Reloader {
         problems.extend(built);
         self.report(&problems);
 
-        let changed = self.previous.as_ref().is_none_or(|p| p.services != snapshot.services);
+        let changed = self
+            .previous
+            .as_ref()
+            .is_none_or(|p| p.services != snapshot.services);
         if changed {
             let errors = state.engine.apply(&snapshot).await;
             for e in &errors {
                 tracing::error!("{e}");
             }
-            tracing::info!(version = snapshot.version, virtual_services = snapshot.services.len(), failed = errors.len(), "configuration applied");
-            status.last_reload_unix_seconds =
-                SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_secs_f64()).unwrap_or(0.0);
+            tracing::info!(
+                version = snapshot.version,
+                virtual_services = snapshot.services.len(),
+                failed = errors.len(),
+                "configuration applied"
+            );
+            status.last_reload_unix_seconds = SystemTime::now()
+                .duration_since(UNIX_EPOCH)
+                .map(|d| d.as_secs_f64())
+                .unwrap_or(0.0);
             status.last_reload_successful = errors.is_empty();
             if !errors.is_empty() {
                 status.reload_failures_total += 1;
             }
-            status.problems = problems.iter().map(ToString::to_string).chain(errors.iter().map(ToString::to_string)).collect();
+            status.problems = problems
+                .iter()
+                .map(ToString::to_string)
+                .chain(errors.iter().map(ToString::to_string))
+                .collect();
             status.version = snapshot.version;
             self.previous = Some(snapshot);
         } else if let Some(previous) = &self.previous {
@@ -184,7 +215,10 @@ impl Reloader {
 /// Tells the user what is being served and how to try it.
 fn announce(snapshot: &Snapshot, engine: &Engine, admin: SocketAddr) {
     let listening = engine.listening();
-    println!("rvs: serving {} virtual services (admin http://{admin}, `rvs ls` shows the table)", snapshot.services.len());
+    println!(
+        "rvs: serving {} virtual services (admin http://{admin}, `rvs ls` shows the table)",
+        snapshot.services.len()
+    );
     for vs in &snapshot.services {
         let servers = vs.real_servers.iter().filter(|r| r.weight > 0).count();
         let addrs: Vec<String> = match vs.frontend {
@@ -196,10 +230,15 @@ fn announce(snapshot: &Snapshot, engine: &Engine, admin: SocketAddr) {
                 .collect(),
         };
         for addr in addrs {
-            println!("  {} {addr} -> {servers} real servers ({}, {})", vs.protocol, vs.service, vs.scheduler.kind);
+            println!(
+                "  {} {addr} -> {servers} real servers ({}, {})",
+                vs.protocol, vs.service, vs.scheduler.kind
+            );
         }
     }
-    if let Some(vs) = snapshot.services.iter().find(|v| matches!(v.frontend, Frontend::Address { .. }) && v.protocol == rvs_model::Protocol::Tcp) {
+    if let Some(vs) = snapshot.services.iter().find(|v| {
+        matches!(v.frontend, Frontend::Address { .. }) && v.protocol == rvs_model::Protocol::Tcp
+    }) {
         println!("try: curl http://{}/", vs.frontend);
     }
 }
@@ -220,15 +259,16 @@ fn shutdown_signal() -> Shutdown {
         let ctrl_c = tokio::signal::ctrl_c();
         #[cfg(unix)]
         {
-            let mut term = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-                Ok(s) => s,
-                Err(e) => {
-                    tracing::warn!(error = %e, "cannot listen for SIGTERM");
-                    let _ = ctrl_c.await;
-                    let _ = tx.send(true);
-                    return;
-                }
-            };
+            let mut term =
+                match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+                    Ok(s) => s,
+                    Err(e) => {
+                        tracing::warn!(error = %e, "cannot listen for SIGTERM");
+                        let _ = ctrl_c.await;
+                        let _ = tx.send(true);
+                        return;
+                    }
+                };
             tokio::select! {
                 _ = ctrl_c => {}
                 _ = term.recv() => {}

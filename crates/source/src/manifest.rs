@@ -1,5 +1,8 @@
 //! A directory of Kubernetes manifests (`*.yaml`, `*.yml`, `*.json`, multi-document, `List`).
 
+// A Problem is big, but only ever built on the cold path of a bad file.
+#![allow(clippy::result_large_err)]
+
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 
@@ -12,7 +15,10 @@ use serde_yaml::Value;
 #[derive(Debug, thiserror::Error)]
 pub enum SourceError {
     #[error("{path}: cannot read the manifest directory: {source}")]
-    Dir { path: PathBuf, source: std::io::Error },
+    Dir {
+        path: PathBuf,
+        source: std::io::Error,
+    },
 }
 
 /// One object of a kind rvs reads.
@@ -46,7 +52,10 @@ struct Document {
 fn parse_documents(path: &Path, text: &str) -> Result<Vec<Document>, Problem> {
     let mut documents = Vec::new();
     for (index, de) in serde_yaml::Deserializer::from_str(text).enumerate() {
-        let origin = Origin::File { path: path.to_path_buf(), document: index };
+        let origin = Origin::File {
+            path: path.to_path_buf(),
+            document: index,
+        };
         let value = Value::deserialize(de).map_err(|e| Problem {
             origin: origin.clone(),
             object: None,
@@ -63,7 +72,11 @@ fn flatten(value: Value, origin: &Origin, out: &mut Vec<Document>) {
     if value.is_null() {
         return;
     }
-    let kind = value.get("kind").and_then(Value::as_str).unwrap_or_default().to_string();
+    let kind = value
+        .get("kind")
+        .and_then(Value::as_str)
+        .unwrap_or_default()
+        .to_string();
     if kind == "List" || kind.ends_with("List") && value.get("items").is_some() {
         if let Some(Value::Sequence(items)) = value.get("items").cloned() {
             for item in items {
@@ -79,14 +92,26 @@ fn identity(kind: &str, value: &Value) -> Option<ObjectRef> {
     let meta = value.get("metadata")?;
     Some(ObjectRef {
         kind: kind.to_string(),
-        namespace: meta.get("namespace").and_then(Value::as_str).unwrap_or("default").to_string(),
+        namespace: meta
+            .get("namespace")
+            .and_then(Value::as_str)
+            .unwrap_or("default")
+            .to_string(),
         name: meta.get("name").and_then(Value::as_str)?.to_string(),
     })
 }
 
 fn parse_value(value: Value, origin: &Origin) -> Document {
-    let api_version = value.get("apiVersion").and_then(Value::as_str).unwrap_or_default().to_string();
-    let kind = value.get("kind").and_then(Value::as_str).unwrap_or_default().to_string();
+    let api_version = value
+        .get("apiVersion")
+        .and_then(Value::as_str)
+        .unwrap_or_default()
+        .to_string();
+    let kind = value
+        .get("kind")
+        .and_then(Value::as_str)
+        .unwrap_or_default()
+        .to_string();
     let identity = identity(&kind, &value);
     let problem = |message: String| Problem {
         origin: origin.clone(),
@@ -127,7 +152,10 @@ pub struct ManifestDir {
 
 impl ManifestDir {
     pub fn new(root: impl Into<PathBuf>) -> Self {
-        ManifestDir { root: root.into(), files: HashMap::new() }
+        ManifestDir {
+            root: root.into(),
+            files: HashMap::new(),
+        }
     }
 
     pub fn root(&self) -> &Path {
@@ -137,8 +165,10 @@ impl ManifestDir {
     /// Reads every manifest under the directory (recursively, in name order).
     pub fn load(&mut self) -> Result<(ObjectSet, Vec<Problem>), SourceError> {
         let mut paths = Vec::new();
-        collect_files(&self.root, &mut paths)
-            .map_err(|source| SourceError::Dir { path: self.root.clone(), source })?;
+        collect_files(&self.root, &mut paths).map_err(|source| SourceError::Dir {
+            path: self.root.clone(),
+            source,
+        })?;
         paths.sort();
         let mut problems = Vec::new();
         let mut files = HashMap::new();
@@ -148,7 +178,10 @@ impl ManifestDir {
                 Ok(text) => load_file(&path, &text, previous, &mut problems),
                 Err(e) => {
                     problems.push(Problem {
-                        origin: Origin::File { path: path.clone(), document: 0 },
+                        origin: Origin::File {
+                            path: path.clone(),
+                            document: 0,
+                        },
                         object: None,
                         field: String::new(),
                         message: format!("cannot read: {e}"),
@@ -167,12 +200,14 @@ impl ManifestDir {
             for sourced in &self.files[path].objects {
                 let origin = sourced.origin.clone();
                 match &sourced.object {
-                    ParsedObject::Service(s) => {
-                        set.services.push(Sourced { origin, object: (**s).clone() })
-                    }
-                    ParsedObject::EndpointSlice(s) => {
-                        set.endpoint_slices.push(Sourced { origin, object: (**s).clone() })
-                    }
+                    ParsedObject::Service(s) => set.services.push(Sourced {
+                        origin,
+                        object: (**s).clone(),
+                    }),
+                    ParsedObject::EndpointSlice(s) => set.endpoint_slices.push(Sourced {
+                        origin,
+                        object: (**s).clone(),
+                    }),
                 }
             }
         }
@@ -180,7 +215,12 @@ impl ManifestDir {
     }
 }
 
-fn load_file(path: &Path, text: &str, previous: FileState, problems: &mut Vec<Problem>) -> FileState {
+fn load_file(
+    path: &Path,
+    text: &str,
+    previous: FileState,
+    problems: &mut Vec<Problem>,
+) -> FileState {
     let documents = match parse_documents(path, text) {
         Ok(d) => d,
         Err(problem) => {
@@ -193,16 +233,29 @@ fn load_file(path: &Path, text: &str, previous: FileState, problems: &mut Vec<Pr
     };
     let mut objects = Vec::new();
     for (index, doc) in documents.into_iter().enumerate() {
-        let origin = Origin::File { path: path.to_path_buf(), document: index };
+        let origin = Origin::File {
+            path: path.to_path_buf(),
+            document: index,
+        };
         match doc.result {
             Ok(Some(object)) => objects.push(Sourced { origin, object }),
             Ok(None) => {}
             Err(problem) => {
                 let kept = doc.identity.as_ref().and_then(|id| {
-                    previous.objects.iter().find(|o| &o.object.object_ref() == id)
+                    previous
+                        .objects
+                        .iter()
+                        .find(|o| &o.object.object_ref() == id)
                 });
-                let suffix = if kept.is_some() { "; keeping its last good version" } else { "" };
-                problems.push(Problem { message: format!("{}{suffix}", problem.message), ..problem });
+                let suffix = if kept.is_some() {
+                    "; keeping its last good version"
+                } else {
+                    ""
+                };
+                problems.push(Problem {
+                    message: format!("{}{suffix}", problem.message),
+                    ..problem
+                });
                 if let Some(old) = kept {
                     objects.push(old.clone());
                 }
@@ -213,8 +266,14 @@ fn load_file(path: &Path, text: &str, previous: FileState, problems: &mut Vec<Pr
 }
 
 fn is_manifest(path: &Path) -> bool {
-    let hidden = path.file_name().and_then(|n| n.to_str()).is_some_and(|n| n.starts_with('.'));
-    let ext = path.extension().and_then(|e| e.to_str()).unwrap_or_default();
+    let hidden = path
+        .file_name()
+        .and_then(|n| n.to_str())
+        .is_some_and(|n| n.starts_with('.'));
+    let ext = path
+        .extension()
+        .and_then(|e| e.to_str())
+        .unwrap_or_default();
     !hidden && matches!(ext, "yaml" | "yml" | "json")
 }
 
@@ -223,7 +282,10 @@ fn collect_files(dir: &Path, out: &mut Vec<PathBuf>) -> std::io::Result<()> {
         let entry = entry?;
         let path = entry.path();
         let file_type = entry.file_type()?;
-        let hidden = path.file_name().and_then(|n| n.to_str()).is_some_and(|n| n.starts_with('.'));
+        let hidden = path
+            .file_name()
+            .and_then(|n| n.to_str())
+            .is_some_and(|n| n.starts_with('.'));
         if file_type.is_dir() && !hidden {
             collect_files(&path, out)?;
         } else if is_manifest(&path) {

@@ -16,15 +16,14 @@ pub fn watch_dir(
     poll: Duration,
 ) -> notify::Result<(notify::RecommendedWatcher, mpsc::Receiver<()>)> {
     let (raw_tx, mut raw_rx) = mpsc::unbounded_channel::<()>();
-    let mut watcher = notify::recommended_watcher(move |event: notify::Result<notify::Event>| {
-        match event {
+    let mut watcher =
+        notify::recommended_watcher(move |event: notify::Result<notify::Event>| match event {
             Ok(e) if e.kind.is_access() => {}
             Ok(_) => {
                 let _ = raw_tx.send(());
             }
             Err(e) => tracing::warn!(error = %e, "manifest directory watch error"),
-        }
-    })?;
+        })?;
     watcher.watch(root, RecursiveMode::Recursive)?;
 
     let (tx, rx) = mpsc::channel(1);
