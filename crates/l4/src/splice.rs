@@ -102,12 +102,17 @@ mod linux {
         }
     }
 
-    /// Moves bytes from `src` to `dst` until `src` ends, then half-closes `dst`.
+    /// Moves bytes from `src` to `dst` until `src` ends, then half-closes `dst`. Small
+    /// exchanges are copied through a buffer (a pipe costs four system calls to set up);
+    /// once a read fills the buffer the flow is bulk and moves to splice.
     pub(crate) async fn pump(
         src: &TcpStream,
         dst: &TcpStream,
         bytes: &AtomicU64,
     ) -> io::Result<()> {
+        if !super::copy_until_bulk(src, dst, bytes).await? {
+            return Ok(());
+        }
         let pipe = Pipe::new()?;
         loop {
             let filled = loop {
@@ -139,14 +144,21 @@ mod linux {
     }
 }
 
-#[cfg(not(target_os = "linux"))]
-async fn pump(src: &TcpStream, dst: &TcpStream, bytes: &AtomicU64) -> io::Result<()> {
+/// Size of the copy buffer; a read that fills it marks the flow as bulk.
+const COPY_BUFFER: usize = 16 * 1024;
+
+/// Copies from `src` to `dst` until `src` ends (then half-closes `dst` and returns false) or
+/// a read fills the whole buffer (returns true: the caller may switch to a faster path).
+async fn copy_until_bulk(src: &TcpStream, dst: &TcpStream, bytes: &AtomicU64) -> io::Result<bool> {
     use std::sync::atomic::Ordering;
-    let mut buf = vec![0u8; 64 * 1024];
+    let mut buf = vec![0u8; COPY_BUFFER];
     loop {
         src.readable().await?;
         let n = match src.try_read(&mut buf) {
-            Ok(0) => return shutdown_write(dst),
+            Ok(0) => {
+                shutdown_write(dst)?;
+                return Ok(false);
+            }
             Ok(n) => n,
             Err(e) if e.kind() == io::ErrorKind::WouldBlock => continue,
             Err(e) => return Err(e),
@@ -161,5 +173,13 @@ async fn pump(src: &TcpStream, dst: &TcpStream, bytes: &AtomicU64) -> io::Result
             }
         }
         bytes.fetch_add(n as u64, Ordering::Relaxed);
+        if n == buf.len() && cfg!(target_os = "linux") {
+            return Ok(true);
+        }
     }
+}
+
+#[cfg(not(target_os = "linux"))]
+async fn pump(src: &TcpStream, dst: &TcpStream, bytes: &AtomicU64) -> io::Result<()> {
+    copy_until_bulk(src, dst, bytes).await.map(|_| ())
 }

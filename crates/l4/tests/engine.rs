@@ -629,3 +629,95 @@ async fn a_vip_that_is_not_local_is_reported_and_the_rest_served() {
     );
     assert_eq!(who(good).await, "a");
 }
+
+#[tokio::test]
+async fn every_ipvs_scheduler_serves_through_the_engine() {
+    let (a, b, c) = (
+        tcp_backend("a").await,
+        tcp_backend("b").await,
+        tcp_backend("c").await,
+    );
+    let mut services = Vec::new();
+    for (i, kind) in SchedulerKind::ALL.into_iter().enumerate() {
+        let servers = vec![server(a.addr, 2), server(b.addr, 1), server(c.addr, 1)];
+        services.push(vs(Protocol::Tcp, vip(18, 1000 + i as u16), kind, servers));
+    }
+    let _e = engine(&snapshot(1, services)).await;
+    let hashing = [
+        SchedulerKind::Sh,
+        SchedulerKind::Mh,
+        SchedulerKind::Dh,
+        SchedulerKind::Lblc,
+        SchedulerKind::Lblcr,
+    ];
+    for (i, kind) in SchedulerKind::ALL.into_iter().enumerate() {
+        let v = vip(18, 1000 + i as u16);
+        let clients = [
+            "127.0.1.1",
+            "127.0.1.2",
+            "127.0.1.3",
+            "127.0.1.4",
+            "127.0.1.5",
+            "127.0.1.6",
+        ];
+        let mut picks = Vec::new();
+        // Connections stay open so the least-connection family sees load and spreads.
+        let mut held = Vec::new();
+        for client in clients {
+            let (first, stream) = greet(v, ip(client)).await;
+            if !hashing.contains(&kind) {
+                held.push(stream);
+            }
+            if hashing.contains(&kind) {
+                // Keyed by the client (sh, mh) or the VIP (dh, lblc, lblcr): the same key
+                // always lands on the same server.
+                assert_eq!(
+                    greet(v, ip(client)).await.0,
+                    first,
+                    "{kind} is stable per key"
+                );
+            }
+            picks.push(first);
+        }
+        let distinct = count(picks.clone()).len();
+        match kind {
+            // Keyed by the destination: one VIP, one server.
+            SchedulerKind::Dh | SchedulerKind::Lblc | SchedulerKind::Lblcr => {
+                assert_eq!(distinct, 1, "{kind}")
+            }
+            // Highest weight only, while it is not overloaded.
+            SchedulerKind::Fo | SchedulerKind::Ovf => {
+                assert_eq!(picks[0], "a", "{kind} prefers the heaviest")
+            }
+            _ => assert!(distinct >= 2, "{kind} spreads short connections: {picks:?}"),
+        }
+    }
+}
+
+#[tokio::test]
+async fn ipv6_virtual_service() {
+    let Ok(listener) = tokio::net::TcpListener::bind("[::1]:0").await else {
+        println!("SKIPPED ipv6_virtual_service: no IPv6 loopback on this machine");
+        return;
+    };
+    let backend = listener.local_addr().unwrap();
+    tokio::spawn(async move {
+        while let Ok((mut s, peer)) = listener.accept().await {
+            let _ = s.write_all(format!("v6 {peer}\n").as_bytes()).await;
+        }
+    });
+    let v6_vip: SocketAddr = SocketAddr::new("::1".parse().unwrap(), closed_port().await.port());
+    let e = engine(&snapshot(
+        1,
+        vec![vs(
+            Protocol::Tcp,
+            v6_vip,
+            SchedulerKind::Rr,
+            vec![server(backend, 1)],
+        )],
+    ))
+    .await;
+    let line = greet(v6_vip, None).await.0;
+    assert!(line.starts_with("v6 [::1]:"), "{line}");
+    assert_eq!(e.table().services[0].address, v6_vip.to_string());
+}
