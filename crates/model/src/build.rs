@@ -329,7 +329,13 @@ fn translate_service(
     }
     let annotations = parse_annotations(service, options, ctx);
 
-    let headless = spec.cluster_ip.as_deref() == Some("None");
+    let headless = spec.cluster_ip.as_deref() == Some("None")
+        || spec
+            .cluster_ips
+            .as_deref()
+            .and_then(|ips| ips.first())
+            .map(String::as_str)
+            == Some("None");
     let mut cluster_ips = Vec::new();
     if !headless {
         let listed: Vec<(String, &String)> = match &spec.cluster_ips {

@@ -320,6 +320,18 @@ spec:
             &[],
         ),
         (
+            "headless written only as clusterIPs",
+            r#"
+apiVersion: v1
+kind: Service
+metadata: {name: web}
+spec:
+  clusterIPs: [None]
+  ports: [{port: 80}]
+"#,
+            &[],
+        ),
+        (
             "headless without ports",
             r#"
 apiVersion: v1
@@ -1432,4 +1444,31 @@ fn origin_display() {
     assert_eq!(file(0).to_string(), "dir/a.yaml");
     assert_eq!(file(2).to_string(), "dir/a.yaml (document 3)");
     assert_eq!(Origin::Api.to_string(), "api");
+}
+
+#[test]
+fn slice_port_out_of_range_or_unset_gives_no_endpoints() {
+    for port in ["port: 0", "port: -1", "port: 65536", "port: 2147483647", ""] {
+        let (snapshot, problems) = build(&format!(
+            r#"
+apiVersion: v1
+kind: Service
+metadata: {{name: web}}
+spec: {{clusterIP: 10.96.0.10, ports: [{{name: http, port: 80, targetPort: 8080}}]}}
+---
+apiVersion: discovery.k8s.io/v1
+kind: EndpointSlice
+metadata: {{name: web-a, labels: {{kubernetes.io/service-name: web}}}}
+addressType: IPv4
+ports: [{{name: http, {port}}}]
+endpoints: [{{addresses: [10.1.0.1]}}]
+"#
+        ));
+        assert_eq!(problems, Vec::<String>::new(), "{port}");
+        assert_eq!(
+            table(&snapshot),
+            ["TCP 10.96.0.10:80 ClusterIp default/web:http []"],
+            "{port}"
+        );
+    }
 }

@@ -2,6 +2,7 @@
 
 mod check;
 mod echo;
+mod load;
 mod ls;
 mod run;
 
@@ -49,6 +50,8 @@ enum Command {
     },
     /// A small backend for trying rvs out: answers with its name and the client it saw.
     Echo(echo::EchoArgs),
+    /// Many short HTTP/1.0 connections to one address: connect times (stalls), backends seen.
+    Load(load::LoadArgs),
 }
 
 pub(crate) fn parse_duration(s: &str) -> Result<Duration, String> {
@@ -88,6 +91,7 @@ fn main() -> std::process::ExitCode {
                 json,
             } => ls::ls(admin, connections, json).await,
             Command::Echo(args) => echo::echo(args).await,
+            Command::Load(args) => load::load(args).await,
         }
     });
     match result {

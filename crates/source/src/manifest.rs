@@ -46,6 +46,8 @@ impl ParsedObject {
 struct Document {
     /// Identity read from the raw document, even when the object itself did not parse.
     identity: Option<ObjectRef>,
+    /// The YAML document it came from (all items of a `List` share their document).
+    origin: Origin,
     result: Result<Option<ParsedObject>, Problem>,
 }
 
@@ -134,7 +136,11 @@ fn parse_value(value: Value, origin: &Origin) -> Document {
         Some(o) if o.object_ref().name.is_empty() => Err(problem("metadata.name: missing".into())),
         other => Ok(other),
     });
-    Document { identity, result }
+    Document {
+        identity,
+        origin: origin.clone(),
+        result,
+    }
 }
 
 /// The last good objects of one file, by identity.
@@ -224,21 +230,26 @@ fn load_file(
     let documents = match parse_documents(path, text) {
         Ok(d) => d,
         Err(problem) => {
+            // A new file has nothing to keep: say so only when something is kept.
+            let suffix = if previous.objects.is_empty() {
+                ""
+            } else {
+                "; keeping this file's last good objects"
+            };
             problems.push(Problem {
-                message: format!("{}; keeping this file's last good objects", problem.message),
+                message: format!("{}{suffix}", problem.message),
                 ..problem
             });
             return previous;
         }
     };
     let mut objects = Vec::new();
-    for (index, doc) in documents.into_iter().enumerate() {
-        let origin = Origin::File {
-            path: path.to_path_buf(),
-            document: index,
-        };
+    for doc in documents {
         match doc.result {
-            Ok(Some(object)) => objects.push(Sourced { origin, object }),
+            Ok(Some(object)) => objects.push(Sourced {
+                origin: doc.origin,
+                object,
+            }),
             Ok(None) => {}
             Err(problem) => {
                 let kept = doc.identity.as_ref().and_then(|id| {

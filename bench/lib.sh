@@ -1,0 +1,169 @@
+# Shared helpers for the benchmark scripts in bench/ (sourced, not run).
+# shellcheck shell=bash
+
+# Every process a benchmark starts is recorded here and stopped by bench_cleanup.
+BENCH_PIDS=()
+
+log() { printf '[%(%H:%M:%S)T] %s\n' -1 "$*" >&2; }
+die() { log "error: $*"; exit 1; }
+
+# apt_install PKG...: installs the Debian packages that are missing (needs root).
+# Each argument is a list of alternatives separated by '|' (the first that Debian has wins).
+apt_install() {
+    local want=() alt name
+    for alt in "$@"; do
+        local found=""
+        for name in ${alt//|/ }; do
+            if dpkg-query -W -f='${Status}' "$name" 2>/dev/null | grep -q 'install ok installed'; then
+                found=installed
+                break
+            fi
+        done
+        [[ -n $found ]] && continue
+        want+=("$alt")
+    done
+    ((${#want[@]} == 0)) && return 0
+    [[ $(id -u) == 0 ]] || die "missing packages (${want[*]}); run as root or install them first"
+    log "apt-get update"
+    DEBIAN_FRONTEND=noninteractive apt-get update -qq >&2
+    local pkgs=()
+    for alt in "${want[@]}"; do
+        local chosen=""
+        for name in ${alt//|/ }; do
+            if apt-cache policy "$name" 2>/dev/null | grep -q 'Candidate: [0-9]'; then
+                chosen=$name
+                break
+            fi
+        done
+        [[ -n $chosen ]] || die "no Debian package for: $alt"
+        pkgs+=("$chosen")
+    done
+    log "apt-get install ${pkgs[*]}"
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends "${pkgs[@]}" >&2
+}
+
+# start_bg NAME CPULIST CMD...: starts CMD in the background (pinned to CPULIST unless it
+# is empty), logs to $WORK/NAME.log, records the pid, and sets STARTED_PID.
+start_bg() {
+    local name=$1 cpus=$2
+    shift 2
+    if [[ -n $cpus ]]; then
+        taskset -c "$cpus" "$@" >"$WORK/$name.log" 2>&1 &
+    else
+        "$@" >"$WORK/$name.log" 2>&1 &
+    fi
+    STARTED_PID=$!
+    BENCH_PIDS+=("$STARTED_PID")
+    log "started $name (pid $STARTED_PID${cpus:+, cpu $cpus}): $*"
+}
+
+# bench_cleanup: stops the recorded processes (TERM, then KILL after 5 s), one by one.
+bench_cleanup() {
+    local pid i
+    for pid in "${BENCH_PIDS[@]}"; do
+        kill -TERM "$pid" 2>/dev/null || true
+    done
+    for pid in "${BENCH_PIDS[@]}"; do
+        for ((i = 0; i < 50; i++)); do
+            kill -0 "$pid" 2>/dev/null || break
+            sleep 0.1
+        done
+        kill -KILL "$pid" 2>/dev/null || true
+        wait "$pid" 2>/dev/null || true
+    done
+    BENCH_PIDS=()
+}
+
+# wait_until SECONDS CMD...: retries CMD every 0.1 s until it succeeds or time is up.
+wait_until() {
+    local limit=$1 i
+    shift
+    for ((i = 0; i < limit * 10; i++)); do
+        "$@" >/dev/null 2>&1 && return 0
+        sleep 0.1
+    done
+    return 1
+}
+
+# port_free ADDR PORT: true when nothing listens on ADDR:PORT (TCP).
+port_free() {
+    ! ss -Htln "sport = :$2" 2>/dev/null | awk '{print $4}' | grep -qE "^(\*|0\.0\.0\.0|\[::\]|$1):$2$"
+}
+
+# cpu_ticks PID: utime+stime of a process (all its threads), in clock ticks.
+cpu_ticks() {
+    # Field 2 (comm) may contain spaces: cut everything up to the last ')'.
+    local stat
+    stat=$(<"/proc/$1/stat") || return 1
+    stat=${stat##*) }
+    # After the cut, utime and stime are fields 12 and 13.
+    awk '{print $12 + $13}' <<<"$stat"
+}
+
+# cpu_busy_snapshot: "cpu0_busy cpu0_total cpu1_busy cpu1_total ..." from /proc/stat.
+cpu_busy_snapshot() {
+    awk '/^cpu[0-9]+ / {busy = $2 + $3 + $4 + $7 + $8 + $9; total = busy + $5 + $6; printf "%s %s ", busy, total} END {print ""}' /proc/stat
+}
+
+# cpu_busy_pct BEFORE AFTER INDEX: busy % of CPU INDEX between two snapshots.
+cpu_busy_pct() {
+    awk -v a="$1" -v b="$2" -v i="$3" 'BEGIN {
+        n = split(a, x, " "); split(b, y, " ");
+        if (2 * i + 2 > n) { print "-"; exit }
+        db = y[2 * i + 1] - x[2 * i + 1]; dt = y[2 * i + 2] - x[2 * i + 2];
+        if (dt <= 0) { print "-"; exit }
+        printf "%.0f", 100 * db / dt }'
+}
+
+# quiet_gap MAX_WAIT: waits (1 s at least, MAX_WAIT s at most) until no CPU was busier than
+# QUIET_PCT % (default 15) for a whole second, since other work on the machine would skew
+# the next step. Sets QUIET_BUSY to the busiest CPU's % over the last second waited.
+quiet_gap() {
+    local max_wait=$1 waited=0 s0 s1 i busy
+    while :; do
+        s0=$(cpu_busy_snapshot)
+        sleep 1
+        s1=$(cpu_busy_snapshot)
+        busy=0
+        for ((i = 0; i < $(nproc); i++)); do
+            local b
+            b=$(cpu_busy_pct "$s0" "$s1" "$i")
+            [[ $b != - && $b -gt $busy ]] && busy=$b
+        done
+        QUIET_BUSY=$busy
+        waited=$((waited + 1))
+        ((busy <= ${QUIET_PCT:-15})) && return 0
+        if ((waited >= max_wait)); then
+            log "  the machine is still busy (a CPU at $busy%) after ${waited}s: going on"
+            return 0
+        fi
+        ((waited == 1)) && log "  other work on the machine (a CPU at $busy%): waiting for quiet (at most ${max_wait}s)"
+    done
+}
+
+# median: the median of the numbers on stdin ("-" when there are none).
+median() {
+    sort -g | awk '{v[NR] = $1} END {
+        if (NR == 0) { print "-"; exit }
+        if (NR % 2) print v[(NR + 1) / 2]; else print (v[NR / 2] + v[NR / 2 + 1]) / 2 }'
+}
+
+# replace_section FILE NAME CONTENT_FILE HEADING SKELETON_FILE: puts CONTENT_FILE between
+# the markers <!-- NAME:begin --> and <!-- NAME:end --> in FILE. A missing FILE is created
+# from SKELETON_FILE; a FILE without the markers gets "## HEADING" and the markers appended.
+replace_section() {
+    local file=$1 name=$2 content=$3 heading=$4 skeleton=$5
+    local begin="<!-- $name:begin -->" end="<!-- $name:end -->"
+    mkdir -p "$(dirname "$file")"
+    [[ -f $file ]] || cp "$skeleton" "$file"
+    if ! grep -qF "$begin" "$file" || ! grep -qF "$end" "$file"; then
+        printf '\n## %s\n\n%s\n%s\n' "$heading" "$begin" "$end" >>"$file"
+    fi
+    local tmp
+    tmp=$(mktemp "$file.XXXXXX")
+    awk -v begin="$begin" -v end="$end" -v content="$content" '
+        $0 == begin { print; while ((getline line < content) > 0) print line; skip = 1; next }
+        $0 == end { skip = 0 }
+        !skip { print }' "$file" >"$tmp"
+    mv "$tmp" "$file"
+}
