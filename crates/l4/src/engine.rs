@@ -12,7 +12,7 @@ use ipnet::IpNet;
 use rvs_model::status::{
     ConnectionStatus, RealServerStatus, ServerDisplayState, ServiceTable, VirtualServiceStatus,
 };
-use rvs_model::{Frontend, IpFamily, Protocol, Snapshot, VirtualService};
+use rvs_model::{Frontend, IpFamily, Protocol, Snapshot, TrafficPolicy, VirtualService};
 use tokio_util::sync::CancellationToken;
 
 use crate::conn::ConnTable;
@@ -151,9 +151,16 @@ impl Engine {
                             .or_insert_with(|| Arc::new(ServerShared::new(rs.addr)))
                             .clone();
                         shared.removed.store(false, Ordering::Relaxed);
+                        // A userspace proxy cannot tell where a client came from, so a Local
+                        // policy keeps every connection on this node's endpoints.
+                        let weight = if vs.traffic_policy == TrafficPolicy::Local && !rs.is_local {
+                            0
+                        } else {
+                            rs.weight
+                        };
                         ServerSlot {
                             shared,
-                            weight: rs.weight,
+                            weight,
                             state: rs.state,
                         }
                     })

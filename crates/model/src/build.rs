@@ -13,7 +13,7 @@ use rvs_sched::{SchedulerConfig, SchedulerFlags, SchedulerKind};
 use crate::objects::{ObjectRef, ObjectSet, Origin, Problem, Sourced};
 use crate::types::{
     EndpointState, Frontend, FrontendKind, IpFamily, Protocol, RealServer, ServiceRef,
-    VirtualService,
+    TrafficPolicy, VirtualService,
 };
 
 pub const ANNOTATION_PREFIX: &str = "rvs.io/";
@@ -34,12 +34,18 @@ const DEFAULT_WEIGHT: u32 = 1;
 pub struct BuildOptions {
     /// Scheduler for Services without `rvs.io/scheduler` (kube-proxy's `--ipvs-scheduler`).
     pub default_scheduler: SchedulerKind,
+    /// This node's name (`--node-name`): marks local endpoints, matches `forNodes` hints.
+    pub node_name: Option<String>,
+    /// This node's zone: matches `forZones` hints (topology-aware routing).
+    pub node_zone: Option<String>,
 }
 
 impl Default for BuildOptions {
     fn default() -> Self {
         BuildOptions {
             default_scheduler: SchedulerKind::Rr,
+            node_name: None,
+            node_zone: None,
         }
     }
 }
@@ -396,6 +402,32 @@ fn translate_service(
     }
     let families = service_families(spec.ip_families.as_deref(), &cluster_ips, ctx);
 
+    let policy = |field: &str, value: Option<&str>, ctx: &mut Ctx| match value {
+        None | Some("Cluster") | Some("Global") => TrafficPolicy::Cluster,
+        Some("Local") => TrafficPolicy::Local,
+        Some(other) => {
+            ctx.problem(field, format!("{other:?} is not Cluster or Local"));
+            TrafficPolicy::Cluster
+        }
+    };
+    let external_policy = policy(
+        "spec.externalTrafficPolicy",
+        spec.external_traffic_policy.as_deref(),
+        ctx,
+    );
+    let internal_policy = policy(
+        "spec.internalTrafficPolicy",
+        spec.internal_traffic_policy.as_deref(),
+        ctx,
+    );
+    let source_ranges = parse_source_ranges(service, ctx);
+    let health_check_node_port = match spec.health_check_node_port {
+        Some(port) if service_type == "LoadBalancer" && external_policy == TrafficPolicy::Local => {
+            port_number(port, "spec.healthCheckNodePort", ctx)
+        }
+        _ => None,
+    };
+
     let persistence = match spec.session_affinity.as_deref() {
         None | Some("None") => None,
         Some("ClientIP") => {
@@ -468,8 +500,20 @@ fn translate_service(
                 Frontend::Address { addr } => IpFamily::of(addr.ip()),
                 Frontend::NodePort { family, .. } => family,
             };
-            let real_servers =
-                real_servers(port, &parsed, family, slices, &annotations.weights, ctx);
+            let traffic_policy = match kind {
+                FrontendKind::ClusterIp => internal_policy,
+                _ => external_policy,
+            };
+            let topology = (traffic_policy == TrafficPolicy::Cluster).then_some(options);
+            let real_servers = real_servers(
+                port,
+                &parsed,
+                family,
+                slices,
+                &annotations.weights,
+                (options.node_name.as_deref(), topology),
+                ctx,
+            );
             out.push(VirtualService {
                 protocol: parsed.protocol,
                 frontend,
@@ -479,6 +523,14 @@ fn translate_service(
                 persistence,
                 proxy_protocol: annotations.proxy_protocol,
                 real_servers,
+                traffic_policy,
+                source_ranges: if kind == FrontendKind::LoadBalancer {
+                    source_ranges.clone()
+                } else {
+                    Vec::new()
+                },
+                health_check_node_port: health_check_node_port
+                    .filter(|_| kind == FrontendKind::LoadBalancer),
             });
         }
     }
@@ -596,6 +648,7 @@ fn real_servers(
     family: IpFamily,
     slices: &[&Sourced<EndpointSlice>],
     weights: &BTreeMap<String, u32>,
+    (node_name, topology): (Option<&str>, Option<&BuildOptions>),
     ctx: &mut Ctx,
 ) -> Vec<RealServer> {
     let port_name = port.name.as_deref().unwrap_or("");
@@ -605,6 +658,8 @@ fn real_servers(
     };
     let mut ready = BTreeMap::new();
     let mut terminating = BTreeMap::new();
+    // Topology hints of the ready endpoints: (forZones, forNodes).
+    let mut hints: BTreeMap<SocketAddr, (Vec<String>, Vec<String>)> = BTreeMap::new();
     for sourced in slices {
         let slice = &sourced.object;
         if slice.address_type != address_type {
@@ -663,11 +718,26 @@ fn real_servers(
                 weight: configured_weight,
                 configured_weight,
                 state: EndpointState::Ready,
+                is_local: node_name.is_some() && endpoint.node_name.as_deref() == node_name,
                 node_name: endpoint.node_name.clone(),
                 zone: endpoint.zone.clone(),
                 target,
             };
             if is_ready && !is_terminating {
+                let endpoint_hints = endpoint.hints.as_ref();
+                hints.insert(
+                    server.addr,
+                    (
+                        endpoint_hints
+                            .and_then(|h| h.for_zones.as_ref())
+                            .map(|z| z.iter().map(|z| z.name.clone()).collect())
+                            .unwrap_or_default(),
+                        endpoint_hints
+                            .and_then(|h| h.for_nodes.as_ref())
+                            .map(|n| n.iter().map(|n| n.name.clone()).collect())
+                            .unwrap_or_default(),
+                    ),
+                );
                 ready.insert(server.addr, server);
             } else if is_serving && is_terminating {
                 terminating.insert(
@@ -680,6 +750,9 @@ fn real_servers(
             }
         }
     }
+    if let Some(options) = topology {
+        apply_topology_hints(&mut ready, &hints, options);
+    }
     let fallback = ready.is_empty();
     let mut servers: BTreeMap<SocketAddr, RealServer> = ready;
     for (addr, mut server) in terminating {
@@ -689,4 +762,78 @@ fn real_servers(
         servers.entry(addr).or_insert(server);
     }
     servers.into_values().collect()
+}
+
+/// Topology-aware routing as kube-proxy applies it: when every ready endpoint carries hints
+/// and some are for this node (`forNodes`) or, failing that, this zone (`forZones`), only
+/// those take this node's traffic. Otherwise the hints are ignored.
+fn apply_topology_hints(
+    ready: &mut BTreeMap<SocketAddr, RealServer>,
+    hints: &BTreeMap<SocketAddr, (Vec<String>, Vec<String>)>,
+    options: &BuildOptions,
+) {
+    let select = |pick: &dyn Fn(&(Vec<String>, Vec<String>)) -> &Vec<String>, wanted: &str| {
+        let all_hinted = ready
+            .keys()
+            .all(|a| hints.get(a).is_some_and(|h| !pick(h).is_empty()));
+        let chosen: Vec<SocketAddr> = ready
+            .keys()
+            .filter(|a| {
+                hints
+                    .get(*a)
+                    .is_some_and(|h| pick(h).iter().any(|x| x == wanted))
+            })
+            .copied()
+            .collect();
+        (all_hinted && !chosen.is_empty()).then_some(chosen)
+    };
+    let by_node = options
+        .node_name
+        .as_deref()
+        .and_then(|n| select(&|h| &h.1, n));
+    let chosen = by_node.or_else(|| {
+        options
+            .node_zone
+            .as_deref()
+            .and_then(|z| select(&|h| &h.0, z))
+    });
+    if let Some(chosen) = chosen {
+        ready.retain(|addr, _| chosen.contains(addr));
+    }
+}
+
+/// `spec.loadBalancerSourceRanges`, or the older annotation
+/// `service.beta.kubernetes.io/load-balancer-source-ranges`.
+fn parse_source_ranges(service: &Service, ctx: &mut Ctx) -> Vec<ipnet::IpNet> {
+    const ANNOTATION: &str = "service.beta.kubernetes.io/load-balancer-source-ranges";
+    let spec_ranges = service
+        .spec
+        .as_ref()
+        .and_then(|s| s.load_balancer_source_ranges.clone());
+    let (field, raw): (String, Vec<String>) = match spec_ranges.filter(|r| !r.is_empty()) {
+        Some(ranges) => ("spec.loadBalancerSourceRanges".into(), ranges),
+        None => match service
+            .metadata
+            .annotations
+            .as_ref()
+            .and_then(|a| a.get(ANNOTATION))
+        {
+            Some(list) => (
+                format!("metadata.annotations[{ANNOTATION}]"),
+                list.split(',')
+                    .map(|s| s.trim().to_string())
+                    .filter(|s| !s.is_empty())
+                    .collect(),
+            ),
+            None => return Vec::new(),
+        },
+    };
+    let mut out = Vec::new();
+    for (i, range) in raw.iter().enumerate() {
+        match range.trim().parse::<ipnet::IpNet>() {
+            Ok(net) => out.push(net.trunc()),
+            Err(_) => ctx.problem(format!("{field}[{i}]"), format!("{range:?} is not a CIDR")),
+        }
+    }
+    out
 }

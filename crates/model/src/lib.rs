@@ -11,5 +11,5 @@ pub use objects::{ObjectRef, ObjectSet, Origin, Problem, Sourced};
 pub use rvs_sched::{SchedulerConfig, SchedulerFlags, SchedulerKind};
 pub use types::{
     EndpointState, Frontend, FrontendKind, IpFamily, Protocol, RealServer, ServiceRef,
-    VirtualService,
+    TrafficPolicy, VirtualService,
 };

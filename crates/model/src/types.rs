@@ -92,6 +92,15 @@ pub enum FrontendKind {
     NodePort,
 }
 
+/// `externalTrafficPolicy` for external frontends, `internalTrafficPolicy` for ClusterIPs.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub enum TrafficPolicy {
+    #[default]
+    Cluster,
+    /// Only endpoints on this node; none there means the traffic is dropped.
+    Local,
+}
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum EndpointState {
@@ -115,6 +124,8 @@ pub struct RealServer {
     pub zone: Option<String>,
     /// The pod (EndpointSlice targetRef) if named.
     pub target: Option<String>,
+    /// Runs on this node (`--node-name`): what a Local traffic policy keeps.
+    pub is_local: bool,
 }
 
 /// A virtual service as IPVS models it: one protocol and address, a scheduler, persistence and
@@ -134,9 +145,26 @@ pub struct VirtualService {
     pub proxy_protocol: bool,
     /// Sorted by address; unique.
     pub real_servers: Vec<RealServer>,
+    pub traffic_policy: TrafficPolicy,
+    /// `loadBalancerSourceRanges`, on LoadBalancer frontends: only these clients get in.
+    /// Empty: everyone.
+    pub source_ranges: Vec<ipnet::IpNet>,
+    /// `healthCheckNodePort` of a LoadBalancer Service with the Local external policy.
+    pub health_check_node_port: Option<u16>,
 }
 
 impl VirtualService {
+    /// Servers that may take new connections from `external` sources (or internal ones):
+    /// with a Local policy only this node's, except that traffic from inside the cluster to an
+    /// external frontend goes to any endpoint, as kube-proxy does.
+    pub fn serving(&self, external: bool) -> impl Iterator<Item = &RealServer> {
+        let local_only = self.traffic_policy == TrafficPolicy::Local
+            && (external || self.kind == FrontendKind::ClusterIp);
+        self.real_servers
+            .iter()
+            .filter(move |rs| rs.weight > 0 && (!local_only || rs.is_local))
+    }
+
     /// True when the terminating fallback is in force (no ready endpoint, serving terminating
     /// ones take new connections).
     pub fn uses_terminating_fallback(&self) -> bool {

@@ -6,8 +6,9 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use rvs_model::{
-    BuildOptions, EndpointState, Frontend, IpFamily, ObjectSet, Origin, Protocol, RealServer,
-    SchedulerConfig, SchedulerFlags, SchedulerKind, Snapshot, Sourced, VirtualService,
+    BuildOptions, EndpointState, Frontend, FrontendKind, IpFamily, ObjectSet, Origin, Protocol,
+    RealServer, SchedulerConfig, SchedulerFlags, SchedulerKind, Snapshot, Sourced, TrafficPolicy,
+    VirtualService,
 };
 use serde::Deserialize;
 
@@ -161,6 +162,7 @@ endpoints:
             node_name: Some("node-b".into()),
             zone: Some("zone-2".into()),
             target: Some("web-2".into()),
+            is_local: false,
         }
     );
     assert_eq!(vs.real_servers[0].target, None);
@@ -756,9 +758,11 @@ fn scheduler_annotations() {
     let options = BuildOptions::default();
     let wlc = BuildOptions {
         default_scheduler: SchedulerKind::Wlc,
+        ..Default::default()
     };
     let mh = BuildOptions {
         default_scheduler: SchedulerKind::Mh,
+        ..Default::default()
     };
     let config = |kind, fallback, port, mh_table_size| SchedulerConfig {
         kind,
@@ -1471,4 +1475,159 @@ endpoints: [{{addresses: [10.1.0.1]}}]
             "{port}"
         );
     }
+}
+
+const POLICY_SERVICE: &str = r#"
+apiVersion: v1
+kind: Service
+metadata: {name: web, namespace: shop}
+spec:
+  type: LoadBalancer
+  clusterIP: 10.96.0.20
+  externalTrafficPolicy: Local
+  internalTrafficPolicy: Local
+  healthCheckNodePort: 32000
+  loadBalancerSourceRanges: [192.0.2.0/24, 198.51.100.7/32]
+  ports: [{name: http, port: 80, nodePort: 30080}]
+status: {loadBalancer: {ingress: [{ip: 203.0.113.9}]}}
+---
+apiVersion: discovery.k8s.io/v1
+kind: EndpointSlice
+metadata: {name: web-1, namespace: shop, labels: {kubernetes.io/service-name: web}}
+addressType: IPv4
+ports: [{name: http, port: 8080}]
+endpoints:
+  - addresses: [10.1.0.1]
+    nodeName: node-a
+    zone: zone-1
+    hints: {forZones: [{name: zone-1}], forNodes: [{name: node-a}]}
+  - addresses: [10.1.0.2]
+    nodeName: node-b
+    zone: zone-2
+    hints: {forZones: [{name: zone-2}], forNodes: [{name: node-b}]}
+  - addresses: [10.1.0.3]
+    nodeName: node-c
+    zone: zone-2
+    hints: {forZones: [{name: zone-2}], forNodes: [{name: node-c}]}
+"#;
+
+fn options_on(node: &str, zone: &str) -> BuildOptions {
+    BuildOptions {
+        node_name: Some(node.into()),
+        node_zone: Some(zone.into()),
+        ..Default::default()
+    }
+}
+
+#[test]
+fn traffic_policies_source_ranges_and_health_check_port() {
+    let objects = objects(POLICY_SERVICE);
+    let (snapshot, problems) = Snapshot::build(&objects, &options_on("node-b", "zone-2"), None);
+    assert!(problems.is_empty(), "{problems:?}");
+    let by_kind = |kind: FrontendKind| snapshot.services.iter().find(|v| v.kind == kind).unwrap();
+    let lb = by_kind(FrontendKind::LoadBalancer);
+    assert_eq!(lb.traffic_policy, TrafficPolicy::Local);
+    assert_eq!(
+        lb.source_ranges,
+        vec![
+            "192.0.2.0/24".parse::<ipnet::IpNet>().unwrap(),
+            "198.51.100.7/32".parse().unwrap()
+        ]
+    );
+    assert_eq!(lb.health_check_node_port, Some(32000));
+    let node_port = by_kind(FrontendKind::NodePort);
+    assert!(
+        node_port.source_ranges.is_empty(),
+        "source ranges guard LoadBalancer IPs only"
+    );
+    assert_eq!(node_port.health_check_node_port, None);
+    // Local policies ignore topology hints: every endpoint is listed, the local one marked.
+    let local: Vec<String> = lb
+        .real_servers
+        .iter()
+        .filter(|r| r.is_local)
+        .map(|r| r.addr.to_string())
+        .collect();
+    assert_eq!(local, vec!["10.1.0.2:8080"]);
+    assert_eq!(lb.real_servers.len(), 3);
+    let serving_external: Vec<String> = lb.serving(true).map(|r| r.addr.to_string()).collect();
+    assert_eq!(serving_external, vec!["10.1.0.2:8080"]);
+    assert_eq!(
+        lb.serving(false).count(),
+        3,
+        "cluster-internal sources reach every endpoint"
+    );
+    let cluster_ip = by_kind(FrontendKind::ClusterIp);
+    assert_eq!(cluster_ip.traffic_policy, TrafficPolicy::Local);
+    assert_eq!(
+        cluster_ip.serving(false).count(),
+        1,
+        "internalTrafficPolicy Local"
+    );
+}
+
+#[test]
+fn topology_hints_pick_this_node_then_this_zone_else_everything() {
+    let cluster = POLICY_SERVICE
+        .replace("  externalTrafficPolicy: Local\n", "")
+        .replace("  internalTrafficPolicy: Local\n", "");
+    let cluster_objects = objects(&cluster);
+    let servers_on = |node: &str, zone: &str| -> Vec<String> {
+        let (snapshot, problems) = Snapshot::build(&cluster_objects, &options_on(node, zone), None);
+        assert!(problems.is_empty(), "{problems:?}");
+        let vs = snapshot
+            .services
+            .iter()
+            .find(|v| v.kind == FrontendKind::ClusterIp)
+            .unwrap();
+        vs.real_servers
+            .iter()
+            .map(|r| r.addr.ip().to_string())
+            .collect()
+    };
+    assert_eq!(
+        servers_on("node-b", "zone-2"),
+        vec!["10.1.0.2"],
+        "forNodes first"
+    );
+    assert_eq!(
+        servers_on("node-x", "zone-2"),
+        vec!["10.1.0.2", "10.1.0.3"],
+        "then forZones"
+    );
+    assert_eq!(
+        servers_on("node-x", "zone-9"),
+        vec!["10.1.0.1", "10.1.0.2", "10.1.0.3"],
+        "no match: all"
+    );
+    // One endpoint without hints: hints are not trusted at all.
+    let partial = cluster.replace(
+        "    hints: {forZones: [{name: zone-2}], forNodes: [{name: node-c}]}\n",
+        "",
+    );
+    let (snapshot, _) = Snapshot::build(&objects(&partial), &options_on("node-b", "zone-2"), None);
+    let vs = snapshot
+        .services
+        .iter()
+        .find(|v| v.kind == FrontendKind::ClusterIp)
+        .unwrap();
+    assert_eq!(vs.real_servers.len(), 3);
+}
+
+#[test]
+fn bad_policies_and_ranges_are_problems() {
+    let bad = POLICY_SERVICE
+        .replace(
+            "externalTrafficPolicy: Local",
+            "externalTrafficPolicy: Nearby",
+        )
+        .replace("198.51.100.7/32", "198.51.100.300/32");
+    let (_, problems) = build(&bad);
+    assert!(
+        problems.iter().any(|p| p.ends_with(
+            "Service shop/web: spec.externalTrafficPolicy: \"Nearby\" is not Cluster or Local"
+        )),
+        "{problems:?}"
+    );
+    assert!(problems.iter().any(|p| p.ends_with("Service shop/web: spec.loadBalancerSourceRanges[1]: \"198.51.100.300/32\" is not a CIDR")), "{problems:?}");
 }

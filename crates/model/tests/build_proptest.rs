@@ -487,7 +487,10 @@ proptest! {
         second in object_set(),
         default_scheduler in select(SchedulerKind::ALL.to_vec()),
     ) {
-        let options = BuildOptions { default_scheduler };
+        let options = BuildOptions {
+            default_scheduler,
+            ..Default::default()
+        };
         let v1 = check(&first, &options, None)?;
         let v2 = check(&second, &options, Some(&v1))?;
         // The first objects again, after the second: carry-over from a snapshot with carry-over.

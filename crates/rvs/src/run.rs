@@ -44,6 +44,12 @@ pub struct RunArgs {
     /// Add virtual addresses to this interface (and remove them), like kube-ipvs0.
     #[arg(long, value_name = "IFACE")]
     manage_vips: Option<String>,
+    /// This node's name: endpoints on it are local (traffic policies Local, forNodes hints).
+    #[arg(long, env = "NODE_NAME")]
+    node_name: Option<String>,
+    /// This node's zone, for topology-aware routing (forZones hints).
+    #[arg(long)]
+    node_zone: Option<String>,
     /// On SIGTERM, how long open connections may take to finish.
     #[arg(long, default_value = "30s", value_parser = crate::parse_duration)]
     shutdown_grace: Duration,
@@ -109,6 +115,8 @@ pub async fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
     })?;
     let options = BuildOptions {
         default_scheduler: args.scheduler,
+        node_name: args.node_name.clone(),
+        node_zone: args.node_zone.clone(),
     };
     let mut reloader = Reloader {
         previous: None,

@@ -105,6 +105,7 @@ pub fn server(addr: SocketAddr, weight: u32) -> RealServer {
         node_name: None,
         zone: None,
         target: None,
+        is_local: false,
     }
 }
 
@@ -132,6 +133,9 @@ pub fn vs(
         persistence: None,
         proxy_protocol: false,
         real_servers: servers,
+        traffic_policy: Default::default(),
+        source_ranges: Vec::new(),
+        health_check_node_port: None,
     }
 }
 
