@@ -658,8 +658,7 @@ fn real_servers(
     };
     let mut ready = BTreeMap::new();
     let mut terminating = BTreeMap::new();
-    // Topology hints of the ready endpoints: (forZones, forNodes).
-    let mut hints: BTreeMap<SocketAddr, (Vec<String>, Vec<String>)> = BTreeMap::new();
+    let mut hints: BTreeMap<SocketAddr, Hints> = BTreeMap::new();
     for sourced in slices {
         let slice = &sourced.object;
         if slice.address_type != address_type {
@@ -727,16 +726,16 @@ fn real_servers(
                 let endpoint_hints = endpoint.hints.as_ref();
                 hints.insert(
                     server.addr,
-                    (
-                        endpoint_hints
+                    Hints {
+                        zones: endpoint_hints
                             .and_then(|h| h.for_zones.as_ref())
                             .map(|z| z.iter().map(|z| z.name.clone()).collect())
                             .unwrap_or_default(),
-                        endpoint_hints
+                        nodes: endpoint_hints
                             .and_then(|h| h.for_nodes.as_ref())
                             .map(|n| n.iter().map(|n| n.name.clone()).collect())
                             .unwrap_or_default(),
-                    ),
+                    },
                 );
                 ready.insert(server.addr, server);
             } else if is_serving && is_terminating {
@@ -764,25 +763,26 @@ fn real_servers(
     servers.into_values().collect()
 }
 
+/// An endpoint's topology hints.
+struct Hints {
+    zones: Vec<String>,
+    nodes: Vec<String>,
+}
+
 /// Topology-aware routing as kube-proxy applies it: when every ready endpoint carries hints
 /// and some are for this node (`forNodes`) or, failing that, this zone (`forZones`), only
 /// those take this node's traffic. Otherwise the hints are ignored.
 fn apply_topology_hints(
     ready: &mut BTreeMap<SocketAddr, RealServer>,
-    hints: &BTreeMap<SocketAddr, (Vec<String>, Vec<String>)>,
+    hints: &BTreeMap<SocketAddr, Hints>,
     options: &BuildOptions,
 ) {
-    let select = |pick: &dyn Fn(&(Vec<String>, Vec<String>)) -> &Vec<String>, wanted: &str| {
-        let all_hinted = ready
-            .keys()
-            .all(|a| hints.get(a).is_some_and(|h| !pick(h).is_empty()));
+    let select = |pick: fn(&Hints) -> &[String], wanted: &str| {
+        let hinted = |a: &SocketAddr| hints.get(a).map(pick).unwrap_or_default();
+        let all_hinted = ready.keys().all(|a| !hinted(a).is_empty());
         let chosen: Vec<SocketAddr> = ready
             .keys()
-            .filter(|a| {
-                hints
-                    .get(*a)
-                    .is_some_and(|h| pick(h).iter().any(|x| x == wanted))
-            })
+            .filter(|a| hinted(a).iter().any(|x| x == wanted))
             .copied()
             .collect();
         (all_hinted && !chosen.is_empty()).then_some(chosen)
@@ -790,12 +790,12 @@ fn apply_topology_hints(
     let by_node = options
         .node_name
         .as_deref()
-        .and_then(|n| select(&|h| &h.1, n));
+        .and_then(|n| select(|h| &h.nodes, n));
     let chosen = by_node.or_else(|| {
         options
             .node_zone
             .as_deref()
-            .and_then(|z| select(&|h| &h.0, z))
+            .and_then(|z| select(|h| &h.zones, z))
     });
     if let Some(chosen) = chosen {
         ready.retain(|addr, _| chosen.contains(addr));
