@@ -10,7 +10,8 @@
 # CPU 0; 0: no pinning; default 1 when there are 2+ CPUs), OUT (the results file;
 # docs/benchmarks.md), SKIP_BUILD=1 (use target/release/rvs as it is), KEEP=1 (keep the work
 # directory with the raw outputs and logs), PERF=1 (also profile each proxy with perf; the
-# reports stay in the work directory).
+# reports stay in the work directory). Other work on the machine: QUIET_PCT (15), QUIET_WAIT
+# (60 s), OTHER_MAX (25 % of a CPU), RETRIES (2), SLACK (120 s, QUICK 40) — see step_begin.
 #
 # Needs: Linux, root for apt-get (when a tool is missing), cargo. All traffic stays on
 # 127.0.0.0/8. Everything the script starts is stopped on exit.
@@ -33,6 +34,13 @@ fi
 OUT=${OUT:-$ROOT/docs/benchmarks.md}
 # Before each step: wait up to QUIET_WAIT s for the machine to be idle (see quiet_gap).
 QUIET_WAIT=${QUIET_WAIT:-60}
+# After each step: run it again (at most RETRIES times) when other work on the machine used
+# more than OTHER_MAX % of a CPU during it.
+OTHER_MAX=${OTHER_MAX:-25}
+RETRIES=${RETRIES:-2}
+# Waiting for quiet and retries may add at most SLACK seconds to the whole run.
+SLACK=${SLACK:-$((QUICK == 1 ? 40 : 120))}
+EXTRA=0
 NCPU=$(nproc)
 if [[ -z ${PIN:-} ]]; then
     PIN=$((NCPU >= 2 ? 1 : 0))
@@ -202,7 +210,9 @@ end
 EOF
 
 start_bg nginx "$CPU_REST" nginx -c "$WORK/nginx/nginx.conf" -g 'daemon off;'
+NGINX_PID=$STARTED_PID
 start_bg iperf3-server "$CPU_REST" iperf3 -s -B "$IPERF_SERVER" -p "$IPERF_PORT"
+IPERF_SERVER_PID=$STARTED_PID
 start_bg haproxy "$CPU_PROXY" haproxy -db -f "$WORK/haproxy.cfg"
 HAPROXY_PID=$STARTED_PID
 RVS_LOG=warn start_bg rvs "$CPU_PROXY" "$RVS" run -f "$WORK/manifests" --admin "$RVS_ADMIN"
@@ -230,66 +240,109 @@ pinned() {
 
 proxy_ticks() { if [[ -n $1 ]]; then cpu_ticks "$1"; else echo 0; fi; }
 
+# Our long-running processes: the CPU they use is not "other work".
+OURS=("$NGINX_PID" $(pgrep -P "$NGINX_PID" || true) "$IPERF_SERVER_PID" "$HAPROXY_PID" "$RVS_PID")
+
+# step_begin / step_end PROXY_PID: around one run of a load generator (in the foreground of
+# this shell): the proxy's CPU ticks (DT), per-CPU busy snapshots (S0, S1) and the CPU
+# time used by anything else on the machine (OTHER_TICKS: all CPUs' busy time minus ours
+# and the load generator's; kernel work charged to no task lands there too).
+step_begin() {
+    local room=$((1 + SLACK - EXTRA))
+    quiet_gap "$((room < QUIET_WAIT ? (room < 1 ? 1 : room) : QUIET_WAIT))"
+    EXTRA=$((EXTRA + QUIET_WAITED - 1))
+    T0=$(proxy_ticks "$1")
+    S0=$(cpu_busy_snapshot)
+    O0=$(($(ticks_of "${OURS[@]}") + $(children_ticks)))
+    A0=$(busy_ticks)
+}
+step_end() {
+    local a1 o1
+    a1=$(busy_ticks)
+    o1=$(($(ticks_of "${OURS[@]}") + $(children_ticks)))
+    S1=$(cpu_busy_snapshot)
+    DT=$(($(proxy_ticks "$1") - T0))
+    OTHER_TICKS=$(((a1 - A0) - (o1 - O0)))
+}
+# other_pct SECONDS: OTHER_TICKS as % of one CPU.
+other_pct() { awk -v t="$OTHER_TICKS" -v k="$CLK_TCK" -v s="$1" 'BEGIN {printf "%.0f", 100 * t / k / s}'; }
+# disturbed ATTEMPT OTHER_PCT: true when the step should be run again.
+disturbed() {
+    if (($2 > OTHER_MAX)); then
+        if (($1 <= RETRIES && EXTRA < SLACK)); then
+            log "  other work used ${2}% of a CPU during the step: running it again"
+            EXTRA=$((EXTRA + DURATION + 1))
+            return 0
+        fi
+        log "  other work used ${2}% of a CPU during the step (no retry left): keeping it"
+    fi
+    return 1
+}
+
 # Results: one TSV line per run:
 # 1 rep, 2 measure, 3 path, 4 value (req/s or Gbit/s), 5 p50 ms, 6 p99 ms, 7 errors,
 # 8 requests or bytes, 9 proxy CPU s, 10 seconds, 11 CPU0 busy %, 12 CPU1 busy %,
 # 13 proxy CPU % of one core, 14 proxy CPU per unit (us/request or s/GB),
-# 15 busiest CPU % in the idle second before the step (other work on the machine)
+# 15 busiest CPU % in the idle second before the step, 16 CPU % (of one CPU) used by other
+# work during the step, 17 attempts
 run_http() { # REP MEASURE PATH CONNS CLOSE
     local rep=$1 measure=$2 path=$3 conns=$4 close=$5
     local pid=${PROXY_PID[$path]} out=$WORK/runs/$rep-$measure-$path.txt
-    local hdr=()
+    local hdr=() attempt line secs other
     [[ $close == 1 ]] && hdr=(-H 'Connection: close')
-    local t0 t1 s0 s1
-    quiet_gap "$QUIET_WAIT"
-    t0=$(proxy_ticks "$pid")
-    s0=$(cpu_busy_snapshot)
-    pinned wrk -t1 -c"$conns" -d"${DURATION}s" --timeout 5s -s "$WORK/report.lua" "${hdr[@]}" \
-        "http://${HTTP_TARGET[$path]}/" >"$out" 2>&1 || true
-    s1=$(cpu_busy_snapshot)
-    t1=$(proxy_ticks "$pid")
-    local line
-    line=$(grep '^RESULT ' "$out" || true)
-    [[ -n $line ]] || die "wrk failed: $(cat "$out")"
-    awk -v rep="$rep" -v m="$measure" -v p="$path" -v tick="$CLK_TCK" -v dt=$((t1 - t0)) \
-        -v proxy="${pid:+1}" -v bg="$QUIET_BUSY" -v c0="$(cpu_busy_pct "$s0" "$s1" 0)" -v c1="$(cpu_busy_pct "$s0" "$s1" 1)" '
+    for ((attempt = 1; ; attempt++)); do
+        step_begin "$pid"
+        pinned wrk -t1 -c"$conns" -d"${DURATION}s" --timeout 5s -s "$WORK/report.lua" "${hdr[@]}" \
+            "http://${HTTP_TARGET[$path]}/" >"$out" 2>&1 || true
+        step_end "$pid"
+        line=$(grep '^RESULT ' "$out" || true)
+        [[ -n $line ]] || die "wrk failed: $(cat "$out")"
+        secs=$(awk '{for (i = 2; i <= NF; i++) if ($i ~ /^duration_us=/) {sub(/.*=/, "", $i); print $i / 1e6}}' <<<"$line")
+        other=$(other_pct "$secs")
+        disturbed "$attempt" "$other" || break
+    done
+    awk -v rep="$rep" -v m="$measure" -v p="$path" -v tick="$CLK_TCK" -v dt="$DT" \
+        -v proxy="${pid:+1}" -v bg="$QUIET_BUSY" -v other="$other" -v attempt="$attempt" \
+        -v c0="$(cpu_busy_pct "$S0" "$S1" 0)" -v c1="$(cpu_busy_pct "$S0" "$S1" 1)" '
         { for (i = 2; i <= NF; i++) { split($i, kv, "="); r[kv[1]] = kv[2] } }
         END {
             secs = r["duration_us"] / 1e6; cpu = dt / tick;
             pct = proxy ? sprintf("%.1f", 100 * cpu / secs) : "-";
             per = proxy && r["requests"] > 0 ? sprintf("%.2f", cpu * 1e6 / r["requests"]) : "-";
-            printf "%s\t%s\t%s\t%.1f\t%.3f\t%.3f\t%d\t%d\t%s\t%.2f\t%s\t%s\t%s\t%s\t%s\n",
+            printf "%s\t%s\t%s\t%.1f\t%.3f\t%.3f\t%d\t%d\t%s\t%.2f\t%s\t%s\t%s\t%s\t%s\t%s\t%s\n",
                 rep, m, p, r["requests"] / secs, r["p50_us"] / 1000, r["p99_us"] / 1000,
-                r["errors"] + r["non2xx"], r["requests"], proxy ? cpu : "-", secs, c0, c1, pct, per, bg
+                r["errors"] + r["non2xx"], r["requests"], proxy ? cpu : "-", secs, c0, c1, pct, per,
+                bg, other, attempt
         }' <<<"$line" >>"$RESULTS"
-    log "  $(tail -n1 "$RESULTS" | awk -F'\t' '{printf "%-7s %-15s %10s req/s  p99 %7s ms  errors %s  proxy cpu %s%%", $2, $3, $4, $6, $7, $13}')"
+    log "  $(tail -n1 "$RESULTS" | awk -F'\t' '{printf "%-7s %-15s %10s req/s  p99 %7s ms  errors %s  proxy cpu %s%%  other %s%%", $2, $3, $4, $6, $7, $13, $16}')"
 }
 
 run_bulk() { # REP MEASURE PATH STREAMS
     local rep=$1 measure=$2 path=$3 streams=$4
     local pid=${PROXY_PID[$path]} out=$WORK/runs/$rep-$measure-$path.json
-    local t0 t1 s0 s1
-    quiet_gap "$QUIET_WAIT"
-    t0=$(proxy_ticks "$pid")
-    s0=$(cpu_busy_snapshot)
-    pinned iperf3 -c "${IPERF_TARGET[$path]}" -p "$IPERF_PORT" -t "$DURATION" -P "$streams" -J \
-        >"$out" 2>&1 || true
-    s1=$(cpu_busy_snapshot)
-    t1=$(proxy_ticks "$pid")
-    local err bytes bps secs
-    err=$(jq -r '.error // empty' "$out" 2>/dev/null || echo "no JSON output")
-    [[ -z $err ]] || die "iperf3 ($path, $streams streams) failed: $err"
-    read -r bytes bps secs < <(jq -r '.end.sum_received | "\(.bytes) \(.bits_per_second) \(.seconds)"' "$out")
-    awk -v rep="$rep" -v m="$measure" -v p="$path" -v tick="$CLK_TCK" -v dt=$((t1 - t0)) \
-        -v proxy="${pid:+1}" -v bg="$QUIET_BUSY" -v c0="$(cpu_busy_pct "$s0" "$s1" 0)" -v c1="$(cpu_busy_pct "$s0" "$s1" 1)" \
+    local attempt err bytes bps secs other
+    for ((attempt = 1; ; attempt++)); do
+        step_begin "$pid"
+        pinned iperf3 -c "${IPERF_TARGET[$path]}" -p "$IPERF_PORT" -t "$DURATION" -P "$streams" -J \
+            >"$out" 2>&1 || true
+        step_end "$pid"
+        err=$(jq -r '.error // empty' "$out" 2>/dev/null || echo "no JSON output")
+        [[ -z $err ]] || die "iperf3 ($path, $streams streams) failed: $err"
+        read -r bytes bps secs < <(jq -r '.end.sum_received | "\(.bytes) \(.bits_per_second) \(.seconds)"' "$out")
+        other=$(other_pct "$secs")
+        disturbed "$attempt" "$other" || break
+    done
+    awk -v rep="$rep" -v m="$measure" -v p="$path" -v tick="$CLK_TCK" -v dt="$DT" \
+        -v proxy="${pid:+1}" -v bg="$QUIET_BUSY" -v other="$other" -v attempt="$attempt" \
+        -v c0="$(cpu_busy_pct "$S0" "$S1" 0)" -v c1="$(cpu_busy_pct "$S0" "$S1" 1)" \
         -v bytes="$bytes" -v bps="$bps" -v secs="$secs" 'BEGIN {
             cpu = dt / tick;
             pct = proxy ? sprintf("%.1f", 100 * cpu / secs) : "-";
             per = proxy && bytes > 0 ? sprintf("%.3f", cpu / (bytes / 1e9)) : "-";
-            printf "%s\t%s\t%s\t%.2f\t-\t-\t0\t%.0f\t%s\t%.2f\t%s\t%s\t%s\t%s\t%s\n",
-                rep, m, p, bps / 1e9, bytes, proxy ? cpu : "-", secs, c0, c1, pct, per, bg
+            printf "%s\t%s\t%s\t%.2f\t-\t-\t0\t%.0f\t%s\t%.2f\t%s\t%s\t%s\t%s\t%s\t%s\t%s\n",
+                rep, m, p, bps / 1e9, bytes, proxy ? cpu : "-", secs, c0, c1, pct, per, bg, other, attempt
         }' >>"$RESULTS"
-    log "  $(tail -n1 "$RESULTS" | awk -F'\t' '{printf "%-7s %-15s %8s Gbit/s  proxy cpu %s%%  %s s/GB", $2, $3, $4, $13, $14}')"
+    log "  $(tail -n1 "$RESULTS" | awk -F'\t' '{printf "%-7s %-15s %8s Gbit/s  proxy cpu %s%%  %s s/GB  other %s%%", $2, $3, $4, $13, $14, $16}')"
 }
 
 # ---------------------------------------------------------------------------- run
@@ -386,7 +439,7 @@ SECTION=$WORK/section.md
     else
         echo "- CPUs: no pinning (PIN=0); HAProxy \`nbthread 1\`, rvs $RVS_THREADS threads."
     fi
-    echo "- Before each step the script waits (up to ${QUIET_WAIT} s) until no CPU is more than ${QUIET_PCT:-15}% busy for a second, so other work on the machine does not skew it."
+    echo "- Other work on the machine: before each step the script waits (up to ${QUIET_WAIT} s) until no CPU is more than ${QUIET_PCT:-15}% busy for a second; a step during which processes other than the benchmark's used more than ${OTHER_MAX}% of a CPU is run again (up to $RETRIES times; waits and retries add at most ${SLACK} s to the run, this one $EXTRA s)."
     echo "- Steps: ${DURATION} s each, $REPS repetition(s) of the whole matrix (median reported; the order of the paths rotates between repetitions), ${WARMUP} s warm-up per path, whole run ${ELAPSED} s."
     echo "- Backends: one nginx (1 worker, \`access_log off\`, \`keepalive_requests 10000000\`) with two server blocks, $BACKEND_A:$HTTP_PORT and $BACKEND_B:$HTTP_PORT, each answering \`return 200\` with a 100-byte body; \`iperf3 -s\` on $IPERF_SERVER:$IPERF_PORT."
     echo "- Paths: **direct** = wrk to $BACKEND_A:$HTTP_PORT, iperf3 to the server; **HAProxy** = \`mode tcp\`, \`balance roundrobin\` over both backends (defaults otherwise: no kernel splicing); **HAProxy splice** (bulk only) = the same with \`option splice-auto\`; **rvs** = \`rvs run\` with a ClusterIP Service (scheduler rr) on both backends. iperf3 has its own frontend/Service with one server, since its control and data connections must reach the same server."
@@ -433,16 +486,16 @@ SECTION=$WORK/section.md
     echo
     echo "Ratios: rvs/HAProxy above 1 is better for req/s and Gbit/s, worse for latency and CPU. \"rvs vs direct\" is rvs' value relative to no proxy (the cost of the extra hop)."
     echo
-    BG_MAX=$(awk -F'\t' '$15 > m {m = $15} END {print m + 0}' "$RESULTS")
-    if ((BG_MAX > ${QUIET_PCT:-15})); then
-        echo "**Warning:** other work was running on the machine before some steps (a CPU up to $BG_MAX% busy in the idle second before a step, see the last column below): those numbers are suspect."
+    OTHER_WORST=$(awk -F'\t' '$16 > m {m = $16} END {print m + 0}' "$RESULTS")
+    if ((OTHER_WORST > OTHER_MAX)); then
+        echo "**Warning:** other work on the machine used up to $OTHER_WORST% of a CPU during some steps, even after retries (column \"other CPU\" below): those numbers are suspect."
         echo
     fi
-    echo "<details><summary>Every run (errors = wrk connect/read/write/timeout errors + non-2xx; CPU0/CPU1 = busy % of each CPU during the step; idle check = the busiest CPU in the second before the step, when nothing of the benchmark runs)</summary>"
+    echo "<details><summary>Every run (errors = wrk connect/read/write/timeout errors + non-2xx; CPU0/CPU1 = busy % of each CPU during the step; idle = the busiest CPU in the second before the step; other CPU = CPU time during the step not used by the benchmark's processes, in % of one CPU (kernel work charged to no process counts here too); tries = attempts, a step is run again when other CPU > $OTHER_MAX%)</summary>"
     echo
-    echo "| rep | measurement | path | req/s or Gbit/s | p50 ms | p99 ms | errors | proxy CPU % | proxy CPU per req (µs) or per GB (s) | CPU0 % | CPU1 % | idle check % |"
-    echo "| ---: | --- | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |"
-    awk -F'\t' '{printf "| %s | %s | %s | %s | %s | %s | %s | %s | %s | %s | %s | %s |\n", $1, $2, $3, $4, $5, $6, $7, $13, $14, $11, $12, $15}' "$RESULTS"
+    echo "| rep | measurement | path | req/s or Gbit/s | p50 ms | p99 ms | errors | proxy CPU % | proxy CPU per req (µs) or per GB (s) | CPU0 % | CPU1 % | idle % | other CPU % | tries |"
+    echo "| ---: | --- | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |"
+    awk -F'\t' '{printf "| %s | %s | %s | %s | %s | %s | %s | %s | %s | %s | %s | %s | %s | %s |\n", $1, $2, $3, $4, $5, $6, $7, $13, $14, $11, $12, $15, $16, $17}' "$RESULTS"
     echo
     echo "</details>"
     echo
@@ -466,10 +519,13 @@ not edit the generated part by hand.
 - Everything runs on one machine over loopback (127.0.0.0/8): load generator, proxy and
   backends share the CPUs, so absolute numbers are far below what separate machines would
   give; the comparisons are side by side in the same run, with the same backends.
-- Each section states its machine (CPUs, kernel), the versions of everything involved, how
-  processes are pinned to CPUs, the step durations and connection counts.
-- A step is repeated and the median reported; every single run is listed too.
+- Each section states its date, machine (CPUs, kernel), the versions of everything
+  involved, how processes are pinned to CPUs, the step durations and connection counts.
+- Steps are repeated and the median reported, with every single run listed below it.
 - CPU cost is read from `/proc/PID/stat` (utime+stime) of the process under test.
+- The machine may be shared with other work (builds, tests): the scripts wait for it to be
+  idle before each step, measure the CPU that other processes used during the step, and run
+  a disturbed step again.
 
 ## L4 userspace proxy vs HAProxy
 

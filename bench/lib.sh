@@ -100,6 +100,30 @@ cpu_ticks() {
     awk '{print $12 + $13}' <<<"$stat"
 }
 
+# ticks_of PID...: utime+stime of these processes, summed (those gone count 0).
+ticks_of() {
+    local pid sum=0 t
+    for pid in "$@"; do
+        t=$(cpu_ticks "$pid" 2>/dev/null) || t=0
+        sum=$((sum + t))
+    done
+    echo "$sum"
+}
+
+# children_ticks: cutime+cstime of this shell: the CPU time of the children it has waited
+# for (a load generator run in the foreground counts once it has exited).
+children_ticks() {
+    local stat
+    stat=$(<"/proc/$$/stat")
+    stat=${stat##*) }
+    awk '{print $14 + $15}' <<<"$stat"
+}
+
+# busy_ticks: busy time of all CPUs together, in clock ticks (/proc/stat counts USER_HZ).
+busy_ticks() {
+    awk '/^cpu / {print $2 + $3 + $4 + $7 + $8 + $9}' /proc/stat
+}
+
 # cpu_busy_snapshot: "cpu0_busy cpu0_total cpu1_busy cpu1_total ..." from /proc/stat.
 cpu_busy_snapshot() {
     awk '/^cpu[0-9]+ / {busy = $2 + $3 + $4 + $7 + $8 + $9; total = busy + $5 + $6; printf "%s %s ", busy, total} END {print ""}' /proc/stat
@@ -117,7 +141,8 @@ cpu_busy_pct() {
 
 # quiet_gap MAX_WAIT: waits (1 s at least, MAX_WAIT s at most) until no CPU was busier than
 # QUIET_PCT % (default 15) for a whole second, since other work on the machine would skew
-# the next step. Sets QUIET_BUSY to the busiest CPU's % over the last second waited.
+# the next step. Sets QUIET_BUSY to the busiest CPU's % over the last second waited and
+# QUIET_WAITED to the seconds waited.
 quiet_gap() {
     local max_wait=$1 waited=0 s0 s1 i busy
     while :; do
@@ -132,6 +157,7 @@ quiet_gap() {
         done
         QUIET_BUSY=$busy
         waited=$((waited + 1))
+        QUIET_WAITED=$waited
         ((busy <= ${QUIET_PCT:-15})) && return 0
         if ((waited >= max_wait)); then
             log "  the machine is still busy (a CPU at $busy%) after ${waited}s: going on"

@@ -15,6 +15,7 @@
 
 mod addr;
 mod client;
+mod health;
 mod metrics;
 mod server;
 mod table;
@@ -23,6 +24,7 @@ use rvs_model::status::{ConnectionStatus, ServiceTable};
 use serde::{Deserialize, Serialize};
 
 pub use client::{fetch_config, fetch_connections, fetch_table, FetchError};
+pub use health::{health_response, ServiceHealth, ServiceHealthEntry};
 pub use metrics::{encode_metrics, METRICS_CONTENT_TYPE};
 pub use server::serve;
 pub use table::{format_connections, format_table};

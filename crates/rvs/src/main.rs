@@ -50,6 +50,8 @@ enum Command {
     },
     /// A small backend for trying rvs out: answers with its name and the client it saw.
     Echo(echo::EchoArgs),
+    /// Remove rvs's nftables tables (what `rvs run --engine nftables` leaves on exit).
+    Cleanup,
     /// Many short HTTP/1.0 connections to one address: connect times (stalls), backends seen.
     Load(load::LoadArgs),
 }
@@ -92,6 +94,12 @@ fn main() -> std::process::ExitCode {
             } => ls::ls(admin, connections, json).await,
             Command::Echo(args) => echo::echo(args).await,
             Command::Load(args) => load::load(args).await,
+            Command::Cleanup => {
+                rvs_nft::NftEngine::new(Default::default())
+                    .remove_all()
+                    .await?;
+                Ok(std::process::ExitCode::SUCCESS)
+            }
         }
     });
     match result {

@@ -1,6 +1,6 @@
 //! `rvs run`: source -> snapshot -> engine, and the admin server beside them.
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet};
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -11,11 +11,20 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use anyhow::Context;
 use clap::Args;
 use ipnet::IpNet;
-use rvs_admin::{AdminSource, ConfigStatus};
+use rvs_admin::{AdminSource, ConfigStatus, ServiceHealth, ServiceHealthEntry};
 use rvs_l4::{Engine, EngineConfig};
 use rvs_model::status::{ConnectionStatus, ServiceTable};
 use rvs_model::{BuildOptions, Frontend, Problem, SchedulerKind, Snapshot};
+use rvs_nft::{NftConfig, NftEngine, RenderOptions};
 use rvs_source::ManifestDir;
+
+#[derive(Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum EngineKind {
+    /// Listeners on the virtual addresses; runs anywhere, no privileges.
+    Userspace,
+    /// nftables rules like kube-proxy's nftables mode (needs CAP_NET_ADMIN and nft).
+    Nftables,
+}
 
 #[derive(Args)]
 pub struct RunArgs {
@@ -50,14 +59,98 @@ pub struct RunArgs {
     /// This node's zone, for topology-aware routing (forZones hints).
     #[arg(long)]
     node_zone: Option<String>,
+    /// The data plane.
+    #[arg(long, value_enum, default_value = "userspace")]
+    engine: EngineKind,
+    /// nftables: ClusterIP traffic from outside these networks is masqueraded.
+    #[arg(long, value_delimiter = ',')]
+    cluster_cidr: Vec<IpNet>,
+    /// nftables: masquerade all ClusterIP traffic.
+    #[arg(long)]
+    masquerade_all: bool,
+    /// nftables: rewrite the whole ruleset this often, repairing any drift.
+    #[arg(long, default_value = "1h", value_parser = crate::parse_duration)]
+    sync_period: Duration,
     /// On SIGTERM, how long open connections may take to finish.
     #[arg(long, default_value = "30s", value_parser = crate::parse_duration)]
     shutdown_grace: Duration,
 }
 
+/// The data plane in use.
+#[derive(Clone)]
+enum DataPlane {
+    Userspace(Engine),
+    Nftables(NftEngine),
+}
+
+impl DataPlane {
+    /// Applies a snapshot.
+    async fn apply(&self, snapshot: &Snapshot, full: bool) -> Applied {
+        match self {
+            // The userspace engine serves everything it can and names the rest.
+            DataPlane::Userspace(e) => Applied {
+                errors: e
+                    .apply(snapshot)
+                    .await
+                    .iter()
+                    .map(ToString::to_string)
+                    .collect(),
+                applied: true,
+            },
+            // A refused nftables transaction changes nothing: the next reload tries again.
+            DataPlane::Nftables(e) => match e.apply(snapshot, full).await {
+                Ok(stats) => {
+                    tracing::debug!(full = stats.full, bytes = stats.script_bytes, elapsed = ?stats.elapsed, "nftables transaction applied");
+                    Applied {
+                        errors: Vec::new(),
+                        applied: true,
+                    }
+                }
+                Err(e) => Applied {
+                    errors: vec![e.to_string()],
+                    applied: false,
+                },
+            },
+        }
+    }
+
+    fn table(&self) -> ServiceTable {
+        match self {
+            DataPlane::Userspace(e) => e.table(),
+            DataPlane::Nftables(e) => e.table(),
+        }
+    }
+}
+
+struct Applied {
+    /// One line per thing that could not be served.
+    errors: Vec<String>,
+    /// Whether the snapshot is now in force.
+    applied: bool,
+}
+
+/// The `healthCheckNodePort`s of a snapshot, with this node's endpoint counts.
+fn health_checks(snapshot: &Snapshot) -> BTreeMap<u16, ServiceHealthEntry> {
+    snapshot
+        .services
+        .iter()
+        .filter_map(|vs| {
+            let port = vs.health_check_node_port?;
+            Some((
+                port,
+                ServiceHealthEntry {
+                    namespace: vs.service.namespace.clone(),
+                    name: vs.service.name.clone(),
+                    local_endpoints: vs.serving(true).count(),
+                },
+            ))
+        })
+        .collect()
+}
+
 /// What the admin server reads.
 struct State {
-    engine: Engine,
+    engine: DataPlane,
     ready: AtomicBool,
     config: Mutex<ConfigStatus>,
 }
@@ -73,19 +166,33 @@ impl AdminSource for State {
         self.config.lock().map(|c| c.clone()).unwrap_or_default()
     }
     fn connections(&self) -> Vec<ConnectionStatus> {
-        self.engine.connections()
+        match &self.engine {
+            DataPlane::Userspace(e) => e.connections(),
+            // The kernel's table is conntrack (`conntrack -L`).
+            DataPlane::Nftables(_) => Vec::new(),
+        }
     }
 }
 
 pub async fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
-    let engine = Engine::new(EngineConfig {
-        connect_timeout: args.connect_timeout,
-        connect_tries: 3,
-        expire_removed: args.expire_removed,
-        udp_timeout: args.udp_timeout,
-        nodeport_addresses: args.nodeport_addresses.clone(),
-        manage_vips: args.manage_vips.clone(),
-    });
+    let engine = match args.engine {
+        EngineKind::Userspace => DataPlane::Userspace(Engine::new(EngineConfig {
+            connect_timeout: args.connect_timeout,
+            connect_tries: 3,
+            expire_removed: args.expire_removed,
+            udp_timeout: args.udp_timeout,
+            nodeport_addresses: args.nodeport_addresses.clone(),
+            manage_vips: args.manage_vips.clone(),
+        })),
+        EngineKind::Nftables => DataPlane::Nftables(NftEngine::new(NftConfig {
+            render: RenderOptions {
+                cluster_cidrs: args.cluster_cidr.clone(),
+                masquerade_all: args.masquerade_all,
+                nodeport_addresses: args.nodeport_addresses.clone(),
+            },
+            ..Default::default()
+        })),
+    };
     let state = Arc::new(State {
         engine: engine.clone(),
         ready: AtomicBool::new(false),
@@ -121,11 +228,14 @@ pub async fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
     let mut reloader = Reloader {
         previous: None,
         reported: BTreeSet::new(),
+        health: ServiceHealth::default(),
     };
     reloader.reload(&mut dir, &options, &state).await;
     if let Some(snapshot) = &reloader.previous {
         announce(snapshot, &engine, args.admin);
     }
+    let mut resync = tokio::time::interval(args.sync_period);
+    resync.tick().await;
     loop {
         tokio::select! {
             changed = changes.recv() => {
@@ -134,12 +244,25 @@ pub async fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
                 }
                 reloader.reload(&mut dir, &options, &state).await;
             }
+            _ = resync.tick() => {
+                if let (DataPlane::Nftables(_), Some(snapshot)) = (&engine, &reloader.previous) {
+                    for e in engine.apply(snapshot, true).await.errors {
+                        tracing::error!("full resync: {e}");
+                    }
+                }
+            }
             _ = shutdown.clone().wait() => break,
         }
     }
-    tracing::info!(grace = ?args.shutdown_grace, "shutting down: no new connections, waiting for open ones");
     state.ready.store(false, Ordering::Relaxed);
-    engine.shutdown(args.shutdown_grace).await;
+    if let DataPlane::Userspace(engine) = &engine {
+        tracing::info!(grace = ?args.shutdown_grace, "shutting down: no new connections, waiting for open ones");
+        engine.shutdown(args.shutdown_grace).await;
+    } else {
+        // Like kube-proxy, the rules stay: traffic keeps flowing while rvs restarts.
+        // `rvs cleanup` removes them.
+        tracing::info!("shutting down; nftables rules stay in place (rvs cleanup removes them)");
+    }
     Ok(ExitCode::SUCCESS)
 }
 
@@ -147,6 +270,7 @@ struct Reloader {
     previous: Option<Snapshot>,
     /// Problems already logged, so a periodic reload does not repeat them.
     reported: BTreeSet<String>,
+    health: ServiceHealth,
 }
 
 impl Reloader {
@@ -175,7 +299,11 @@ impl Reloader {
             .as_ref()
             .is_none_or(|p| p.services != snapshot.services);
         if changed {
-            let errors = state.engine.apply(&snapshot).await;
+            let Applied {
+                mut errors,
+                applied,
+            } = state.engine.apply(&snapshot, false).await;
+            errors.extend(self.health.sync(&health_checks(&snapshot)).await);
             for e in &errors {
                 tracing::error!("{e}");
             }
@@ -198,8 +326,10 @@ impl Reloader {
                 .map(ToString::to_string)
                 .chain(errors.iter().map(ToString::to_string))
                 .collect();
-            status.version = snapshot.version;
-            self.previous = Some(snapshot);
+            if applied {
+                status.version = snapshot.version;
+                self.previous = Some(snapshot);
+            }
         } else if let Some(previous) = &self.previous {
             // Nothing to do; keep the version of what is in force.
             snapshot.version = previous.version;
@@ -221,8 +351,11 @@ impl Reloader {
 }
 
 /// Tells the user what is being served and how to try it.
-fn announce(snapshot: &Snapshot, engine: &Engine, admin: SocketAddr) {
-    let listening = engine.listening();
+fn announce(snapshot: &Snapshot, engine: &DataPlane, admin: SocketAddr) {
+    let listening = match engine {
+        DataPlane::Userspace(e) => e.listening(),
+        DataPlane::Nftables(_) => Vec::new(),
+    };
     println!(
         "rvs: serving {} virtual services (admin http://{admin}, `rvs ls` shows the table)",
         snapshot.services.len()

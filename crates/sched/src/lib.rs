@@ -81,12 +81,14 @@ mod ovf;
 mod rr;
 mod sed;
 mod sh;
+mod tables;
 mod twos;
 mod wlc;
 mod wrr;
 
 pub use clock::{Clock, ManualClock, SystemClock};
 pub use mh::effective_mh_table_size;
+pub use tables::{maglev_table, sh_table, wrr_cycle};
 
 use std::sync::Arc;
 

@@ -126,6 +126,13 @@ impl Mh {
     }
 }
 
+impl Mh {
+    /// Slot -> index into the dests of the last update.
+    pub(crate) fn lookup_table(&self) -> &[usize] {
+        &self.lookup
+    }
+}
+
 impl Scheduler for Mh {
     fn update(&mut self, dests: &[Dest]) {
         let mut last_weight = HashMap::with_capacity(dests.len());

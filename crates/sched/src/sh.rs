@@ -35,7 +35,7 @@ fn hashkey(addr: u32, port: u16, offset: u32) -> usize {
 
 /// `ip_vs_sh_reassign`: each server in list order takes `weight` consecutive buckets (at least
 /// one, even at weight 0), cycling until all 256 are filled.
-fn reassign(dests: &[Dest]) -> Vec<usize> {
+pub(crate) fn reassign(dests: &[Dest]) -> Vec<usize> {
     if dests.is_empty() {
         return Vec::new();
     }

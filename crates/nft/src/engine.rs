@@ -1,0 +1,382 @@
+//! The nftables engine: renders each snapshot, applies the difference as one `nft -f`
+//! transaction (a failed one leaves the previous ruleset in place), resyncs fully at start
+//! and on a timer, and reports the table with counters from the kernel.
+
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::net::{IpAddr, SocketAddr};
+use std::process::Stdio;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use rvs_model::status::{RealServerStatus, ServerDisplayState, ServiceTable, VirtualServiceStatus};
+use rvs_model::{Frontend, Protocol, Snapshot, VirtualService};
+use tokio::io::AsyncWriteExt;
+use tokio::process::Command;
+
+use crate::conntrack::{self, ConnCounts};
+use crate::render::{endpoint_chain_name, render, RenderOptions};
+use crate::ruleset::{Before, Existing, Family, Ruleset, TABLE};
+
+#[derive(Debug, Clone)]
+pub struct NftConfig {
+    pub render: RenderOptions,
+    /// The nft binary (Debian package nftables).
+    pub nft: String,
+}
+
+impl Default for NftConfig {
+    fn default() -> Self {
+        NftConfig {
+            render: RenderOptions::default(),
+            nft: "nft".into(),
+        }
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum NftError {
+    #[error("cannot run {binary}: {source} (install Debian's nftables package)")]
+    Spawn {
+        binary: String,
+        source: std::io::Error,
+    },
+    #[error("nft refused the transaction, the previous ruleset stays in force: {0}")]
+    Refused(String),
+    #[error("cannot read the ruleset listing: {0}")]
+    Listing(String),
+}
+
+#[derive(Default)]
+struct Applied {
+    ruleset: Option<Ruleset>,
+    snapshot: Option<Snapshot>,
+    /// Set after a failure: the kernel may differ from `ruleset`, so rewrite it all.
+    needs_full: bool,
+}
+
+#[derive(Default)]
+struct Counters {
+    /// Packets through each endpoint chain's DNAT rule: one per connection.
+    connections: HashMap<String, u64>,
+    conns: ConnCounts,
+    taken: Option<Instant>,
+}
+
+/// Cheap to clone; all clones drive the same tables.
+#[derive(Clone)]
+pub struct NftEngine {
+    config: Arc<NftConfig>,
+    applied: Arc<tokio::sync::Mutex<Applied>>,
+    counters: Arc<Mutex<Counters>>,
+    /// The snapshot in force, for `table()` without awaiting the apply lock.
+    current: Arc<Mutex<Option<Snapshot>>>,
+}
+
+/// How long counters read from the kernel are reused before `table()` refreshes them.
+const COUNTERS_MAX_AGE: Duration = Duration::from_secs(2);
+
+impl NftEngine {
+    pub fn new(config: NftConfig) -> Self {
+        NftEngine {
+            config: Arc::new(config),
+            applied: Arc::default(),
+            counters: Arc::default(),
+            current: Arc::default(),
+        }
+    }
+
+    /// Applies `snapshot`: only what changed, unless `full` (or the last attempt failed), in
+    /// which case every chain and map is rewritten and whatever else is in rvs's tables goes.
+    pub async fn apply(&self, snapshot: &Snapshot, full: bool) -> Result<ApplyStats, NftError> {
+        let started = Instant::now();
+        let mut applied = self.applied.lock().await;
+        let ruleset = render(snapshot, &self.config.render);
+        let full = full || applied.needs_full || applied.ruleset.is_none();
+        let script = match (&applied.ruleset, full) {
+            (Some(previous), false) => ruleset.script(Before::Applied(previous)),
+            _ => {
+                let listed = self.list_existing().await?;
+                ruleset.script(Before::Listed(&listed))
+            }
+        };
+        let script_bytes = script.len();
+        if !script.is_empty() {
+            if let Err(e) = self.run_script(&script).await {
+                applied.needs_full = true;
+                return Err(e);
+            }
+        }
+        let previous = applied.snapshot.take();
+        applied.ruleset = Some(ruleset);
+        applied.snapshot = Some(snapshot.clone());
+        applied.needs_full = false;
+        drop(applied);
+        if let Ok(mut current) = self.current.lock() {
+            *current = Some(snapshot.clone());
+        }
+        clean_udp_conntrack(previous.as_ref(), snapshot).await;
+        Ok(ApplyStats {
+            full,
+            script_bytes,
+            elapsed: started.elapsed(),
+        })
+    }
+
+    async fn run_script(&self, script: &str) -> Result<(), NftError> {
+        let mut child = Command::new(&self.config.nft)
+            .args(["-f", "-"])
+            .stdin(Stdio::piped())
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .map_err(|source| NftError::Spawn {
+                binary: self.config.nft.clone(),
+                source,
+            })?;
+        if let Some(mut stdin) = child.stdin.take() {
+            stdin
+                .write_all(script.as_bytes())
+                .await
+                .map_err(|e| NftError::Refused(e.to_string()))?;
+        }
+        let out = child
+            .wait_with_output()
+            .await
+            .map_err(|e| NftError::Refused(e.to_string()))?;
+        if out.status.success() {
+            Ok(())
+        } else {
+            let stderr = String::from_utf8_lossy(&out.stderr);
+            // nft's first lines say what and where; the rest repeats the script.
+            Err(NftError::Refused(
+                stderr.lines().take(6).collect::<Vec<_>>().join("\n"),
+            ))
+        }
+    }
+
+    /// Lists rvs's tables as JSON.
+    async fn list_json(&self, family: Family) -> Result<Option<serde_json::Value>, NftError> {
+        let out = Command::new(&self.config.nft)
+            .args(["-j", "list", "table", family.name(), TABLE])
+            .output()
+            .await
+            .map_err(|source| NftError::Spawn {
+                binary: self.config.nft.clone(),
+                source,
+            })?;
+        if !out.status.success() {
+            // No such table yet.
+            return Ok(None);
+        }
+        serde_json::from_slice(&out.stdout)
+            .map(Some)
+            .map_err(|e| NftError::Listing(e.to_string()))
+    }
+
+    async fn list_existing(&self) -> Result<BTreeMap<Family, Existing>, NftError> {
+        let mut listed = BTreeMap::new();
+        for family in Family::ALL {
+            let mut existing = Existing::default();
+            if let Some(json) = self.list_json(family).await? {
+                for item in json["nftables"].as_array().into_iter().flatten() {
+                    let name = |kind: &str| item[kind]["name"].as_str().map(str::to_string);
+                    if let Some(n) = name("chain") {
+                        existing.chains.insert(n);
+                    } else if let Some(n) = name("map") {
+                        existing.maps.insert(n);
+                    } else if let Some(n) = name("set") {
+                        existing.sets.insert(n);
+                    }
+                }
+            }
+            listed.insert(family, existing);
+        }
+        Ok(listed)
+    }
+
+    /// Removes rvs's tables (on exit with cleanup, or `rvs cleanup`).
+    pub async fn remove_all(&self) -> Result<(), NftError> {
+        self.run_script(&Ruleset::delete_script(&Family::ALL)).await
+    }
+
+    async fn refresh_counters(&self) {
+        let mut connections = HashMap::new();
+        for family in Family::ALL {
+            let Ok(Some(json)) = self.list_json(family).await else {
+                continue;
+            };
+            for item in json["nftables"].as_array().into_iter().flatten() {
+                let rule = &item["rule"];
+                let Some(chain) = rule["chain"]
+                    .as_str()
+                    .filter(|c| c.starts_with("endpoint-"))
+                else {
+                    continue;
+                };
+                for expr in rule["expr"].as_array().into_iter().flatten() {
+                    if let Some(packets) = expr["counter"]["packets"].as_u64() {
+                        connections.insert(chain.to_string(), packets);
+                    }
+                }
+            }
+        }
+        let conns = conntrack::list().await.unwrap_or_default();
+        if let Ok(mut c) = self.counters.lock() {
+            *c = Counters {
+                connections,
+                conns,
+                taken: Some(Instant::now()),
+            };
+        }
+    }
+
+    /// The live table. Counters come from the kernel (refreshed in the background when older
+    /// than two seconds): connections scheduled per endpoint from the DNAT rules' counters,
+    /// ActiveConn/InActConn from conntrack. Bytes are not counted by this engine.
+    pub fn table(&self) -> ServiceTable {
+        let snapshot = self
+            .current
+            .lock()
+            .ok()
+            .and_then(|c| c.clone())
+            .unwrap_or_default();
+        let stale = self
+            .counters
+            .lock()
+            .map(|c| c.taken.is_none_or(|t| t.elapsed() > COUNTERS_MAX_AGE))
+            .unwrap_or(true);
+        if stale {
+            if let Ok(handle) = tokio::runtime::Handle::try_current() {
+                let engine = self.clone();
+                handle.spawn(async move { engine.refresh_counters().await });
+            }
+        }
+        let counters = self.counters.lock();
+        let empty = Counters::default();
+        let counters = counters.as_deref().unwrap_or(&empty);
+        ServiceTable {
+            engine: "nftables".into(),
+            config_version: snapshot.version,
+            services: snapshot
+                .services
+                .iter()
+                .map(|vs| status(vs, counters))
+                .collect(),
+        }
+    }
+}
+
+/// What one apply did.
+#[derive(Debug, Clone, Copy)]
+pub struct ApplyStats {
+    pub full: bool,
+    pub script_bytes: usize,
+    pub elapsed: Duration,
+}
+
+fn status(vs: &VirtualService, counters: &Counters) -> VirtualServiceStatus {
+    let mut flags = Vec::new();
+    let family = vs.scheduler.kind.name();
+    if vs.scheduler.flags.fallback {
+        flags.push(format!("{family}-fallback"));
+    }
+    if vs.scheduler.flags.port {
+        flags.push(format!("{family}-port"));
+    }
+    let serving: BTreeSet<SocketAddr> = vs
+        .serving(true)
+        .chain(vs.serving(false))
+        .map(|r| r.addr)
+        .collect();
+    VirtualServiceStatus {
+        protocol: vs.protocol,
+        address: vs.frontend.to_string(),
+        kind: vs.kind,
+        service: vs.service.to_string(),
+        scheduler: vs.scheduler.kind.name().to_string(),
+        scheduler_flags: flags,
+        persistence_seconds: vs.persistence.map(|d| d.as_secs()),
+        real_servers: vs
+            .real_servers
+            .iter()
+            .map(|rs| {
+                let (active, inactive) = match vs.frontend {
+                    Frontend::Address { addr } => counters
+                        .conns
+                        .by_pair
+                        .get(&(addr, rs.addr))
+                        .copied()
+                        .unwrap_or_default(),
+                    // A NodePort's connections arrive on any node address: add them up.
+                    Frontend::NodePort { port, .. } => counters
+                        .conns
+                        .by_pair
+                        .iter()
+                        .filter(|((vip, server), _)| vip.port() == port && *server == rs.addr)
+                        .fold((0, 0), |acc, (_, c)| (acc.0 + c.0, acc.1 + c.1)),
+                };
+                let weight = if serving.contains(&rs.addr) {
+                    rs.weight
+                } else {
+                    0
+                };
+                RealServerStatus {
+                    address: rs.addr.to_string(),
+                    weight,
+                    active_conns: active,
+                    inactive_conns: inactive,
+                    connections: counters
+                        .connections
+                        .get(&endpoint_chain_name(vs, rs))
+                        .copied()
+                        .unwrap_or(0),
+                    bytes_in: 0,
+                    bytes_out: 0,
+                    state: ServerDisplayState::of(rs.state, weight),
+                }
+            })
+            .collect(),
+    }
+}
+
+/// kube-proxy's UDP conntrack cleanup: entries of removed endpoints go, so clients do not
+/// keep sending to a dead pod; entries to a service port that just got its first endpoint go,
+/// since they were never DNATed.
+async fn clean_udp_conntrack(previous: Option<&Snapshot>, next: &Snapshot) {
+    let Some(previous) = previous else { return };
+    let serving = |vs: &VirtualService| -> BTreeSet<SocketAddr> {
+        vs.serving(false).map(|r| r.addr).collect()
+    };
+    let mut gone_servers = BTreeSet::new();
+    let mut revived: Vec<(Option<IpAddr>, u16)> = Vec::new();
+    for old in previous
+        .services
+        .iter()
+        .filter(|v| v.protocol == Protocol::Udp)
+    {
+        let before = serving(old);
+        let after = next
+            .find(old.protocol, &old.frontend)
+            .map(serving)
+            .unwrap_or_default();
+        gone_servers.extend(before.difference(&after).copied());
+    }
+    for new in next.services.iter().filter(|v| v.protocol == Protocol::Udp) {
+        let before = previous
+            .find(new.protocol, &new.frontend)
+            .map(serving)
+            .unwrap_or_default();
+        if before.is_empty() && !serving(new).is_empty() {
+            revived.push(match new.frontend {
+                Frontend::Address { addr } => (Some(addr.ip()), addr.port()),
+                Frontend::NodePort { port, .. } => (None, port),
+            });
+        }
+    }
+    for server in gone_servers {
+        conntrack::delete_udp_to_server(server).await;
+    }
+    for (vip, port) in revived {
+        conntrack::delete_udp_to_service(vip, port).await;
+    }
+}

@@ -1,0 +1,11 @@
+//! rvs's kernel engine: the model rendered into nftables the way kube-proxy's nftables mode
+//! does, applied in single transactions.
+
+mod conntrack;
+mod engine;
+mod render;
+mod ruleset;
+
+pub use engine::{NftConfig, NftEngine, NftError};
+pub use render::{endpoint_chain_name, render, RenderOptions, HASH_SEED, MASQUERADE_MARK};
+pub use ruleset::{Before, Chain, Existing, Family, Map, Ruleset, Set, Table, TABLE};

@@ -1,0 +1,636 @@
+//! `render`: the model's virtual services as an nftables ruleset, in the layout of
+//! kube-proxy's nftables mode. Pure: the same snapshot and options give the same ruleset.
+//!
+//! Per family (`ip rvs`, `ip6 rvs`):
+//! - `services` dispatches on verdict maps: `daddr . l4proto . dport` for ClusterIPs,
+//!   externalIPs and LoadBalancer IPs (`service-ips`), `l4proto . dport` on local addresses
+//!   for NodePorts (`service-nodeports`), so the cost per packet does not grow with the number
+//!   of Services;
+//! - one chain per virtual service picks an endpoint (`numgen`, or a hash into a Maglev table
+//!   held in a map), after persistence (a dynamic set per endpoint);
+//! - one chain per endpoint marks hairpin traffic for masquerade and DNATs;
+//! - masquerading only for marked packets, with plain `masquerade`: it keeps the client's port
+//!   where it is free, which `fully-random` does not, and that is what stalls short
+//!   connections (shared/findings/snat-stall.md);
+//! - filter chains reject traffic to Services without endpoints and drop sources outside
+//!   `loadBalancerSourceRanges`.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::net::IpAddr;
+
+use ipnet::IpNet;
+use rvs_model::{
+    Frontend, FrontendKind, IpFamily, Protocol, RealServer, SchedulerKind, Snapshot, TrafficPolicy,
+    VirtualService,
+};
+use rvs_sched::Dest;
+
+use crate::ruleset::{Chain, Family, Map, Ruleset, Set, Table};
+
+/// The packet mark bit that asks for masquerading (kube-proxy's).
+pub const MASQUERADE_MARK: u32 = 0x4000;
+/// Seed of the source hash, fixed so that hashing survives restarts.
+pub const HASH_SEED: u32 = 0x7276_7321;
+/// Longest `numgen` slot list rendered for weighted choices.
+const MAX_SLOTS: u64 = 1024;
+
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct RenderOptions {
+    /// `--cluster-cidr`: ClusterIP traffic from outside these is masqueraded.
+    pub cluster_cidrs: Vec<IpNet>,
+    /// `--masquerade-all`: masquerade all ClusterIP traffic.
+    pub masquerade_all: bool,
+    /// `--nodeport-addresses`: NodePorts only on local addresses inside these; empty: every
+    /// local address except loopback.
+    pub nodeport_addresses: Vec<IpNet>,
+}
+
+fn family_of(ip: IpFamily) -> Family {
+    match ip {
+        IpFamily::V4 => Family::Ip,
+        IpFamily::V6 => Family::Ip6,
+    }
+}
+
+fn vs_family(vs: &VirtualService) -> Family {
+    match vs.frontend {
+        Frontend::Address { addr } => family_of(IpFamily::of(addr.ip())),
+        Frontend::NodePort { family, .. } => family_of(family),
+    }
+}
+
+fn in_family(net: &IpNet, family: Family) -> bool {
+    matches!(
+        (net, family),
+        (IpNet::V4(_), Family::Ip) | (IpNet::V6(_), Family::Ip6)
+    )
+}
+
+fn proto(p: Protocol) -> &'static str {
+    match p {
+        Protocol::Tcp => "tcp",
+        Protocol::Udp => "udp",
+    }
+}
+
+/// A stable short hash (FNV-1a) that keeps chain names unique and short.
+fn short_hash(key: &str) -> String {
+    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+    for b in key.bytes() {
+        h ^= u64::from(b);
+        h = h.wrapping_mul(0x0100_0000_01b3);
+    }
+    const ALPHABET: &[u8; 32] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZ234567";
+    (0..8)
+        .map(|i| ALPHABET[((h >> (i * 5)) & 31) as usize] as char)
+        .collect()
+}
+
+/// Keeps what nft accepts in an unquoted name.
+fn sanitize(s: &str) -> String {
+    s.chars()
+        .map(|c| {
+            if c.is_ascii_alphanumeric() || matches!(c, '/' | '_' | '.' | '-') {
+                c
+            } else {
+                '.'
+            }
+        })
+        .collect()
+}
+
+fn port_label(vs: &VirtualService) -> String {
+    if vs.service.port_name.is_empty() {
+        "p".into()
+    } else {
+        vs.service.port_name.clone()
+    }
+}
+
+fn service_chain_name(vs: &VirtualService) -> String {
+    let key = format!("{} {}", vs.protocol, vs.frontend);
+    let kind = match vs.kind {
+        FrontendKind::ClusterIp => "cluster-ip",
+        FrontendKind::ExternalIp => "external-ip",
+        FrontendKind::LoadBalancer => "load-balancer",
+        FrontendKind::NodePort => "node-port",
+    };
+    truncate(format!(
+        "service-{}-{}/{}/{}/{}/{kind}",
+        short_hash(&key),
+        sanitize(&vs.service.namespace),
+        sanitize(&vs.service.name),
+        proto(vs.protocol),
+        sanitize(&port_label(vs))
+    ))
+}
+
+/// The chain that DNATs to `rs` for `vs`'s Service port (its counter counts connections).
+pub fn endpoint_chain_name(vs: &VirtualService, rs: &RealServer) -> String {
+    let key = format!(
+        "{}/{}/{}/{} {}",
+        vs.service.namespace, vs.service.name, vs.protocol, vs.service.port_name, rs.addr
+    );
+    truncate(format!(
+        "endpoint-{}-{}/{}/{}/{}__{}/{}",
+        short_hash(&key),
+        sanitize(&vs.service.namespace),
+        sanitize(&vs.service.name),
+        proto(vs.protocol),
+        sanitize(&port_label(vs)),
+        sanitize(&rs.addr.ip().to_string()),
+        rs.addr.port()
+    ))
+}
+
+/// nft names are at most 256 bytes; the hash keeps truncated names unique.
+fn truncate(mut name: String) -> String {
+    name.truncate(250);
+    name
+}
+
+fn addr_literal(ip: IpAddr) -> String {
+    ip.to_string()
+}
+
+fn dnat_target(rs: &RealServer) -> String {
+    match rs.addr.ip() {
+        IpAddr::V4(v4) => format!("{v4}:{}", rs.addr.port()),
+        IpAddr::V6(v6) => format!("[{v6}]:{}", rs.addr.port()),
+    }
+}
+
+fn anon_set(items: &[String]) -> String {
+    if items.len() == 1 {
+        items[0].clone()
+    } else {
+        format!("{{ {} }}", items.join(", "))
+    }
+}
+
+/// Renders `snapshot` into rvs's tables.
+pub fn render(snapshot: &Snapshot, options: &RenderOptions) -> Ruleset {
+    let mut ruleset = Ruleset::default();
+    for family in Family::ALL {
+        ruleset.tables.insert(family, base_table(family, options));
+    }
+    for vs in &snapshot.services {
+        let family = vs_family(vs);
+        if let Some(table) = ruleset.tables.get_mut(&family) {
+            render_service(table, family, vs, options);
+        }
+    }
+    ruleset
+}
+
+fn base_table(family: Family, options: &RenderOptions) -> Table {
+    let f = family.name();
+    let addr_type = family.addr_type();
+    let mut t = Table::default();
+    let base = |spec: &str, rules: Vec<String>| Chain {
+        base: Some(spec.to_string()),
+        rules,
+    };
+    t.chains.insert(
+        "nat-prerouting".into(),
+        base(
+            "type nat hook prerouting priority -100",
+            vec!["jump services".into()],
+        ),
+    );
+    t.chains.insert(
+        "nat-output".into(),
+        base(
+            "type nat hook output priority -100",
+            vec!["jump services".into()],
+        ),
+    );
+    t.chains.insert(
+        "nat-postrouting".into(),
+        base(
+            "type nat hook postrouting priority 100",
+            vec!["jump masquerading".into()],
+        ),
+    );
+    // Ahead of DNAT (priority dstnat - 10): refuse disallowed sources while the destination
+    // is still the Service address.
+    t.chains.insert(
+        "filter-prerouting".into(),
+        base(
+            "type filter hook prerouting priority -110",
+            vec!["ct state new jump firewall-check".into()],
+        ),
+    );
+    t.chains.insert(
+        "filter-input".into(),
+        base(
+            "type filter hook input priority -110",
+            vec!["ct state new jump endpoints-check".into()],
+        ),
+    );
+    t.chains.insert(
+        "filter-forward".into(),
+        base(
+            "type filter hook forward priority -110",
+            vec!["ct state new jump endpoints-check".into()],
+        ),
+    );
+    t.chains.insert(
+        "filter-output".into(),
+        base(
+            "type filter hook output priority -110",
+            vec![
+                "ct state new jump endpoints-check".into(),
+                "ct state new jump firewall-check".into(),
+            ],
+        ),
+    );
+    t.chains.insert(
+        "masquerading".into(),
+        Chain::regular(vec![
+            format!("meta mark & {MASQUERADE_MARK:#x} == 0 return"),
+            format!("meta mark set meta mark ^ {MASQUERADE_MARK:#x}"),
+            // Plain masquerade keeps the client's port where it is free: no random
+            // remapping, so no collisions with TIME_WAIT on the pods (no 1-second stalls).
+            "masquerade".into(),
+        ]),
+    );
+    t.chains.insert(
+        "mark-for-masquerade".into(),
+        Chain::regular(vec![format!(
+            "meta mark set meta mark | {MASQUERADE_MARK:#x}"
+        )]),
+    );
+    t.chains.insert(
+        "reject-chain".into(),
+        Chain::regular(vec![
+            "meta l4proto tcp reject with tcp reset".into(),
+            "reject".into(),
+        ]),
+    );
+
+    let nodeport_match = if options.nodeport_addresses.is_empty() {
+        let loopback = match family {
+            Family::Ip => "127.0.0.0/8",
+            Family::Ip6 => "::1",
+        };
+        format!("fib daddr type local {f} daddr != {loopback}")
+    } else {
+        let nets: Vec<String> = options
+            .nodeport_addresses
+            .iter()
+            .filter(|n| in_family(n, family))
+            .map(|n| n.trunc().to_string())
+            .collect();
+        t.sets.insert(
+            "nodeport-ips".into(),
+            Set {
+                spec: format!("type {addr_type}; flags interval"),
+                elements: nets.into_iter().collect(),
+            },
+        );
+        format!("fib daddr type local {f} daddr @nodeport-ips")
+    };
+    t.chains.insert(
+        "services".into(),
+        Chain::regular(vec![
+            format!("{f} daddr . meta l4proto . th dport vmap @service-ips"),
+            format!("{nodeport_match} meta l4proto . th dport vmap @service-nodeports"),
+        ]),
+    );
+    t.chains.insert(
+        "endpoints-check".into(),
+        Chain::regular(vec![
+            format!("{f} daddr . meta l4proto . th dport vmap @no-endpoint-services"),
+            format!("{nodeport_match} meta l4proto . th dport vmap @no-endpoint-nodeports"),
+        ]),
+    );
+    t.chains.insert(
+        "firewall-check".into(),
+        Chain::regular(vec![format!(
+            "{f} daddr . meta l4proto . th dport vmap @firewall-ips"
+        )]),
+    );
+    let ip_map = format!("type {addr_type} . inet_proto . inet_service : verdict");
+    let port_map = "type inet_proto . inet_service : verdict".to_string();
+    for (name, spec) in [
+        ("service-ips", &ip_map),
+        ("service-nodeports", &port_map),
+        ("no-endpoint-services", &ip_map),
+        ("no-endpoint-nodeports", &port_map),
+        ("firewall-ips", &ip_map),
+    ] {
+        t.maps.insert(
+            name.into(),
+            Map {
+                spec: spec.clone(),
+                elements: BTreeMap::new(),
+            },
+        );
+    }
+    t
+}
+
+/// The key of a virtual service in the dispatch maps, and which maps.
+fn dispatch_key(vs: &VirtualService) -> (String, &'static str, &'static str) {
+    match vs.frontend {
+        Frontend::Address { addr } => (
+            format!(
+                "{} . {} . {}",
+                addr_literal(addr.ip()),
+                proto(vs.protocol),
+                addr.port()
+            ),
+            "service-ips",
+            "no-endpoint-services",
+        ),
+        Frontend::NodePort { port, .. } => (
+            format!("{} . {port}", proto(vs.protocol)),
+            "service-nodeports",
+            "no-endpoint-nodeports",
+        ),
+    }
+}
+
+fn insert_element(table: &mut Table, map: &str, key: String, verdict: String) {
+    if let Some(m) = table.maps.get_mut(map) {
+        m.elements.insert(key, verdict);
+    }
+}
+
+fn render_service(table: &mut Table, family: Family, vs: &VirtualService, options: &RenderOptions) {
+    let f = family.name();
+    let (key, service_map, no_endpoint_map) = dispatch_key(vs);
+    let external = vs.kind != FrontendKind::ClusterIp;
+    let everyone: Vec<&RealServer> = vs.serving(false).collect();
+    let cluster_cidrs: Vec<String> = options
+        .cluster_cidrs
+        .iter()
+        .filter(|n| in_family(n, family))
+        .map(|n| n.trunc().to_string())
+        .collect();
+
+    if !vs.source_ranges.is_empty() && vs.kind == FrontendKind::LoadBalancer {
+        let firewall = truncate(format!(
+            "firewall-{}",
+            &service_chain_name(vs)["service-".len()..]
+        ));
+        let ranges: Vec<String> = vs
+            .source_ranges
+            .iter()
+            .filter(|n| in_family(n, family))
+            .map(|n| n.trunc().to_string())
+            .collect();
+        let rule = if ranges.is_empty() {
+            "drop".to_string()
+        } else {
+            format!("{f} saddr != {} drop", anon_set(&ranges))
+        };
+        table
+            .chains
+            .insert(firewall.clone(), Chain::regular(vec![rule]));
+        insert_element(
+            table,
+            "firewall-ips",
+            key.clone(),
+            format!("goto {firewall}"),
+        );
+    }
+
+    if everyone.is_empty() {
+        // No endpoint at all: refuse at once, as a closed port would.
+        insert_element(table, no_endpoint_map, key, "goto reject-chain".into());
+        return;
+    }
+    let name = service_chain_name(vs);
+    let mut rules = Vec::new();
+    let local_policy = vs.traffic_policy == TrafficPolicy::Local;
+    let chosen: Vec<&RealServer> = if external && local_policy {
+        let cluster_chain = truncate(format!("{name}-cluster"));
+        let cluster_rules = dispatch_rules(table, family, vs, &everyone, &cluster_chain);
+        table
+            .chains
+            .insert(cluster_chain.clone(), Chain::regular(cluster_rules));
+        // Sources inside the cluster reach every endpoint, unmasqueraded; the node itself
+        // too, masqueraded; only external clients are kept on this node, with their address.
+        if !cluster_cidrs.is_empty() {
+            rules.push(format!(
+                "{f} saddr {} goto {cluster_chain}",
+                anon_set(&cluster_cidrs)
+            ));
+        }
+        rules.push("fib saddr type local jump mark-for-masquerade".into());
+        rules.push(format!("fib saddr type local goto {cluster_chain}"));
+        vs.serving(true).collect()
+    } else {
+        if external || options.masquerade_all {
+            rules.push("jump mark-for-masquerade".into());
+        } else if !cluster_cidrs.is_empty() {
+            rules.push(format!(
+                "{f} saddr != {} jump mark-for-masquerade",
+                anon_set(&cluster_cidrs)
+            ));
+        }
+        vs.serving(false).collect()
+    };
+    if chosen.is_empty() {
+        if external {
+            // Local policy and no endpoint here: external clients are dropped (the load
+            // balancer's health check sees 503 and stops sending here).
+            rules.push("drop".into());
+        } else {
+            // internalTrafficPolicy Local with no local endpoint: dropped, as kube-proxy does.
+            insert_element(table, no_endpoint_map, key, "drop".into());
+            return;
+        }
+    } else {
+        rules.extend(dispatch_rules(table, family, vs, &chosen, &name));
+    }
+    table.chains.insert(name.clone(), Chain::regular(rules));
+    insert_element(table, service_map, key, format!("goto {name}"));
+}
+
+/// Persistence checks then the scheduler's choice among `servers`, creating their endpoint
+/// chains (and the Maglev map, when hashing) on the way.
+fn dispatch_rules(
+    table: &mut Table,
+    family: Family,
+    vs: &VirtualService,
+    servers: &[&RealServer],
+    owner: &str,
+) -> Vec<String> {
+    let f = family.name();
+    let mut rules = Vec::new();
+    let chains: Vec<String> = servers
+        .iter()
+        .map(|rs| endpoint_chain(table, family, vs, rs))
+        .collect();
+    if vs.persistence.is_some() {
+        for (rs, chain) in servers.iter().zip(&chains) {
+            rules.push(format!(
+                "{f} saddr @{} goto {chain}",
+                affinity_set_name(vs, rs)
+            ));
+        }
+    }
+    let dests: Vec<Dest> = servers
+        .iter()
+        .map(|rs| Dest {
+            addr: rs.addr,
+            weight: rs.weight,
+            active: 0,
+            inactive: 0,
+        })
+        .collect();
+    let vmap = |slots: &[usize]| -> String {
+        let items: Vec<String> = slots
+            .iter()
+            .enumerate()
+            .map(|(i, s)| format!("{i} : goto {}", chains[*s]))
+            .collect();
+        format!("vmap {{ {} }}", items.join(", "))
+    };
+    match vs.scheduler.kind {
+        SchedulerKind::Rr => {
+            let slots: Vec<usize> = (0..servers.len()).collect();
+            rules.push(format!("numgen inc mod {} {}", slots.len(), vmap(&slots)));
+        }
+        SchedulerKind::Wrr => {
+            let slots = rvs_sched::wrr_cycle(&scaled(&dests));
+            rules.push(format!("numgen inc mod {} {}", slots.len(), vmap(&slots)));
+        }
+        SchedulerKind::Sh | SchedulerKind::Mh | SchedulerKind::Dh => {
+            let (slots, key) = match vs.scheduler.kind {
+                SchedulerKind::Mh => (
+                    rvs_sched::maglev_table(&dests, vs.scheduler.mh_table_size),
+                    source_key(vs, f),
+                ),
+                SchedulerKind::Sh => (rvs_sched::sh_table(&dests), source_key(vs, f)),
+                _ => (rvs_sched::sh_table(&dests), format!("{f} daddr")),
+            };
+            let map_name = truncate(format!(
+                "hash-{}-{}",
+                slots.len(),
+                &owner[owner.find('-').map_or(0, |i| i + 1)..]
+            ));
+            let elements = slots
+                .iter()
+                .enumerate()
+                .map(|(i, s)| (i.to_string(), format!("goto {}", chains[*s])))
+                .collect();
+            table.maps.insert(
+                map_name.clone(),
+                Map {
+                    spec: format!("typeof numgen inc mod {} : verdict", slots.len().max(1)),
+                    elements,
+                },
+            );
+            rules.push(format!(
+                "jhash {key} mod {} seed {HASH_SEED:#x} vmap @{map_name}",
+                slots.len()
+            ));
+        }
+        SchedulerKind::Fo | SchedulerKind::Ovf => {
+            // The heaviest server takes everything (nftables sees no connection counts, so
+            // ovf cannot overflow).
+            let best = (0..servers.len())
+                .max_by_key(|i| (servers[*i].weight, std::cmp::Reverse(*i)))
+                .unwrap_or(0);
+            rules.push(format!("goto {}", chains[best]));
+        }
+        // The least-connection family needs per-server connection counts, which nftables
+        // does not have: weighted random is the nearest stateless choice (as kube-proxy).
+        _ => {
+            let slots = weighted_slots(&scaled(&dests));
+            rules.push(format!(
+                "numgen random mod {} {}",
+                slots.len(),
+                vmap(&slots)
+            ));
+        }
+    }
+    rules
+}
+
+fn source_key(vs: &VirtualService, f: &str) -> String {
+    if vs.scheduler.flags.port {
+        format!("{f} saddr . th sport")
+    } else {
+        format!("{f} saddr")
+    }
+}
+
+/// Weights divided down so a weighted slot list stays short.
+fn scaled(dests: &[Dest]) -> Vec<Dest> {
+    let total: u64 = dests.iter().map(|d| u64::from(d.weight)).sum();
+    let gcd = dests.iter().map(|d| u64::from(d.weight)).fold(0, gcd);
+    let divisor = gcd.max(1) * total.div_ceil(gcd.max(1) * MAX_SLOTS).max(1);
+    dests
+        .iter()
+        .map(|d| Dest {
+            weight: ((u64::from(d.weight) / divisor).max(u64::from(d.weight > 0))) as u32,
+            ..*d
+        })
+        .collect()
+}
+
+fn gcd(a: u64, b: u64) -> u64 {
+    if b == 0 {
+        a
+    } else {
+        gcd(b, a % b)
+    }
+}
+
+/// Each server repeated by its weight.
+fn weighted_slots(dests: &[Dest]) -> Vec<usize> {
+    dests
+        .iter()
+        .enumerate()
+        .flat_map(|(i, d)| std::iter::repeat_n(i, d.weight as usize))
+        .collect()
+}
+
+fn affinity_set_name(vs: &VirtualService, rs: &RealServer) -> String {
+    let chain = endpoint_chain_name(vs, rs);
+    let timeout = vs.persistence.map_or(0, |d| d.as_secs());
+    // The timeout is in the name: a changed timeout is a new set, not an edit.
+    truncate(format!(
+        "affinity-{timeout}-{}",
+        &chain["endpoint-".len()..]
+    ))
+}
+
+fn endpoint_chain(
+    table: &mut Table,
+    family: Family,
+    vs: &VirtualService,
+    rs: &RealServer,
+) -> String {
+    let f = family.name();
+    let name = endpoint_chain_name(vs, rs);
+    let ip = addr_literal(rs.addr.ip());
+    let mut rules = vec![format!("{f} saddr {ip} jump mark-for-masquerade")];
+    if let Some(timeout) = vs.persistence {
+        let set = affinity_set_name(vs, rs);
+        table.sets.insert(
+            set.clone(),
+            Set {
+                spec: format!(
+                    "type {}; flags dynamic,timeout; timeout {}s",
+                    family.addr_type(),
+                    timeout.as_secs()
+                ),
+                elements: BTreeSet::new(),
+            },
+        );
+        rules.push(format!("update @{set} {{ {f} saddr }}"));
+    }
+    rules.push(format!(
+        "meta l4proto {} counter dnat to {}",
+        proto(vs.protocol),
+        dnat_target(rs)
+    ));
+    table.chains.insert(name.clone(), Chain::regular(rules));
+    name
+}
