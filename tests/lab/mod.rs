@@ -184,6 +184,20 @@ impl Lab {
                 lab.add_ns(&pod_ns)?;
                 let host = 10 + p as u8;
                 lab.plug(&pod_ns, "eth0", &ns, &format!("vp{p}"), "cbr0")?;
+                // kubelet's hairpin-veth mode: a pod reaching itself through its Service
+                // gets its packets back out of the bridge port they came in on.
+                lab.ip(
+                    &ns,
+                    &[
+                        "link",
+                        "set",
+                        &format!("vp{p}"),
+                        "type",
+                        "bridge_slave",
+                        "hairpin",
+                        "on",
+                    ],
+                )?;
                 lab.addr(
                     &pod_ns,
                     "eth0",
