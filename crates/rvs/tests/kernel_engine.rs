@@ -43,7 +43,11 @@ impl Cluster {
     /// The lab with `rvs echo` in every pod and `rvs run --engine nftables` in every node,
     /// serving a copy of `tests/lab/manifests` (tests may edit the copy).
     pub fn start(extra_args: &[&str]) -> Cluster {
-        let lab = Lab::build(2, 2).expect("build the lab");
+        Self::start_with(2, extra_args)
+    }
+
+    pub fn start_with(pods_per_node: usize, extra_args: &[&str]) -> Cluster {
+        let lab = Lab::build(2, pods_per_node).expect("build the lab");
         let dir = tempfile::tempdir().unwrap();
         for entry in std::fs::read_dir(manifests()).unwrap() {
             let path = entry.unwrap().path();
@@ -523,4 +527,200 @@ fn write_atomic(path: &Path, text: &str) {
     let tmp = path.with_extension("tmp~");
     std::fs::write(&tmp, text).unwrap();
     std::fs::rename(&tmp, path).unwrap();
+}
+
+/// The stall test (shared/findings/snat-stall.md, and the field report's IPVS
+/// `conn_reuse_mode` stall): short connections, 100 at once, to a ClusterIP whose traffic is
+/// masqueraded, while its endpoints go 2 -> 4 -> 1. No connect may stall (> 200 ms), none
+/// fail, and none reach a removed endpoint once its removal is applied. `RVS_STALL_CONNECTIONS`
+/// sets the size (CI runs a reduced count; bench/nft.sh the full 100,000).
+#[test]
+fn no_connect_stalls_while_endpoints_change() {
+    if let Some(why) = unavailable() {
+        println!("SKIPPED stall test: {why}");
+        return;
+    }
+    let total: u64 = std::env::var("RVS_STALL_CONNECTIONS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(20_000);
+    let c = Cluster::start_with(3, &["--masquerade-all"]);
+    let report = run_stall(&c, total);
+    println!("{}", report.summary());
+    assert_eq!(report.failed, 0, "failed connects");
+    assert_eq!(
+        report.stalls,
+        0,
+        "connects over 200 ms: {}",
+        report.summary()
+    );
+    assert_eq!(
+        report.after_removal, 0,
+        "connections to removed endpoints after the removal applied"
+    );
+    assert!(report.connections >= total, "all connections made");
+}
+
+pub struct StallReport {
+    pub connections: u64,
+    pub failed: u64,
+    pub stalls: u64,
+    pub max_ms: f64,
+    pub p999_ms: f64,
+    pub after_removal: u64,
+    pub new_share_first_second: f64,
+    pub syn_retransmits: u64,
+    pub per_second: f64,
+}
+
+impl StallReport {
+    pub fn summary(&self) -> String {
+        format!(
+            "connections {} failed {} stalls(>200ms) {} max {:.1} ms p99.9 {:.1} ms syn-retransmits {} after-removal {} new-endpoint-share-first-second {:.0}% rate {:.0}/s",
+            self.connections, self.failed, self.stalls, self.max_ms, self.p999_ms, self.syn_retransmits, self.after_removal, self.new_share_first_second * 100.0, self.per_second
+        )
+    }
+}
+
+fn slice(name: &str, pods: &[(&str, &str, &str)]) -> String {
+    let mut out = format!("apiVersion: discovery.k8s.io/v1\nkind: EndpointSlice\nmetadata: {{name: {name}, namespace: default, labels: {{kubernetes.io/service-name: stall}}}}\naddressType: IPv4\nports: [{{name: http, port: 8080}}]\nendpoints:\n");
+    for (ip, node, pod) in pods {
+        out.push_str(&format!(
+            "  - {{addresses: [{ip}], nodeName: {node}, targetRef: {{kind: Pod, name: {pod}}}}}\n"
+        ));
+    }
+    out
+}
+
+fn now_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_millis() as u64
+}
+
+fn config_version(c: &Cluster, node_ns: &str) -> u64 {
+    c.curl(node_ns, "http://127.0.0.1:9090/api/v1/config")
+        .ok()
+        .and_then(|b| serde_json::from_str::<serde_json::Value>(&b).ok())
+        .and_then(|v| v["version"].as_u64())
+        .unwrap_or(0)
+}
+
+/// Runs the stall scenario on a started cluster with 3 pods per node: client n1p0.
+pub fn run_stall(c: &Cluster, total: u64) -> StallReport {
+    let service = "apiVersion: v1\nkind: Service\nmetadata: {name: stall, namespace: default}\nspec:\n  clusterIP: 10.96.0.20\n  ports: [{name: http, port: 80, targetPort: 8080}]\n";
+    let two = [
+        ("10.244.1.11", "node1", "n1p1"),
+        ("10.244.2.10", "node2", "n2p0"),
+    ];
+    let four = [
+        ("10.244.1.11", "node1", "n1p1"),
+        ("10.244.2.10", "node2", "n2p0"),
+        ("10.244.1.12", "node1", "n1p2"),
+        ("10.244.2.11", "node2", "n2p1"),
+    ];
+    let one = [("10.244.1.11", "node1", "n1p1")];
+    let eps = c.dir.path().join("stall-endpoints.yaml");
+    write_atomic(&c.dir.path().join("stall-service.yaml"), service);
+    write_atomic(&eps, &slice("stall-1", &two));
+    let client = c.lab.nodes[0].pods[0].ns.clone();
+    let node1 = c.lab.nodes[0].ns.clone();
+    c.eventually("stall service up", || {
+        c.hit(&client, "http://10.96.0.20/").is_ok()
+    });
+    let _ = c.lab.exec(&client, "nstat", &["-n"]);
+
+    let records = c.dir.path().join("stall-records.csv");
+    let mut load = c.lab.cmd(
+        &client,
+        RVS,
+        &[
+            "load",
+            "--target",
+            "10.96.0.20:80",
+            "--connections",
+            &total.to_string(),
+            "--concurrency",
+            "100",
+            "--timeout",
+            "10s",
+            "--duration",
+            "600s",
+            "--records",
+            records.to_str().unwrap(),
+        ],
+    );
+    let load = load
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+
+    // Let the load settle, then 2 -> 4, then 4 -> 1, noting when node1 applied each.
+    let applied_after = |c: &Cluster, version_before: u64| -> u64 {
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while config_version(c, &node1) <= version_before {
+            assert!(Instant::now() < deadline, "change not applied in time");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        now_ms()
+    };
+    let phase = Duration::from_millis(((total / 10).clamp(500, 8_000)) as u64);
+    std::thread::sleep(phase);
+    let v = config_version(c, &node1);
+    write_atomic(&eps, &slice("stall-1", &four));
+    let added_at = applied_after(c, v);
+    std::thread::sleep(phase);
+    let v = config_version(c, &node1);
+    write_atomic(&eps, &slice("stall-1", &one));
+    let removed_at = applied_after(c, v);
+
+    let out = load.wait_with_output().unwrap();
+    let summary: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap_or_else(|e| {
+        panic!(
+            "rvs load output: {e}: {}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        )
+    });
+    let nstat = c
+        .lab
+        .exec(&client, "nstat", &["-az", "TcpExtTCPSynRetrans"]);
+    let syn_retransmits = String::from_utf8_lossy(&nstat.stdout)
+        .lines()
+        .find(|l| l.starts_with("TcpExtTCPSynRetrans"))
+        .and_then(|l| l.split_whitespace().nth(1))
+        .and_then(|n| n.parse().ok())
+        .unwrap_or(0);
+
+    let text = std::fs::read_to_string(&records).unwrap();
+    let (mut after_removal, mut first_second, mut first_second_new) = (0, 0, 0);
+    for line in text.lines() {
+        let fields: Vec<&str> = line.split(',').collect();
+        let (Ok(start), Some(backend)) = (fields[0].parse::<u64>(), fields.get(3)) else {
+            continue;
+        };
+        // Conservative: a connection started after we saw the removal applied.
+        if start > removed_at && ["n2p0", "n1p2", "n2p1"].contains(backend) {
+            after_removal += 1;
+        }
+        if start >= added_at && start < added_at + 1000 {
+            first_second += 1;
+            if ["n1p2", "n2p1"].contains(backend) {
+                first_second_new += 1;
+            }
+        }
+    }
+    StallReport {
+        connections: summary["connections"].as_u64().unwrap_or(0),
+        failed: summary["failed"].as_u64().unwrap_or(u64::MAX),
+        stalls: summary["connects_over_200ms"].as_u64().unwrap_or(u64::MAX),
+        max_ms: summary["connect_ms_max"].as_f64().unwrap_or(0.0),
+        p999_ms: summary["connect_ms_p999"].as_f64().unwrap_or(0.0),
+        after_removal,
+        new_share_first_second: first_second_new as f64 / first_second.max(1) as f64,
+        syn_retransmits,
+        per_second: summary["connections_per_second"].as_f64().unwrap_or(0.0),
+    }
 }
