@@ -666,7 +666,7 @@ pub fn run_stall(c: &Cluster, total: u64) -> StallReport {
         }
         now_ms()
     };
-    let phase = Duration::from_millis(((total / 10).clamp(500, 8_000)) as u64);
+    let phase = Duration::from_millis((total / 10).clamp(500, 8_000));
     std::thread::sleep(phase);
     let v = config_version(c, &node1);
     write_atomic(&eps, &slice("stall-1", &four));
