@@ -90,11 +90,19 @@ pub(crate) async fn delete_udp_to_server(server: SocketAddr) {
     .await;
 }
 
-/// Deletes UDP entries to a service port that had no endpoint: those were never DNATed and
-/// would keep the client's flow away from the endpoints that just appeared.
-pub(crate) async fn delete_udp_to_service(vip: Option<IpAddr>, port: u16) {
+/// Deletes entries to a service port that were never DNATed (created before its rules or
+/// while it had no endpoint): they would keep those clients away from its endpoints.
+pub(crate) async fn delete_to_service(
+    protocol: rvs_model::Protocol,
+    vip: Option<IpAddr>,
+    port: u16,
+) {
     let port = port.to_string();
-    let mut args = vec!["-D", "-p", "udp", "--orig-port-dst", port.as_str()];
+    let proto = match protocol {
+        rvs_model::Protocol::Tcp => "tcp",
+        rvs_model::Protocol::Udp => "udp",
+    };
+    let mut args = vec!["-D", "-p", proto, "--orig-port-dst", port.as_str()];
     let ip;
     if let Some(vip) = vip {
         ip = vip.to_string();

@@ -49,7 +49,7 @@ pub enum NftError {
 #[derive(Default)]
 struct Applied {
     ruleset: Option<Ruleset>,
-    snapshot: Option<Snapshot>,
+    snapshot: Option<Arc<Snapshot>>,
     /// Set after a failure: the kernel may differ from `ruleset`, so rewrite it all.
     needs_full: bool,
 }
@@ -69,7 +69,7 @@ pub struct NftEngine {
     applied: Arc<tokio::sync::Mutex<Applied>>,
     counters: Arc<Mutex<Counters>>,
     /// The snapshot in force, for `table()` without awaiting the apply lock.
-    current: Arc<Mutex<Option<Snapshot>>>,
+    current: Arc<Mutex<Option<Arc<Snapshot>>>>,
 }
 
 /// How long counters read from the kernel are reused before `table()` refreshes them.
@@ -106,15 +106,15 @@ impl NftEngine {
                 return Err(e);
             }
         }
-        let previous = applied.snapshot.take();
+        let shared = Arc::new(snapshot.clone());
+        let previous = applied.snapshot.replace(shared.clone());
         applied.ruleset = Some(ruleset);
-        applied.snapshot = Some(snapshot.clone());
         applied.needs_full = false;
         drop(applied);
         if let Ok(mut current) = self.current.lock() {
-            *current = Some(snapshot.clone());
+            *current = Some(shared);
         }
-        clean_udp_conntrack(previous.as_ref(), snapshot).await;
+        clean_conntrack(previous.as_deref(), snapshot).await;
         Ok(ApplyStats {
             full,
             script_bytes,
@@ -341,14 +341,17 @@ fn status(vs: &VirtualService, counters: &Counters) -> VirtualServiceStatus {
 
 /// kube-proxy's UDP conntrack cleanup: entries of removed endpoints go, so clients do not
 /// keep sending to a dead pod; entries to a service port that just got its first endpoint go,
-/// since they were never DNATed.
-async fn clean_udp_conntrack(previous: Option<&Snapshot>, next: &Snapshot) {
+/// since they were never DNATed. Likewise for a virtual address that appears at runtime (TCP
+/// or UDP): whatever conntrack holds for it was created before its rules (a client that tried
+/// too early) and would keep that client's port away from the Service until it times out.
+/// Not on the first apply: after a restart the rules were already in place.
+async fn clean_conntrack(previous: Option<&Snapshot>, next: &Snapshot) {
     let Some(previous) = previous else { return };
     let serving = |vs: &VirtualService| -> BTreeSet<SocketAddr> {
         vs.serving(false).map(|r| r.addr).collect()
     };
     let mut gone_servers = BTreeSet::new();
-    let mut revived: Vec<(Option<IpAddr>, u16)> = Vec::new();
+    let mut stale: Vec<(Protocol, Option<IpAddr>, u16)> = Vec::new();
     for old in previous
         .services
         .iter()
@@ -361,22 +364,23 @@ async fn clean_udp_conntrack(previous: Option<&Snapshot>, next: &Snapshot) {
             .unwrap_or_default();
         gone_servers.extend(before.difference(&after).copied());
     }
-    for new in next.services.iter().filter(|v| v.protocol == Protocol::Udp) {
-        let before = previous
-            .find(new.protocol, &new.frontend)
-            .map(serving)
-            .unwrap_or_default();
-        if before.is_empty() && !serving(new).is_empty() {
-            revived.push(match new.frontend {
-                Frontend::Address { addr } => (Some(addr.ip()), addr.port()),
-                Frontend::NodePort { port, .. } => (None, port),
+    for new in &next.services {
+        let before = previous.find(new.protocol, &new.frontend);
+        let appeared = before.is_none() && matches!(new.frontend, Frontend::Address { .. });
+        let revived = new.protocol == Protocol::Udp
+            && before.map(serving).unwrap_or_default().is_empty()
+            && !serving(new).is_empty();
+        if appeared || revived {
+            stale.push(match new.frontend {
+                Frontend::Address { addr } => (new.protocol, Some(addr.ip()), addr.port()),
+                Frontend::NodePort { port, .. } => (new.protocol, None, port),
             });
         }
     }
     for server in gone_servers {
         conntrack::delete_udp_to_server(server).await;
     }
-    for (vip, port) in revived {
-        conntrack::delete_udp_to_service(vip, port).await;
+    for (protocol, vip, port) in stale {
+        conntrack::delete_to_service(protocol, vip, port).await;
     }
 }

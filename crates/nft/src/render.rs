@@ -6,9 +6,11 @@
 //!   externalIPs and LoadBalancer IPs (`service-ips`), `l4proto . dport` on local addresses
 //!   for NodePorts (`service-nodeports`), so the cost per packet does not grow with the number
 //!   of Services;
-//! - one chain per virtual service picks an endpoint (`numgen`, or a hash into a Maglev table
-//!   held in a map), after persistence (a dynamic set per endpoint);
-//! - one chain per endpoint marks hairpin traffic for masquerade and DNATs;
+//! - one chain per virtual service picks an endpoint and DNATs: one rule per endpoint with its
+//!   own `numgen` counter (exact round robin and wrr), or a hash into a Maglev table held in a
+//!   map; persistence checks a dynamic set per endpoint first (then endpoint chains DNAT);
+//! - hairpin traffic (a pod reaching itself through its Service) is masqueraded by one rule
+//!   over a set of endpoint address pairs;
 //! - masquerading only for marked packets, with plain `masquerade`: it keeps the client's port
 //!   where it is free, which `fully-random` does not, and that is what stalls short
 //!   connections (shared/findings/snat-stall.md);
@@ -43,6 +45,9 @@ pub struct RenderOptions {
     /// `--nodeport-addresses`: NodePorts only on local addresses inside these; empty: every
     /// local address except loopback.
     pub nodeport_addresses: Vec<IpNet>,
+    /// Masquerade with `fully-random` port choice, as kube-proxy does. Only for comparison:
+    /// it is what makes short connections stall (shared/findings/snat-stall.md).
+    pub masquerade_fully_random: bool,
 }
 
 fn family_of(ip: IpFamily) -> Family {
@@ -248,11 +253,20 @@ fn base_table(family: Family, options: &RenderOptions) -> Table {
     t.chains.insert(
         "masquerading".into(),
         Chain::regular(vec![
+            // Hairpin: a pod sent to itself through its Service must see the reply come from
+            // the Service, so its source is masqueraded (one set of endpoint pairs instead of
+            // a rule per endpoint).
+            format!("ct status dnat {f} saddr . {f} daddr @hairpin masquerade"),
             format!("meta mark & {MASQUERADE_MARK:#x} == 0 return"),
             format!("meta mark set meta mark ^ {MASQUERADE_MARK:#x}"),
             // Plain masquerade keeps the client's port where it is free: no random
             // remapping, so no collisions with TIME_WAIT on the pods (no 1-second stalls).
-            "masquerade".into(),
+            if options.masquerade_fully_random {
+                "masquerade fully-random"
+            } else {
+                "masquerade"
+            }
+            .into(),
         ]),
     );
     t.chains.insert(
@@ -269,6 +283,14 @@ fn base_table(family: Family, options: &RenderOptions) -> Table {
         ]),
     );
 
+    t.sets.insert(
+        "hairpin".into(),
+        Set {
+            spec: format!("type {addr_type} . {addr_type}"),
+            elements: BTreeSet::new(),
+            prune_on_full_sync_only: true,
+        },
+    );
     let nodeport_match = if options.nodeport_addresses.is_empty() {
         let loopback = match family {
             Family::Ip => "127.0.0.0/8",
@@ -287,6 +309,7 @@ fn base_table(family: Family, options: &RenderOptions) -> Table {
             Set {
                 spec: format!("type {addr_type}; flags interval"),
                 elements: nets.into_iter().collect(),
+                prune_on_full_sync_only: false,
             },
         );
         format!("fib daddr type local {f} daddr @nodeport-ips")
@@ -360,6 +383,12 @@ fn insert_element(table: &mut Table, map: &str, key: String, verdict: String) {
 
 fn render_service(table: &mut Table, family: Family, vs: &VirtualService, options: &RenderOptions) {
     let f = family.name();
+    if let Some(hairpin) = table.sets.get_mut("hairpin") {
+        for rs in &vs.real_servers {
+            let ip = addr_literal(rs.addr.ip());
+            hairpin.elements.insert(format!("{ip} . {ip}"));
+        }
+    }
     let (key, service_map, no_endpoint_map) = dispatch_key(vs);
     let external = vs.kind != FrontendKind::ClusterIp;
     let everyone: Vec<&RealServer> = vs.serving(false).collect();
@@ -450,8 +479,14 @@ fn render_service(table: &mut Table, family: Family, vs: &VirtualService, option
     insert_element(table, service_map, key, format!("goto {name}"));
 }
 
-/// Persistence checks then the scheduler's choice among `servers`, creating their endpoint
-/// chains (and the Maglev map, when hashing) on the way.
+/// Persistence checks then the scheduler's choice among `servers`.
+///
+/// Plain choices are one rule per endpoint, each with its own `numgen` counter, as
+/// kube-proxy's iptables mode chains `statistic` rules: rule i takes `w_i` of every `S_i`
+/// connections reaching it (`S_i` = weight left from i on), so round robin and wrr are exact
+/// per cycle and no anonymous map is needed (nft builds those in quadratic time: 10,000
+/// Services took 36 s, one rule per endpoint takes about a second). Only persistence and the
+/// hashing schedulers need endpoint chains and maps.
 fn dispatch_rules(
     table: &mut Table,
     family: Family,
@@ -460,19 +495,8 @@ fn dispatch_rules(
     owner: &str,
 ) -> Vec<String> {
     let f = family.name();
+    let p = proto(vs.protocol);
     let mut rules = Vec::new();
-    let chains: Vec<String> = servers
-        .iter()
-        .map(|rs| endpoint_chain(table, family, vs, rs))
-        .collect();
-    if vs.persistence.is_some() {
-        for (rs, chain) in servers.iter().zip(&chains) {
-            rules.push(format!(
-                "{f} saddr @{} goto {chain}",
-                affinity_set_name(vs, rs)
-            ));
-        }
-    }
     let dests: Vec<Dest> = servers
         .iter()
         .map(|rs| Dest {
@@ -482,72 +506,104 @@ fn dispatch_rules(
             inactive: 0,
         })
         .collect();
-    let vmap = |slots: &[usize]| -> String {
-        let items: Vec<String> = slots
+    let hashing = matches!(
+        vs.scheduler.kind,
+        SchedulerKind::Sh | SchedulerKind::Mh | SchedulerKind::Dh
+    );
+    let chains: Vec<String> = if vs.persistence.is_some() || hashing {
+        servers
+            .iter()
+            .map(|rs| endpoint_chain(table, family, vs, rs))
+            .collect()
+    } else {
+        Vec::new()
+    };
+    if vs.persistence.is_some() {
+        for (rs, chain) in servers.iter().zip(&chains) {
+            rules.push(format!(
+                "{f} saddr @{} goto {chain}",
+                affinity_set_name(vs, rs)
+            ));
+        }
+    }
+    // The action taking a connection to server i.
+    let to = |i: usize| -> String {
+        match chains.get(i) {
+            Some(chain) => format!("goto {chain}"),
+            None => format!(
+                "meta l4proto {p} counter dnat to {}",
+                dnat_target(servers[i])
+            ),
+        }
+    };
+    if hashing {
+        let (slots, key) = match vs.scheduler.kind {
+            SchedulerKind::Mh => (
+                rvs_sched::maglev_table(&dests, vs.scheduler.mh_table_size),
+                source_key(vs, f),
+            ),
+            SchedulerKind::Sh => (rvs_sched::sh_table(&dests), source_key(vs, f)),
+            _ => (rvs_sched::sh_table(&dests), format!("{f} daddr")),
+        };
+        let map_name = truncate(format!(
+            "hash-{}-{}",
+            slots.len(),
+            &owner[owner.find('-').map_or(0, |i| i + 1)..]
+        ));
+        let elements = slots
             .iter()
             .enumerate()
-            .map(|(i, s)| format!("{i} : goto {}", chains[*s]))
+            .map(|(i, s)| (i.to_string(), format!("goto {}", chains[*s])))
             .collect();
-        format!("vmap {{ {} }}", items.join(", "))
-    };
-    match vs.scheduler.kind {
-        SchedulerKind::Rr => {
-            let slots: Vec<usize> = (0..servers.len()).collect();
-            rules.push(format!("numgen inc mod {} {}", slots.len(), vmap(&slots)));
-        }
-        SchedulerKind::Wrr => {
-            let slots = rvs_sched::wrr_cycle(&scaled(&dests));
-            rules.push(format!("numgen inc mod {} {}", slots.len(), vmap(&slots)));
-        }
-        SchedulerKind::Sh | SchedulerKind::Mh | SchedulerKind::Dh => {
-            let (slots, key) = match vs.scheduler.kind {
-                SchedulerKind::Mh => (
-                    rvs_sched::maglev_table(&dests, vs.scheduler.mh_table_size),
-                    source_key(vs, f),
-                ),
-                SchedulerKind::Sh => (rvs_sched::sh_table(&dests), source_key(vs, f)),
-                _ => (rvs_sched::sh_table(&dests), format!("{f} daddr")),
-            };
-            let map_name = truncate(format!(
-                "hash-{}-{}",
-                slots.len(),
-                &owner[owner.find('-').map_or(0, |i| i + 1)..]
-            ));
-            let elements = slots
-                .iter()
-                .enumerate()
-                .map(|(i, s)| (i.to_string(), format!("goto {}", chains[*s])))
-                .collect();
-            table.maps.insert(
-                map_name.clone(),
-                Map {
-                    spec: format!("typeof numgen inc mod {} : verdict", slots.len().max(1)),
-                    elements,
-                },
-            );
-            rules.push(format!(
-                "jhash {key} mod {} seed {HASH_SEED:#x} vmap @{map_name}",
-                slots.len()
-            ));
-        }
+        table.maps.insert(
+            map_name.clone(),
+            Map {
+                spec: format!("typeof numgen inc mod {} : verdict", slots.len().max(1)),
+                elements,
+            },
+        );
+        rules.push(format!(
+            "jhash {key} mod {} seed {HASH_SEED:#x} vmap @{map_name}",
+            slots.len()
+        ));
+        return rules;
+    }
+    let (generator, weights): (&str, Vec<u64>) = match vs.scheduler.kind {
+        // IPVS rr ignores weights (other than 0).
+        SchedulerKind::Rr => ("inc", vec![1; servers.len()]),
+        SchedulerKind::Wrr => (
+            "inc",
+            scaled(&dests).iter().map(|d| u64::from(d.weight)).collect(),
+        ),
         SchedulerKind::Fo | SchedulerKind::Ovf => {
             // The heaviest server takes everything (nftables sees no connection counts, so
             // ovf cannot overflow).
             let best = (0..servers.len())
                 .max_by_key(|i| (servers[*i].weight, std::cmp::Reverse(*i)))
                 .unwrap_or(0);
-            rules.push(format!("goto {}", chains[best]));
+            rules.push(to(best));
+            return rules;
         }
         // The least-connection family needs per-server connection counts, which nftables
         // does not have: weighted random is the nearest stateless choice (as kube-proxy).
-        _ => {
-            let slots = weighted_slots(&scaled(&dests));
-            rules.push(format!(
-                "numgen random mod {} {}",
-                slots.len(),
-                vmap(&slots)
-            ));
+        _ => (
+            "random",
+            scaled(&dests).iter().map(|d| u64::from(d.weight)).collect(),
+        ),
+    };
+    let mut left: u64 = weights.iter().sum();
+    for (i, w) in weights.iter().enumerate() {
+        if i + 1 == weights.len() || *w >= left {
+            rules.push(to(i));
+            break;
         }
+        let test = if *w == 1 {
+            "== 0".to_string()
+        } else {
+            format!("< {w}")
+        };
+        rules.push(format!("numgen {generator} mod {left} {test} {}", to(i)));
+        left -= w;
     }
     rules
 }
@@ -582,15 +638,6 @@ fn gcd(a: u64, b: u64) -> u64 {
     }
 }
 
-/// Each server repeated by its weight.
-fn weighted_slots(dests: &[Dest]) -> Vec<usize> {
-    dests
-        .iter()
-        .enumerate()
-        .flat_map(|(i, d)| std::iter::repeat_n(i, d.weight as usize))
-        .collect()
-}
-
 fn affinity_set_name(vs: &VirtualService, rs: &RealServer) -> String {
     let chain = endpoint_chain_name(vs, rs);
     let timeout = vs.persistence.map_or(0, |d| d.as_secs());
@@ -609,8 +656,7 @@ fn endpoint_chain(
 ) -> String {
     let f = family.name();
     let name = endpoint_chain_name(vs, rs);
-    let ip = addr_literal(rs.addr.ip());
-    let mut rules = vec![format!("{f} saddr {ip} jump mark-for-masquerade")];
+    let mut rules = Vec::new();
     if let Some(timeout) = vs.persistence {
         let set = affinity_set_name(vs, rs);
         table.sets.insert(
@@ -622,6 +668,7 @@ fn endpoint_chain(
                     timeout.as_secs()
                 ),
                 elements: BTreeSet::new(),
+                prune_on_full_sync_only: false,
             },
         );
         rules.push(format!("update @{set} {{ {f} saddr }}"));

@@ -58,6 +58,9 @@ pub struct Set {
     pub spec: String,
     /// Static elements; dynamic sets (affinity) are filled by the kernel and never flushed.
     pub elements: BTreeSet<String>,
+    /// Stale elements are harmless: incremental syncs only add (deleting makes nft load the
+    /// whole set), full syncs prune.
+    pub prune_on_full_sync_only: bool,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Default)]
@@ -182,9 +185,12 @@ fn diff_table(f: &str, old: &Table, new: &Table, out: &mut String) {
                 elements(f, "add", name, &items, out);
             }
             Some(prev) => {
-                let gone: Vec<String> = prev.elements.difference(&set.elements).cloned().collect();
                 let added: Vec<String> = set.elements.difference(&prev.elements).cloned().collect();
-                elements(f, "delete", name, &gone, out);
+                if !set.prune_on_full_sync_only {
+                    let gone: Vec<String> =
+                        prev.elements.difference(&set.elements).cloned().collect();
+                    elements(f, "delete", name, &gone, out);
+                }
                 elements(f, "add", name, &added, out);
             }
         }

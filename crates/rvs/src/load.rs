@@ -36,6 +36,9 @@ pub struct LoadArgs {
     /// Write one CSV line per connection: start_unix_ms,connect_us,total_us,backend.
     #[arg(long)]
     records: Option<PathBuf>,
+    /// Write the number of finished connections to this file every 100 ms.
+    #[arg(long)]
+    progress: Option<PathBuf>,
 }
 
 /// What one connection saw.
@@ -118,14 +121,26 @@ pub async fn load(args: LoadArgs) -> anyhow::Result<ExitCode> {
     let next = Arc::new(AtomicU64::new(0));
     let started = Instant::now();
     let deadline = started + args.duration;
+    let done = Arc::new(AtomicU64::new(0));
+    if let Some(path) = args.progress.clone() {
+        let done = done.clone();
+        tokio::spawn(async move {
+            loop {
+                let _ = tokio::fs::write(&path, done.load(Ordering::Relaxed).to_string()).await;
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+        });
+    }
     let mut workers = tokio::task::JoinSet::new();
     for _ in 0..args.concurrency.max(1) {
         let next = next.clone();
+        let done = done.clone();
         let (target, total, timeout) = (args.target, args.connections, args.timeout);
         workers.spawn(async move {
             let mut records = Vec::new();
             while next.fetch_add(1, Ordering::Relaxed) < total && Instant::now() < deadline {
                 records.push(one(target, timeout).await);
+                done.fetch_add(1, Ordering::Relaxed);
             }
             records
         });

@@ -68,6 +68,10 @@ pub struct RunArgs {
     /// nftables: masquerade all ClusterIP traffic.
     #[arg(long)]
     masquerade_all: bool,
+    /// nftables: masquerade with random ports as kube-proxy does. For comparison only: it
+    /// makes short connections stall on TIME_WAIT collisions.
+    #[arg(long)]
+    masquerade_fully_random: bool,
     /// nftables: rewrite the whole ruleset this often, repairing any drift.
     #[arg(long, default_value = "1h", value_parser = crate::parse_duration)]
     sync_period: Duration,
@@ -189,6 +193,7 @@ pub async fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
                 cluster_cidrs: args.cluster_cidr.clone(),
                 masquerade_all: args.masquerade_all,
                 nodeport_addresses: args.nodeport_addresses.clone(),
+                masquerade_fully_random: args.masquerade_fully_random,
             },
             ..Default::default()
         })),

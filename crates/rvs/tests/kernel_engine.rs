@@ -559,6 +559,12 @@ fn no_connect_stalls_while_endpoints_change() {
         "connections to removed endpoints after the removal applied"
     );
     assert!(report.connections >= total, "all connections made");
+    // Round robin over 4, two of them new: about half at once, not after some delay.
+    assert!(
+        report.new_share_first_second > 0.3,
+        "new endpoints got {:.0}% in their first second",
+        report.new_share_first_second * 100.0
+    );
 }
 
 pub struct StallReport {
@@ -632,6 +638,7 @@ pub fn run_stall(c: &Cluster, total: u64) -> StallReport {
     let _ = c.lab.exec(&client, "nstat", &["-n"]);
 
     let records = c.dir.path().join("stall-records.csv");
+    let progress = c.dir.path().join("stall-progress");
     let mut load = c.lab.cmd(
         &client,
         RVS,
@@ -649,6 +656,8 @@ pub fn run_stall(c: &Cluster, total: u64) -> StallReport {
             "600s",
             "--records",
             records.to_str().unwrap(),
+            "--progress",
+            progress.to_str().unwrap(),
         ],
     );
     let load = load
@@ -661,18 +670,37 @@ pub fn run_stall(c: &Cluster, total: u64) -> StallReport {
     let applied_after = |c: &Cluster, version_before: u64| -> u64 {
         let deadline = Instant::now() + Duration::from_secs(20);
         while config_version(c, &node1) <= version_before {
-            assert!(Instant::now() < deadline, "change not applied in time");
+            assert!(
+                Instant::now() < deadline,
+                "change not applied in time; node1 log:\n{}",
+                c.log("node1")
+            );
             std::thread::sleep(Duration::from_millis(20));
         }
         now_ms()
     };
-    let phase = Duration::from_millis((total / 10).clamp(500, 8_000));
-    std::thread::sleep(phase);
+    let reached = |count: u64| {
+        let deadline = Instant::now() + Duration::from_secs(300);
+        while std::fs::read_to_string(&progress)
+            .ok()
+            .and_then(|t| t.trim().parse::<u64>().ok())
+            .unwrap_or(0)
+            < count
+        {
+            assert!(
+                Instant::now() < deadline,
+                "load stuck before {count} connections"
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    };
+    reached(total / 3);
     let v = config_version(c, &node1);
     write_atomic(&eps, &slice("stall-1", &four));
     let added_at = applied_after(c, v);
-    std::thread::sleep(phase);
+    reached(total * 2 / 3);
     let v = config_version(c, &node1);
+    let removal_written_at = now_ms();
     write_atomic(&eps, &slice("stall-1", &one));
     let removed_at = applied_after(c, v);
 
@@ -695,6 +723,9 @@ pub fn run_stall(c: &Cluster, total: u64) -> StallReport {
         .unwrap_or(0);
 
     let text = std::fs::read_to_string(&records).unwrap();
+    for failed in text.lines().filter(|l| l.contains("error")).take(5) {
+        println!("failed connection: {failed} (removal applied at {removed_at}, endpoints added at {added_at})");
+    }
     let (mut after_removal, mut first_second, mut first_second_new) = (0, 0, 0);
     for line in text.lines() {
         let fields: Vec<&str> = line.split(',').collect();
@@ -705,7 +736,8 @@ pub fn run_stall(c: &Cluster, total: u64) -> StallReport {
         if start > removed_at && ["n2p0", "n1p2", "n2p1"].contains(backend) {
             after_removal += 1;
         }
-        if start >= added_at && start < added_at + 1000 {
+        // The first second after the addition, or less if the removal came sooner.
+        if start >= added_at && start < (added_at + 1000).min(removal_written_at) {
             first_second += 1;
             if ["n1p2", "n2p1"].contains(backend) {
                 first_second_new += 1;
