@@ -2,7 +2,7 @@
 //! `splice(2)` and never enter userspace; elsewhere they are copied.
 
 use std::io;
-use std::sync::atomic::AtomicU64;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 
 use tokio::net::TcpStream;
 
@@ -17,17 +17,29 @@ pub(crate) async fn forward(
     on_first_eof: impl Fn(),
 ) -> io::Result<()> {
     let first_eof = std::sync::Once::new();
+    let (client_done, server_done) = (AtomicBool::new(false), AtomicBool::new(false));
     let upstream = async {
-        pump(client, server, bytes_in).await?;
+        pump(client, server, bytes_in, &server_done).await?;
+        client_done.store(true, Ordering::Relaxed);
         first_eof.call_once(&on_first_eof);
         Ok::<_, io::Error>(())
     };
     let downstream = async {
-        pump(server, client, bytes_out).await?;
+        pump(server, client, bytes_out, &client_done).await?;
+        server_done.store(true, Ordering::Relaxed);
         first_eof.call_once(&on_first_eof);
         Ok::<_, io::Error>(())
     };
     tokio::try_join!(upstream, downstream).map(|_| ())
+}
+
+/// Passes the end of one direction on. Skipped when the other direction has ended already:
+/// the sockets are closed next, which sends the FIN anyway (one system call less).
+fn end_direction(dst: &TcpStream, other_done: &AtomicBool) -> io::Result<()> {
+    if other_done.load(Ordering::Relaxed) {
+        return Ok(());
+    }
+    shutdown_write(dst)
 }
 
 fn shutdown_write(stream: &TcpStream) -> io::Result<()> {
@@ -45,12 +57,10 @@ use linux::pump;
 mod linux {
     use std::io;
     use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
-    use std::sync::atomic::{AtomicU64, Ordering};
+    use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 
     use tokio::io::Interest;
     use tokio::net::TcpStream;
-
-    use super::shutdown_write;
 
     /// A bigger pipe means fewer system calls per megabyte; the kernel may give less.
     const PIPE_SIZE: libc::c_int = 256 * 1024;
@@ -109,24 +119,36 @@ mod linux {
         src: &TcpStream,
         dst: &TcpStream,
         bytes: &AtomicU64,
+        other_done: &AtomicBool,
     ) -> io::Result<()> {
-        if !super::copy_until_bulk(src, dst, bytes).await? {
+        if !super::copy_until_bulk(src, dst, bytes, other_done).await? {
             return Ok(());
         }
         let pipe = Pipe::new()?;
         loop {
             let filled = loop {
                 src.readable().await?;
+                let mut got = None;
+                // As in `read_some`: a short splice drained the socket.
                 match src.try_io(Interest::READABLE, || {
-                    splice(src.as_raw_fd(), pipe.write.as_raw_fd(), pipe.size)
+                    let n = splice(src.as_raw_fd(), pipe.write.as_raw_fd(), pipe.size)?;
+                    got = Some(n);
+                    if n > 0 && n < pipe.size {
+                        Err(io::ErrorKind::WouldBlock.into())
+                    } else {
+                        Ok(n)
+                    }
                 }) {
                     Ok(n) => break n,
-                    Err(e) if e.kind() == io::ErrorKind::WouldBlock => continue,
+                    Err(e) if e.kind() == io::ErrorKind::WouldBlock => match got {
+                        Some(n) => break n,
+                        None => continue,
+                    },
                     Err(e) => return Err(e),
                 }
             };
             if filled == 0 {
-                return shutdown_write(dst);
+                return super::end_direction(dst, other_done);
             }
             let mut left = filled;
             while left > 0 {
@@ -147,22 +169,22 @@ mod linux {
 /// Size of the copy buffer; a read that fills it marks the flow as bulk.
 const COPY_BUFFER: usize = 16 * 1024;
 
-/// Copies from `src` to `dst` until `src` ends (then half-closes `dst` and returns false) or
+/// Copies from `src` to `dst` until `src` ends (then passes the end on and returns false) or
 /// a read fills the whole buffer (returns true: the caller may switch to a faster path).
-async fn copy_until_bulk(src: &TcpStream, dst: &TcpStream, bytes: &AtomicU64) -> io::Result<bool> {
-    use std::sync::atomic::Ordering;
-    let mut buf = vec![0u8; COPY_BUFFER];
+async fn copy_until_bulk(
+    src: &TcpStream,
+    dst: &TcpStream,
+    bytes: &AtomicU64,
+    other_done: &AtomicBool,
+) -> io::Result<bool> {
+    let mut buf: Vec<u8> = Vec::with_capacity(COPY_BUFFER);
     loop {
-        src.readable().await?;
-        let n = match src.try_read(&mut buf) {
-            Ok(0) => {
-                shutdown_write(dst)?;
-                return Ok(false);
-            }
-            Ok(n) => n,
-            Err(e) if e.kind() == io::ErrorKind::WouldBlock => continue,
-            Err(e) => return Err(e),
-        };
+        buf.clear();
+        let n = read_some(src, &mut buf).await?;
+        if n == 0 {
+            end_direction(dst, other_done)?;
+            return Ok(false);
+        }
         let mut sent = 0;
         while sent < n {
             dst.writable().await?;
@@ -173,13 +195,60 @@ async fn copy_until_bulk(src: &TcpStream, dst: &TcpStream, bytes: &AtomicU64) ->
             }
         }
         bytes.fetch_add(n as u64, Ordering::Relaxed);
-        if n == buf.len() && cfg!(target_os = "linux") {
+        if n == COPY_BUFFER && cfg!(target_os = "linux") {
             return Ok(true);
         }
     }
 }
 
+/// Reads what `src` has into `buf`'s spare capacity (not zeroed first). A read shorter than
+/// the buffer drained the socket, so readiness is cleared right there (through `try_io`,
+/// whose readiness tick makes this race-free) instead of by one more read that would only
+/// return EAGAIN.
+async fn read_some(src: &TcpStream, buf: &mut Vec<u8>) -> io::Result<usize> {
+    use std::os::fd::AsRawFd;
+    let capacity = buf.capacity() - buf.len();
+    loop {
+        src.readable().await?;
+        let mut got = None;
+        let attempt = src.try_io(tokio::io::Interest::READABLE, || {
+            let spare = buf.spare_capacity_mut();
+            // SAFETY: recv writes at most `capacity` bytes into the spare capacity, which is
+            // valid for writes of that length; the fd is open while `src` lives.
+            let n = unsafe { libc::recv(src.as_raw_fd(), spare.as_mut_ptr().cast(), capacity, 0) };
+            if n < 0 {
+                return Err(io::Error::last_os_error());
+            }
+            let n = n as usize;
+            got = Some(n);
+            if n > 0 && n < capacity {
+                Err(io::ErrorKind::WouldBlock.into())
+            } else {
+                Ok(n)
+            }
+        });
+        let n = match attempt {
+            Ok(n) => n,
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => match got {
+                Some(n) => n,
+                None => continue,
+            },
+            Err(e) => return Err(e),
+        };
+        // SAFETY: recv initialised the first `n` bytes of the spare capacity.
+        unsafe { buf.set_len(buf.len() + n) };
+        return Ok(n);
+    }
+}
+
 #[cfg(not(target_os = "linux"))]
-async fn pump(src: &TcpStream, dst: &TcpStream, bytes: &AtomicU64) -> io::Result<()> {
-    copy_until_bulk(src, dst, bytes).await.map(|_| ())
+async fn pump(
+    src: &TcpStream,
+    dst: &TcpStream,
+    bytes: &AtomicU64,
+    other_done: &AtomicBool,
+) -> io::Result<()> {
+    copy_until_bulk(src, dst, bytes, other_done)
+        .await
+        .map(|_| ())
 }
