@@ -391,7 +391,8 @@ fn render_service(table: &mut Table, family: Family, vs: &VirtualService, option
     }
     let (key, service_map, no_endpoint_map) = dispatch_key(vs);
     let external = vs.kind != FrontendKind::ClusterIp;
-    let everyone: Vec<&RealServer> = vs.serving(false).collect();
+    // Every endpoint that may take new connections, whatever the traffic policy.
+    let everyone: Vec<&RealServer> = vs.real_servers.iter().filter(|rs| rs.weight > 0).collect();
     let cluster_cidrs: Vec<String> = options
         .cluster_cidrs
         .iter()
