@@ -117,13 +117,18 @@ impl VsRuntime {
         previous: Option<&Arc<VsState>>,
     ) -> Self {
         let state = match previous {
-            Some(state) if lock(&state.scheduler).0 == config.scheduler => state.clone(),
             Some(state) => {
-                // New scheduler, same templates: persistence outlives a scheduler change.
-                let templates = std::mem::take(&mut *lock(&state.templates));
-                let fresh = VsState::new(&config.scheduler);
-                *lock(&fresh.templates) = templates;
-                Arc::new(fresh)
+                // Same state, so persistence templates (and connections releasing them) carry
+                // over; only a changed scheduler is replaced.
+                let mut scheduler = lock(&state.scheduler);
+                if scheduler.0 != config.scheduler {
+                    *scheduler = (
+                        config.scheduler,
+                        rvs_sched::new_scheduler(&config.scheduler),
+                    );
+                }
+                drop(scheduler);
+                state.clone()
             }
             None => Arc::new(VsState::new(&config.scheduler)),
         };
@@ -154,9 +159,10 @@ impl VsRuntime {
     /// (servers whose connect just failed) and never one with weight 0.
     pub fn pick(&self, client: SocketAddr, exclude: &[usize]) -> Option<usize> {
         let usable = |i: usize| self.servers[i].weight > 0 && !exclude.contains(&i);
-        if self.config.persistence.is_some() {
-            let now = Instant::now();
-            let templates = lock(&self.state.templates);
+        let now = Instant::now();
+        // Held while scheduling, so concurrent first connections of one client agree.
+        let mut templates = self.config.persistence.map(|_| lock(&self.state.templates));
+        if let Some(templates) = &templates {
             if let Some(t) = templates.get(&client.ip()).filter(|t| t.alive(now)) {
                 if let Some(i) = self.servers.iter().position(|s| s.shared.addr == t.server) {
                     if usable(i) {
@@ -171,19 +177,41 @@ impl VsRuntime {
             vip: self.key.1,
         };
         let chosen = lock(&self.state.scheduler).1.schedule(&dests, &flow);
-        match chosen {
+        let picked = match chosen {
             Some(i) if i < self.servers.len() && usable(i) => Some(i),
-            // The scheduler's pick just failed to connect (or it insists on one server, as
-            // hashing schedulers do): take the least loaded other server, as wlc would.
-            _ => (0..self.servers.len())
+            // The scheduler refuses (all quiesced, or a hashing scheduler's server is gone
+            // and it has no fallback flag): so does IPVS.
+            None => None,
+            // It insists on a server whose connect just failed: take the least loaded other,
+            // overhead/weight compared by cross multiplication as ip_vs_wlc.c does.
+            Some(_) => (0..self.servers.len())
                 .filter(|i| usable(*i))
                 .min_by(|&a, &b| {
-                    // overhead/weight, compared by cross multiplication as ip_vs_wlc.c does.
                     let la = u128::from(dests[a].overhead()) * u128::from(dests[b].weight);
                     let lb = u128::from(dests[b].overhead()) * u128::from(dests[a].weight);
                     la.cmp(&lb)
                 }),
+        };
+        // IPVS creates the template when it schedules, not when the connection is up.
+        if let (Some(templates), Some(i), Some(timeout)) =
+            (templates.as_mut(), picked, self.config.persistence)
+        {
+            let server = self.servers[i].shared.addr;
+            let entry = templates.entry(client.ip()).or_insert(Template {
+                server,
+                controlled: 0,
+                expires: now + timeout,
+            });
+            if entry.server != server {
+                *entry = Template {
+                    server,
+                    controlled: 0,
+                    expires: now + timeout,
+                };
+            }
+            entry.expires = entry.expires.max(now + timeout);
         }
+        picked
     }
 
     /// Records that `client` now has an open connection to `server` under persistence.

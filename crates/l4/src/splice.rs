@@ -128,22 +128,13 @@ mod linux {
         loop {
             let filled = loop {
                 src.readable().await?;
-                let mut got = None;
-                // As in `read_some`: a short splice drained the socket.
+                // Unlike recv, a short splice does not mean the socket is drained (it stops
+                // when the pipe runs out of slots), so only EAGAIN clears readiness.
                 match src.try_io(Interest::READABLE, || {
-                    let n = splice(src.as_raw_fd(), pipe.write.as_raw_fd(), pipe.size)?;
-                    got = Some(n);
-                    if n > 0 && n < pipe.size {
-                        Err(io::ErrorKind::WouldBlock.into())
-                    } else {
-                        Ok(n)
-                    }
+                    splice(src.as_raw_fd(), pipe.write.as_raw_fd(), pipe.size)
                 }) {
                     Ok(n) => break n,
-                    Err(e) if e.kind() == io::ErrorKind::WouldBlock => match got {
-                        Some(n) => break n,
-                        None => continue,
-                    },
+                    Err(e) if e.kind() == io::ErrorKind::WouldBlock => continue,
                     Err(e) => return Err(e),
                 }
             };

@@ -721,3 +721,31 @@ async fn ipv6_virtual_service() {
     assert!(line.starts_with("v6 [::1]:"), "{line}");
     assert_eq!(e.table().services[0].address, v6_vip.to_string());
 }
+
+#[tokio::test]
+async fn persistence_binds_parallel_first_connections_to_one_server() {
+    let (a, b) = (tcp_backend("a").await, tcp_backend("b").await);
+    let v = vip(19, 80);
+    let mut service = vs(
+        Protocol::Tcp,
+        v,
+        SchedulerKind::Rr,
+        vec![server(a.addr, 1), server(b.addr, 1)],
+    );
+    service.persistence = Some(Duration::from_secs(60));
+    let _e = engine(&snapshot(1, vec![service])).await;
+    // A browser opens several connections at once: IPVS creates the template when it
+    // schedules the first, so all of them land on the same server.
+    let mut opening = Vec::new();
+    for _ in 0..6 {
+        opening.push(tokio::spawn(
+            async move { greet(v, ip("127.0.0.7")).await.0 },
+        ));
+    }
+    let mut names = Vec::new();
+    for o in opening {
+        names.push(o.await.unwrap());
+    }
+    names.dedup();
+    assert_eq!(names.len(), 1, "one server for one client: {names:?}");
+}

@@ -294,6 +294,16 @@ fn parse_annotations(service: &Service, options: &BuildOptions, ctx: &mut Ctx) -
     }
 }
 
+/// RFC 1123 label, as Kubernetes checks names and namespaces.
+fn is_dns_label(s: &str) -> bool {
+    let edge = |c: Option<char>| c.is_some_and(|c| c.is_ascii_lowercase() || c.is_ascii_digit());
+    (1..=63).contains(&s.len())
+        && s.chars()
+            .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-')
+        && edge(s.chars().next())
+        && edge(s.chars().last())
+}
+
 fn is_prime(n: u32) -> bool {
     n >= 2
         && (2..)
@@ -321,8 +331,35 @@ fn translate_service(
         ctx.problem("spec", "missing");
         return Vec::new();
     };
-    if ctx.object.name.is_empty() {
-        ctx.problem("metadata.name", "missing");
+    // The API server enforces these; manifest files must too: names end up in nftables
+    // chain names, which have a length limit.
+    if !is_dns_label(&ctx.object.name) {
+        ctx.problem(
+            "metadata.name",
+            format!(
+                "{:?} is not a DNS label (a-z, 0-9, '-', at most 63)",
+                ctx.object.name
+            ),
+        );
+    }
+    if !is_dns_label(&ctx.object.namespace) {
+        ctx.problem(
+            "metadata.namespace",
+            format!(
+                "{:?} is not a DNS label (a-z, 0-9, '-', at most 63)",
+                ctx.object.namespace
+            ),
+        );
+    }
+    for (i, port) in spec.ports.iter().flatten().enumerate() {
+        if let Some(name) = port.name.as_deref().filter(|n| !n.is_empty()) {
+            if name.len() > 15 || !is_dns_label(name) {
+                ctx.problem(
+                    format!("spec.ports[{i}].name"),
+                    format!("{name:?} is not a port name (a-z, 0-9, '-', at most 15)"),
+                );
+            }
+        }
     }
     let service_type = spec.type_.as_deref().unwrap_or("ClusterIP");
     match service_type {

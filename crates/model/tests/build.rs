@@ -1631,3 +1631,33 @@ fn bad_policies_and_ranges_are_problems() {
     );
     assert!(problems.iter().any(|p| p.ends_with("Service shop/web: spec.loadBalancerSourceRanges[1]: \"198.51.100.300/32\" is not a CIDR")), "{problems:?}");
 }
+
+#[test]
+fn names_must_be_dns_labels_and_port_names_short() {
+    let long = "a".repeat(64);
+    let yaml = format!(
+        r#"
+apiVersion: v1
+kind: Service
+metadata: {{name: {long}, namespace: Shop}}
+spec:
+  clusterIP: 10.96.0.10
+  ports: [{{name: a-very-long-port-name, port: 80}}]
+"#
+    );
+    let (snapshot, problems) = build(&yaml);
+    assert!(snapshot.services.is_empty(), "refused");
+    assert!(
+        problems
+            .iter()
+            .any(|p| p.contains(&format!("metadata.name: \"{long}\" is not a DNS label"))),
+        "{problems:?}"
+    );
+    assert!(
+        problems
+            .iter()
+            .any(|p| p.contains("metadata.namespace: \"Shop\" is not a DNS label")),
+        "{problems:?}"
+    );
+    assert!(problems.iter().any(|p| p.contains("spec.ports[0].name: \"a-very-long-port-name\" is not a port name")), "{problems:?}");
+}

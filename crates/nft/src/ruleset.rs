@@ -280,7 +280,9 @@ fn rewrite_table(f: &str, existing: &Existing, new: &Table, out: &mut String) {
     );
 }
 
-/// Stale chains are flushed before any is deleted: they may jump to each other.
+/// Stale chains are flushed first (they may jump to each other), then stale maps go (their
+/// elements may point at stale chains: the kernel counts those as references), then the
+/// chains, then the sets they used.
 fn remove_stale<'a>(
     f: &str,
     chains: &[&String],
@@ -291,11 +293,11 @@ fn remove_stale<'a>(
     for name in chains {
         let _ = writeln!(out, "flush chain {f} {TABLE} {name}");
     }
-    for name in chains {
-        let _ = writeln!(out, "delete chain {f} {TABLE} {name}");
-    }
     for name in maps {
         let _ = writeln!(out, "delete map {f} {TABLE} {name}");
+    }
+    for name in chains {
+        let _ = writeln!(out, "delete chain {f} {TABLE} {name}");
     }
     for name in sets {
         let _ = writeln!(out, "delete set {f} {TABLE} {name}");

@@ -151,6 +151,29 @@ fn kernel_accepts_full_incremental_and_removal_scripts() {
         "no change, no script"
     );
 
+    // A hashing Service switched to rr, then removed: its Maglev map points at endpoint
+    // chains, so the map must go before the chains (the kernel counts its references).
+    let switched_yaml = second_yaml.replace(
+        "annotations: {rvs.io/scheduler: mh}",
+        "annotations: {rvs.io/scheduler: rr}",
+    );
+    let third = render(&snapshot(&switched_yaml), &options);
+    let step = third.script(Before::Applied(&second));
+    nft(&ns, &step).unwrap_or_else(|e| panic!("mh -> rr refused: {e}\n{step}"));
+    assert!(!list(&ns).contains("hash-4093"), "Maglev map removed");
+    let back = render(&snapshot(&second_yaml), &options);
+    nft(&ns, &back.script(Before::Applied(&third))).unwrap();
+    let without_local: String = second_yaml
+        .split("---")
+        .filter(|d| !d.contains("name: local"))
+        .collect::<Vec<_>>()
+        .join("---");
+    let fourth = render(&snapshot(&without_local), &options);
+    let step = fourth.script(Before::Applied(&back));
+    nft(&ns, &step).unwrap_or_else(|e| panic!("removing an mh Service refused: {e}\n{step}"));
+    // And a full resync over what the kernel has (names only) is accepted as well.
+    nft(&ns, &fourth.script(Before::Listed(&Default::default()))).unwrap();
+
     nft(&ns, &Ruleset::delete_script(&Family::ALL)).unwrap();
     assert!(!list(&ns).contains("rvs"));
 }

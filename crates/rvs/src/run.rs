@@ -234,6 +234,7 @@ pub async fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
         previous: None,
         reported: BTreeSet::new(),
         health: ServiceHealth::default(),
+        engine_errors: Vec::new(),
     };
     reloader.reload(&mut dir, &options, &state).await;
     if let Some(snapshot) = &reloader.previous {
@@ -276,6 +277,9 @@ struct Reloader {
     /// Problems already logged, so a periodic reload does not repeat them.
     reported: BTreeSet<String>,
     health: ServiceHealth,
+    /// What the engine could not serve last time; while any, every reload tries again (the
+    /// address may have appeared, the port been freed).
+    engine_errors: Vec<String>,
 }
 
 impl Reloader {
@@ -303,15 +307,19 @@ impl Reloader {
             .previous
             .as_ref()
             .is_none_or(|p| p.services != snapshot.services);
-        if changed {
+        if changed || !self.engine_errors.is_empty() {
             let Applied {
                 mut errors,
                 applied,
             } = state.engine.apply(&snapshot, false).await;
-            errors.extend(self.health.sync(&health_checks(&snapshot)).await);
-            for e in &errors {
+            // Health check ports follow the rules actually in force.
+            if applied {
+                errors.extend(self.health.sync(&health_checks(&snapshot)).await);
+            }
+            for e in errors.iter().filter(|e| !self.engine_errors.contains(e)) {
                 tracing::error!("{e}");
             }
+            self.engine_errors = errors.clone();
             tracing::info!(
                 version = snapshot.version,
                 virtual_services = snapshot.services.len(),
@@ -340,10 +348,12 @@ impl Reloader {
             snapshot.version = previous.version;
             status.problems = problems.iter().map(ToString::to_string).collect();
         }
+        let in_force = self.previous.is_some();
         if let Ok(mut c) = state.config.lock() {
             *c = status;
         }
-        state.ready.store(true, Ordering::Relaxed);
+        // Ready once a configuration is in force (a refused first transaction is not).
+        state.ready.store(in_force, Ordering::Relaxed);
     }
 
     fn report(&mut self, problems: &[Problem]) {
