@@ -82,7 +82,19 @@ impl ServiceHealth {
     }
 }
 
+/// `[::]` accepting IPv4 too, or `0.0.0.0` on hosts without IPv6.
 fn bind_dual_stack(port: u16) -> std::io::Result<TcpListener> {
+    bind_v6_any(port).or_else(|_| {
+        let socket = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None)?;
+        socket.set_reuse_address(true)?;
+        socket.set_nonblocking(true)?;
+        socket.bind(&SocketAddr::from(([0, 0, 0, 0], port)).into())?;
+        socket.listen(128)?;
+        TcpListener::from_std(socket.into())
+    })
+}
+
+fn bind_v6_any(port: u16) -> std::io::Result<TcpListener> {
     let socket = socket2::Socket::new(socket2::Domain::IPV6, socket2::Type::STREAM, None)?;
     socket.set_only_v6(false)?;
     socket.set_reuse_address(true)?;

@@ -69,13 +69,27 @@ impl Snapshot {
         let mut problems = Vec::new();
         let slices = index_slices(&objects.endpoint_slices, &mut problems);
 
-        // Earlier objects win a contested address: order by creation time, then origin.
+        // A contested address stays with the Service already serving it; otherwise the
+        // earlier object wins (creation time, then origin).
+        let served: std::collections::HashSet<(&str, &str)> = previous
+            .map(|p| {
+                p.services
+                    .iter()
+                    .map(|vs| (vs.service.namespace.as_str(), vs.service.name.as_str()))
+                    .collect()
+            })
+            .unwrap_or_default();
         let mut services: Vec<&Sourced<Service>> = objects.services.iter().collect();
         services.sort_by(|a, b| {
+            let is_new = |s: &Sourced<Service>| {
+                let r = service_ref(&s.object);
+                !served.contains(&(r.namespace.as_str(), r.name.as_str()))
+            };
             let created =
                 |s: &Sourced<Service>| s.object.metadata.creation_timestamp.as_ref().map(|t| t.0);
-            created(a)
-                .cmp(&created(b))
+            is_new(a)
+                .cmp(&is_new(b))
+                .then_with(|| created(a).cmp(&created(b)))
                 .then_with(|| a.origin.cmp(&b.origin))
                 .then_with(|| a.object.metadata.name.cmp(&b.object.metadata.name))
         });

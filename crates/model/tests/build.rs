@@ -1381,8 +1381,9 @@ fn refused_service_without_a_previous_version_serves_nothing() {
 }
 
 #[test]
-fn kept_service_still_loses_a_contested_frontend() {
-    // web was served; it goes bad, and meanwhile an older Service claims its address.
+fn kept_service_keeps_its_frontend_against_a_newcomer() {
+    // web was served; it goes bad (its last good version is kept), and meanwhile a Service
+    // created earlier but new to rvs claims its address: the address stays with web.
     let options = BuildOptions::default();
     let (v1, _) = build_with(&objects(WEB), &options, None);
     let bad_web = WEB.replace("ports: [", "type: Bogus, ports: [").replace(
@@ -1399,11 +1400,11 @@ spec: {clusterIP: 10.96.0.10, ports: [{port: 80}]}
     assert_eq!(
         problems,
         [
-            r#"manifests.yaml: Service default/web: TCP 10.96.0.10:80 is already used by Service default/older; this Service is refused"#,
             r#"manifests.yaml: Service default/web: spec.type: "Bogus" is not a Service type"#,
+            r#"manifests.yaml (document 2): Service default/older: TCP 10.96.0.10:80 is already used by Service default/web; this Service is refused"#,
         ]
     );
-    assert_eq!(table(&v2), ["TCP 10.96.0.10:80 ClusterIp default/older []"]);
+    assert_eq!(table(&v2), table(&v1));
 }
 
 #[test]
@@ -1660,4 +1661,35 @@ spec:
         "{problems:?}"
     );
     assert!(problems.iter().any(|p| p.contains("spec.ports[0].name: \"a-very-long-port-name\" is not a port name")), "{problems:?}");
+}
+
+#[test]
+fn a_contested_address_stays_with_the_service_already_serving_it() {
+    let incumbent = r#"
+apiVersion: v1
+kind: Service
+metadata: {name: zeta, namespace: shop}
+spec:
+  clusterIP: 10.96.0.50
+  ports: [{port: 80}]
+"#;
+    let (first, problems) = build(incumbent);
+    assert!(problems.is_empty());
+    // A newcomer that sorts first (by name and origin) claims the same address.
+    let both = format!("{incumbent}---\napiVersion: v1\nkind: Service\nmetadata: {{name: alpha, namespace: shop}}\nspec:\n  clusterIP: 10.96.0.50\n  ports: [{{port: 80}}]\n");
+    let (snapshot, problems) =
+        Snapshot::build(&objects(&both), &BuildOptions::default(), Some(&first));
+    assert_eq!(snapshot.services.len(), 1);
+    assert_eq!(
+        snapshot.services[0].service.name, "zeta",
+        "the incumbent keeps it"
+    );
+    assert!(
+        problems
+            .iter()
+            .map(ToString::to_string)
+            .any(|p| p.contains("Service shop/alpha")
+                && p.contains("already used by Service shop/zeta")),
+        "{problems:?}"
+    );
 }

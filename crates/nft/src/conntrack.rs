@@ -102,18 +102,30 @@ pub(crate) async fn delete_to_service(
         rvs_model::Protocol::Tcp => "tcp",
         rvs_model::Protocol::Udp => "udp",
     };
-    let mut args = vec!["-D", "-p", proto, "--orig-port-dst", port.as_str()];
-    let ip;
-    if let Some(vip) = vip {
-        ip = vip.to_string();
-        args.extend([
-            "-f",
-            if vip.is_ipv4() { "ipv4" } else { "ipv6" },
-            "--orig-dst",
-            ip.as_str(),
-        ]);
+    match vip {
+        Some(vip) => {
+            let ip = vip.to_string();
+            let family = if vip.is_ipv4() { "ipv4" } else { "ipv6" };
+            run(&[
+                "-D",
+                "-f",
+                family,
+                "-p",
+                proto,
+                "--orig-dst",
+                &ip,
+                "--orig-port-dst",
+                &port,
+            ])
+            .await;
+        }
+        // A NodePort: any node address, both families (conntrack defaults to IPv4 only).
+        None => {
+            for family in ["ipv4", "ipv6"] {
+                run(&["-D", "-f", family, "-p", proto, "--orig-port-dst", &port]).await;
+            }
+        }
     }
-    run(&args).await;
 }
 
 async fn run(args: &[&str]) {

@@ -14,7 +14,7 @@ use tokio::io::AsyncWriteExt;
 use tokio::process::Command;
 
 use crate::conntrack::{self, ConnCounts};
-use crate::render::{endpoint_chain_name, render, RenderOptions};
+use crate::render::{endpoint_chain_name, render, service_chain_name, RenderOptions};
 use crate::ruleset::{Before, Existing, Family, Ruleset, TABLE};
 
 #[derive(Debug, Clone)]
@@ -56,8 +56,9 @@ struct Applied {
 
 #[derive(Default)]
 struct Counters {
-    /// Packets through each endpoint chain's DNAT rule: one per connection.
-    connections: HashMap<String, u64>,
+    /// Packets through each DNAT rule (chain, target): one per connection, since NAT chains
+    /// see only the first packet of each.
+    connections: HashMap<(String, SocketAddr), u64>,
     conns: ConnCounts,
     taken: Option<Instant>,
 }
@@ -70,6 +71,8 @@ pub struct NftEngine {
     counters: Arc<Mutex<Counters>>,
     /// The snapshot in force, for `table()` without awaiting the apply lock.
     current: Arc<Mutex<Option<Arc<Snapshot>>>>,
+    /// A counter refresh is running: `table()` does not start another.
+    refreshing: Arc<std::sync::atomic::AtomicBool>,
 }
 
 /// How long counters read from the kernel are reused before `table()` refreshes them.
@@ -82,6 +85,7 @@ impl NftEngine {
             applied: Arc::default(),
             counters: Arc::default(),
             current: Arc::default(),
+            refreshing: Arc::default(),
         }
     }
 
@@ -207,16 +211,24 @@ impl NftEngine {
             };
             for item in json["nftables"].as_array().into_iter().flatten() {
                 let rule = &item["rule"];
-                let Some(chain) = rule["chain"]
-                    .as_str()
-                    .filter(|c| c.starts_with("endpoint-"))
-                else {
+                let Some(chain) = rule["chain"].as_str() else {
                     continue;
                 };
-                for expr in rule["expr"].as_array().into_iter().flatten() {
-                    if let Some(packets) = expr["counter"]["packets"].as_u64() {
-                        connections.insert(chain.to_string(), packets);
-                    }
+                let exprs = rule["expr"].as_array();
+                let packets = exprs
+                    .into_iter()
+                    .flatten()
+                    .find_map(|e| e["counter"]["packets"].as_u64());
+                let target = exprs.into_iter().flatten().find_map(|e| {
+                    let dnat = &e["dnat"];
+                    let ip: IpAddr = dnat["addr"].as_str()?.parse().ok()?;
+                    Some(SocketAddr::new(
+                        ip,
+                        u16::try_from(dnat["port"].as_u64()?).ok()?,
+                    ))
+                });
+                if let (Some(packets), Some(target)) = (packets, target) {
+                    *connections.entry((chain.to_string(), target)).or_insert(0) += packets;
                 }
             }
         }
@@ -245,10 +257,24 @@ impl NftEngine {
             .lock()
             .map(|c| c.taken.is_none_or(|t| t.elapsed() > COUNTERS_MAX_AGE))
             .unwrap_or(true);
-        if stale {
-            if let Ok(handle) = tokio::runtime::Handle::try_current() {
-                let engine = self.clone();
-                handle.spawn(async move { engine.refresh_counters().await });
+        if stale
+            && !self
+                .refreshing
+                .swap(true, std::sync::atomic::Ordering::AcqRel)
+        {
+            match tokio::runtime::Handle::try_current() {
+                Ok(handle) => {
+                    let engine = self.clone();
+                    handle.spawn(async move {
+                        engine.refresh_counters().await;
+                        engine
+                            .refreshing
+                            .store(false, std::sync::atomic::Ordering::Release);
+                    });
+                }
+                Err(_) => self
+                    .refreshing
+                    .store(false, std::sync::atomic::Ordering::Release),
             }
         }
         let counters = self.counters.lock();
@@ -264,6 +290,21 @@ impl NftEngine {
                 .collect(),
         }
     }
+}
+
+/// Connections DNATed to `rs` by `vs`'s chains: its service chain (and the cluster chain of a
+/// Local policy) and, with persistence or hashing, the endpoint chain, which the frontends of
+/// one Service port share.
+fn connections_to(vs: &VirtualService, rs: &rvs_model::RealServer, counters: &Counters) -> u64 {
+    let service = service_chain_name(vs);
+    [
+        format!("{service}-cluster"),
+        endpoint_chain_name(vs, rs),
+        service,
+    ]
+    .into_iter()
+    .filter_map(|chain| counters.connections.get(&(chain, rs.addr)))
+    .sum()
 }
 
 /// What one apply did.
@@ -325,11 +366,7 @@ fn status(vs: &VirtualService, counters: &Counters) -> VirtualServiceStatus {
                     weight,
                     active_conns: active,
                     inactive_conns: inactive,
-                    connections: counters
-                        .connections
-                        .get(&endpoint_chain_name(vs, rs))
-                        .copied()
-                        .unwrap_or(0),
+                    connections: connections_to(vs, rs, counters),
                     bytes_in: 0,
                     bytes_out: 0,
                     state: ServerDisplayState::of(rs.state, weight),

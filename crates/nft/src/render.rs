@@ -112,7 +112,8 @@ fn port_label(vs: &VirtualService) -> String {
     }
 }
 
-fn service_chain_name(vs: &VirtualService) -> String {
+/// The chain that chooses `vs`'s endpoint (its DNAT rules count connections).
+pub fn service_chain_name(vs: &VirtualService) -> String {
     let key = format!("{} {}", vs.protocol, vs.frontend);
     let kind = match vs.kind {
         FrontendKind::ClusterIp => "cluster-ip",

@@ -418,6 +418,30 @@ fn kernel_engine_flows() {
     if !ls.contains("rvs nftables engine") || !ls.contains("10.96.0.10:80") {
         failures.push(format!("rvs ls:\n{ls}"));
     }
+    // Connections counted from the DNAT rules' counters (refreshed in the background).
+    let counted = || -> u64 {
+        let out = c.lab.exec(
+            &c.lab.nodes[0].ns,
+            RVS,
+            &["ls", "--json", "--admin", "127.0.0.1:9090"],
+        );
+        let table: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap_or_default();
+        table["services"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .filter(|s| s["address"] == "10.96.0.10:80")
+            .flat_map(|s| s["realServers"].as_array().cloned().unwrap_or_default())
+            .map(|r| r["connections"].as_u64().unwrap_or(0))
+            .sum()
+    };
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while counted() == 0 && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(300));
+    }
+    if counted() == 0 {
+        failures.push("rvs ls counts no connection to 10.96.0.10:80".into());
+    }
     assert!(
         failures.is_empty(),
         "{} flows failed:\n{}\nnode1 log:\n{}",

@@ -36,9 +36,16 @@ pub fn watch_dir(
                     if got.is_none() {
                         return;
                     }
-                    // Coalesce a burst (an editor's write, rename and chmod) into one reload.
+                    // Coalesce a burst (an editor's write, rename and chmod) into one reload,
+                    // but never wait more than ten debounce periods: something writing all the
+                    // time must not hold reloads off.
+                    let give_up = tokio::time::Instant::now() + debounce * 10;
                     loop {
-                        match tokio::time::timeout(debounce, raw_rx.recv()).await {
+                        let wait = debounce.min(give_up.saturating_duration_since(tokio::time::Instant::now()));
+                        if wait.is_zero() {
+                            break;
+                        }
+                        match tokio::time::timeout(wait, raw_rx.recv()).await {
                             Ok(Some(())) => continue,
                             Ok(None) => return,
                             Err(_) => break,
