@@ -19,6 +19,9 @@ use crate::runtime::{lock, ListenKey, ServerShared};
 
 /// The largest UDP payload.
 const MAX_DATAGRAM: usize = 65_535;
+/// Flows one listener tracks at most: each holds a socket, so spoofed sources must not be
+/// able to exhaust the process's descriptors.
+const MAX_FLOWS: usize = 65_536;
 
 pub(crate) fn bind(addr: SocketAddr) -> io::Result<UdpSocket> {
     let domain = if addr.is_ipv4() {
@@ -57,6 +60,8 @@ pub(crate) async fn serve(
     let flows: Flows = Arc::new(Mutex::new(HashMap::new()));
     let epoch = Instant::now();
     let mut buf = vec![0u8; MAX_DATAGRAM];
+    // Warn once each time the table fills up, not for every datagram.
+    let mut full = false;
     loop {
         let received = tokio::select! {
             _ = stop.cancelled() => break,
@@ -70,6 +75,9 @@ pub(crate) async fn serve(
                 continue;
             }
         };
+        if full && lock(&flows).len() < MAX_FLOWS {
+            full = false;
+        }
         let existing = {
             let flows = lock(&flows);
             flows
@@ -79,6 +87,13 @@ pub(crate) async fn serve(
         };
         let flow = match existing {
             Some(flow) => flow,
+            None if lock(&flows).len() >= MAX_FLOWS => {
+                if !full {
+                    tracing::warn!(listen = %key.1, max = MAX_FLOWS, "UDP flow table full: new clients dropped until flows expire");
+                    full = true;
+                }
+                continue;
+            }
             None => match open_flow(&inner, key, &socket, client, &flows, epoch).await {
                 Some(flow) => flow,
                 None => continue,

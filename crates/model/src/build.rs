@@ -16,7 +16,6 @@ use crate::types::{
     TrafficPolicy, VirtualService,
 };
 
-pub const ANNOTATION_PREFIX: &str = "rvs.io/";
 const ANN_SCHEDULER: &str = "rvs.io/scheduler";
 const ANN_SCHEDULER_FLAGS: &str = "rvs.io/scheduler-flags";
 const ANN_MH_TABLE_SIZE: &str = "rvs.io/mh-table-size";

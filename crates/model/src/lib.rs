@@ -6,7 +6,7 @@ mod objects;
 pub mod status;
 mod types;
 
-pub use build::{BuildOptions, Snapshot, ANNOTATION_PREFIX};
+pub use build::{BuildOptions, Snapshot};
 pub use objects::{ObjectRef, ObjectSet, Origin, Problem, Sourced};
 pub use rvs_sched::{SchedulerConfig, SchedulerFlags, SchedulerKind};
 pub use types::{

@@ -621,7 +621,10 @@ fn source_key(vs: &VirtualService, f: &str) -> String {
 /// Weights divided down so a weighted slot list stays short.
 fn scaled(dests: &[Dest]) -> Vec<Dest> {
     let total: u64 = dests.iter().map(|d| u64::from(d.weight)).sum();
-    let gcd = dests.iter().map(|d| u64::from(d.weight)).fold(0, gcd);
+    let gcd = dests
+        .iter()
+        .map(|d| u64::from(d.weight))
+        .fold(0, rvs_sched::gcd);
     let divisor = gcd.max(1) * total.div_ceil(gcd.max(1) * MAX_SLOTS).max(1);
     dests
         .iter()
@@ -630,14 +633,6 @@ fn scaled(dests: &[Dest]) -> Vec<Dest> {
             ..*d
         })
         .collect()
-}
-
-fn gcd(a: u64, b: u64) -> u64 {
-    if b == 0 {
-        a
-    } else {
-        gcd(b, a % b)
-    }
 }
 
 fn affinity_set_name(vs: &VirtualService, rs: &RealServer) -> String {

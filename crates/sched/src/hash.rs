@@ -61,7 +61,8 @@ pub(crate) fn hsiphash_1u32(first: u32, key: [u64; 2]) -> u32 {
     ((v[0] ^ v[1]) ^ (v[2] ^ v[3])) as u32
 }
 
-pub(crate) fn gcd(mut a: u64, mut b: u64) -> u64 {
+/// Greatest common divisor (0 with 0).
+pub fn gcd(mut a: u64, mut b: u64) -> u64 {
     while b != 0 {
         (a, b) = (b, a % b);
     }

@@ -87,8 +87,9 @@ mod wlc;
 mod wrr;
 
 pub use clock::{Clock, ManualClock, SystemClock};
+pub use hash::gcd;
 pub use mh::effective_mh_table_size;
-pub use tables::{maglev_table, sh_table, wrr_cycle};
+pub use tables::{maglev_table, sh_table};
 
 use std::sync::Arc;
 
