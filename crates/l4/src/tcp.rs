@@ -28,6 +28,8 @@ pub(crate) fn bind(addr: SocketAddr) -> io::Result<TcpListener> {
         // An IPv6 VIP serves IPv6 only; IPv4 has its own virtual service.
         socket2::SockRef::from(&socket).set_only_v6(true)?;
     }
+    // Accepted sockets inherit it on Linux: one system call per listener, not per connection.
+    socket.set_nodelay(true)?;
     socket.bind(addr)?;
     socket.listen(BACKLOG)
 }
@@ -72,7 +74,10 @@ async fn handle(inner: Arc<Inner>, key: ListenKey, client: TcpStream, client_add
     let Some(vs) = inner.services.load().get(&key).cloned() else {
         return;
     };
-    let _ = client.set_nodelay(true);
+    // Linux hands accepted sockets the listener's TCP_NODELAY; elsewhere set it here.
+    if !cfg!(target_os = "linux") {
+        let _ = client.set_nodelay(true);
+    }
     let mut failed = Vec::new();
     for _ in 0..inner.config.connect_tries.max(1) {
         let Some(index) = vs.pick(client_addr, &failed) else {
