@@ -84,12 +84,12 @@ pub async fn fetch_table(admin: SocketAddr) -> Result<ServiceTable, FetchError> 
     fetch_json(admin, "/api/v1/services").await
 }
 
-/// Fetches the configuration status (`GET /api/v1/config`) from the admin API at `admin`.
 /// Fetches the connection table (`rvs ls -c`).
 pub async fn fetch_connections(admin: SocketAddr) -> Result<Vec<ConnectionStatus>, FetchError> {
     fetch_json(admin, "/api/v1/connections").await
 }
 
+/// Fetches the configuration status (`GET /api/v1/config`) from the admin API at `admin`.
 pub async fn fetch_config(admin: SocketAddr) -> Result<ConfigStatus, FetchError> {
     fetch_json(admin, "/api/v1/config").await
 }

@@ -75,7 +75,8 @@ pub struct ConnectionStatus {
     pub client: String,
     pub virtual_address: String,
     pub real_server: String,
-    /// `ESTABLISHED`, `FIN_WAIT` (one side closed) or `UDP`.
+    /// `SYN_RECV` (connecting to the real server), `ESTABLISHED`, `FIN_WAIT` (one side
+    /// closed) or `UDP`.
     pub state: String,
     pub age_seconds: u64,
 }
