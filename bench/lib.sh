@@ -193,3 +193,26 @@ replace_section() {
         !skip { print }' "$file" >"$tmp"
     mv "$tmp" "$file"
 }
+
+# forget_pid PID: drops PID from the processes bench_cleanup stops (once it has exited, its
+# number may be reused by someone else's process).
+forget_pid() {
+    local keep=() p
+    for p in "${BENCH_PIDS[@]}"; do
+        [[ $p == "$1" ]] || keep+=("$p")
+    done
+    BENCH_PIDS=("${keep[@]}")
+}
+
+# run_logged NAME CMD...: runs CMD to completion like start_bg would start it (output in
+# $WORK/NAME.log, unpinned), recorded meanwhile so that bench_cleanup stops it when the
+# script is interrupted; returns CMD's exit status.
+run_logged() {
+    local name=$1 rc=0
+    shift
+    start_bg "$name" "" "$@"
+    local pid=$STARTED_PID
+    wait "$pid" || rc=$?
+    forget_pid "$pid"
+    return "$rc"
+}

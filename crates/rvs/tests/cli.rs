@@ -393,8 +393,22 @@ fn sigterm_stops_accepting_and_lets_open_connections_finish() {
     ]);
     wait_ready(admin);
     let vip: SocketAddr = "127.30.1.1:8080".parse().unwrap();
+    // The backend keeps the first connection and closes any other at once: probes made
+    // while rvs is stopping must not hold it up.
+    let (first_tx, first_rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let mut first = Some(first_tx);
+        while let Ok((stream, _)) = backend.accept() {
+            match first.take() {
+                Some(tx) => {
+                    let _ = tx.send(stream);
+                }
+                None => drop(stream),
+            }
+        }
+    });
     let mut client = TcpStream::connect(vip).unwrap();
-    let (mut server_side, _) = backend.accept().unwrap();
+    let mut server_side = first_rx.recv_timeout(Duration::from_secs(5)).unwrap();
     let pid = rvs.0.id().to_string();
     assert!(Command::new("kill")
         .args(["-TERM", &pid])

@@ -100,9 +100,16 @@ impl Cluster {
         };
         for node in &cluster.lab.nodes {
             cluster.eventually(&format!("rvs ready on {}", node.name), || {
+                // -f: a 503 (not ready yet) is a failure.
                 cluster
-                    .curl(&node.ns, "http://127.0.0.1:9090/readyz")
-                    .is_ok()
+                    .lab
+                    .exec(
+                        &node.ns,
+                        "curl",
+                        &["-sf", "--max-time", "1", "http://127.0.0.1:9090/readyz"],
+                    )
+                    .status
+                    .success()
             });
         }
         for pod in cluster.lab.pods() {

@@ -154,18 +154,47 @@ struct FileState {
 pub struct ManifestDir {
     root: PathBuf,
     files: HashMap<PathBuf, FileState>,
+    /// Every manifest's path, modification time and size at the last load.
+    fingerprint: Option<Fingerprint>,
 }
+
+type Fingerprint = Vec<(PathBuf, Option<std::time::SystemTime>, u64)>;
 
 impl ManifestDir {
     pub fn new(root: impl Into<PathBuf>) -> Self {
         ManifestDir {
             root: root.into(),
             files: HashMap::new(),
+            fingerprint: None,
         }
     }
 
     pub fn root(&self) -> &Path {
         &self.root
+    }
+
+    /// Whether any manifest was added, removed or modified since the last load: a directory
+    /// listing and a stat per file, far cheaper than parsing thousands of objects again.
+    pub fn has_changed(&self) -> bool {
+        match (&self.fingerprint, self.scan()) {
+            (Some(last), Ok(now)) => *last != now,
+            _ => true,
+        }
+    }
+
+    fn scan(&self) -> std::io::Result<Fingerprint> {
+        let mut paths = Vec::new();
+        collect_files(&self.root, &mut paths)?;
+        paths.sort();
+        Ok(paths
+            .into_iter()
+            .map(|p| {
+                let meta = std::fs::metadata(&p).ok();
+                let modified = meta.as_ref().and_then(|m| m.modified().ok());
+                let len = meta.map_or(0, |m| m.len());
+                (p, modified, len)
+            })
+            .collect())
     }
 
     /// Reads every manifest under the directory (recursively, in name order).
@@ -176,6 +205,8 @@ impl ManifestDir {
             source,
         })?;
         paths.sort();
+        // Taken before reading: a file changed while being read shows up as changed next time.
+        self.fingerprint = self.scan().ok();
         let mut problems = Vec::new();
         let mut files = HashMap::new();
         for path in paths {
