@@ -72,6 +72,30 @@ impl Template {
     }
 }
 
+/// The template binding `client` to `server`, created or rebound (a template for another
+/// server is replaced: the client moved), expiring no earlier than `expires`.
+fn template_for(
+    templates: &mut HashMap<IpAddr, Template>,
+    client: IpAddr,
+    server: SocketAddr,
+    expires: Instant,
+) -> &mut Template {
+    let entry = templates.entry(client).or_insert(Template {
+        server,
+        controlled: 0,
+        expires,
+    });
+    if entry.server != server {
+        *entry = Template {
+            server,
+            controlled: 0,
+            expires,
+        };
+    }
+    entry.expires = entry.expires.max(expires);
+    entry
+}
+
 /// State of a virtual service that survives configuration changes of the same listener.
 pub(crate) struct VsState {
     scheduler: Mutex<(SchedulerConfig, Box<dyn Scheduler>)>,
@@ -196,20 +220,12 @@ impl VsRuntime {
         if let (Some(templates), Some(i), Some(timeout)) =
             (templates.as_mut(), picked, self.config.persistence)
         {
-            let server = self.servers[i].shared.addr;
-            let entry = templates.entry(client.ip()).or_insert(Template {
-                server,
-                controlled: 0,
-                expires: now + timeout,
-            });
-            if entry.server != server {
-                *entry = Template {
-                    server,
-                    controlled: 0,
-                    expires: now + timeout,
-                };
-            }
-            entry.expires = entry.expires.max(now + timeout);
+            template_for(
+                templates,
+                client.ip(),
+                self.servers[i].shared.addr,
+                now + timeout,
+            );
         }
         picked
     }
@@ -219,22 +235,8 @@ impl VsRuntime {
         let Some(timeout) = self.config.persistence else {
             return;
         };
-        let now = Instant::now();
         let mut templates = lock(&self.state.templates);
-        let entry = templates.entry(client).or_insert(Template {
-            server,
-            controlled: 0,
-            expires: now + timeout,
-        });
-        if entry.server != server {
-            *entry = Template {
-                server,
-                controlled: 0,
-                expires: now + timeout,
-            };
-        }
-        entry.controlled += 1;
-        entry.expires = now + timeout;
+        template_for(&mut templates, client, server, Instant::now() + timeout).controlled += 1;
     }
 
     /// A connection made under a template closed: the template's timer starts again.
