@@ -132,9 +132,9 @@ fn labels<'a, const N: usize>(
 }
 
 fn encode_ipvs(encoder: &mut DescriptorEncoder, table: &ServiceTable) -> fmt::Result {
-    let mut connections = 0u64;
-    let mut bytes_in = 0u64;
-    let mut bytes_out = 0u64;
+    let mut connections = table.retired.connections;
+    let mut bytes_in = table.retired.bytes_in;
+    let mut bytes_out = table.retired.bytes_out;
     let mut ipvs: Summed<IpvsKey, IpvsValues> = Summed::new();
     let mut rvs: Summed<RvsKey, RvsValues> = Summed::new();
 
@@ -409,6 +409,7 @@ mod tests {
             engine: "userspace".to_string(),
             config_version: 1,
             services,
+            retired: Default::default(),
         };
         encode_metrics(Arc::new(Fixed(table))).unwrap()
     }
@@ -446,5 +447,29 @@ mod tests {
         assert!(text.contains("node_ipvs_connections_total 0\n"));
         assert!(text.contains("rvs_virtual_services 0\n"));
         assert!(text.ends_with("# EOF\n"));
+    }
+
+    #[test]
+    fn totals_include_what_forgotten_servers_counted() {
+        let table = ServiceTable {
+            engine: "userspace".to_string(),
+            config_version: 1,
+            services: Vec::new(),
+            retired: rvs_model::status::Totals {
+                connections: 5,
+                bytes_in: 10,
+                bytes_out: 20,
+            },
+        };
+        let text = encode_metrics(Arc::new(Fixed(table))).unwrap();
+        assert!(text.contains("node_ipvs_connections_total 5\n"), "{text}");
+        assert!(
+            text.contains("node_ipvs_incoming_bytes_total 10\n"),
+            "{text}"
+        );
+        assert!(
+            text.contains("node_ipvs_outgoing_bytes_total 20\n"),
+            "{text}"
+        );
     }
 }

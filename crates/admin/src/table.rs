@@ -203,6 +203,7 @@ mod tests {
                     }],
                 },
             ],
+            retired: Default::default(),
         };
         let expected = "\
 rvs userspace engine, config version 3

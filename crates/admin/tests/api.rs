@@ -55,6 +55,7 @@ fn sample_table() -> ServiceTable {
     ServiceTable {
         engine: "userspace".to_string(),
         config_version: 7,
+        retired: Default::default(),
         services: vec![
             VirtualServiceStatus {
                 protocol: Protocol::Tcp,

@@ -10,7 +10,8 @@ use std::time::{Duration, Instant};
 use arc_swap::ArcSwap;
 use ipnet::IpNet;
 use rvs_model::status::{
-    ConnectionStatus, RealServerStatus, ServerDisplayState, ServiceTable, VirtualServiceStatus,
+    ConnectionStatus, RealServerStatus, ServerDisplayState, ServiceTable, Totals,
+    VirtualServiceStatus,
 };
 use rvs_model::{Frontend, IpFamily, Protocol, Snapshot, TrafficPolicy, VirtualService};
 use tokio_util::sync::CancellationToken;
@@ -76,6 +77,8 @@ pub(crate) struct Inner {
     /// still have connections.
     registry: Mutex<HashMap<(ListenKey, SocketAddr), Arc<ServerShared>>>,
     listeners: Mutex<HashMap<ListenKey, CancellationToken>>,
+    /// Counters of real servers dropped from the registry.
+    retired: Mutex<Totals>,
     version: AtomicU64,
     vips: tokio::sync::Mutex<Option<VipManager>>,
     apply_lock: tokio::sync::Mutex<()>,
@@ -99,6 +102,7 @@ impl Engine {
             shutdown: CancellationToken::new(),
             registry: Mutex::new(HashMap::new()),
             listeners: Mutex::new(HashMap::new()),
+            retired: Mutex::new(Totals::default()),
             version: AtomicU64::new(0),
             vips: tokio::sync::Mutex::new(vips),
             apply_lock: tokio::sync::Mutex::new(()),
@@ -145,6 +149,7 @@ impl Engine {
                             .and_modify(|s| {
                                 // A server removed with its connections expired comes back fresh.
                                 if s.expire.is_cancelled() {
+                                    retire(&mut lock(&inner.retired), s);
                                     *s = Arc::new(ServerShared::new(rs.addr));
                                 }
                             })
@@ -268,7 +273,14 @@ impl Engine {
                 }
             }
         }
-        registry.retain(|k, s| live.contains(k) || s.open_connections() > 0);
+        let mut retired = lock(&self.inner.retired);
+        registry.retain(|k, s| {
+            let keep = live.contains(k) || s.open_connections() > 0;
+            if !keep {
+                retire(&mut retired, s);
+            }
+            keep
+        });
     }
 
     /// The live table, as `ipvsadm -Ln --stats` shows it.
@@ -342,6 +354,16 @@ impl Engine {
             engine: "userspace".into(),
             config_version: self.inner.version.load(Ordering::Relaxed),
             services,
+            retired: {
+                // Removed servers not listed any more count as retired already.
+                let mut retired = *lock(&self.inner.retired);
+                for server in registry.values() {
+                    if server.removed.load(Ordering::Relaxed) && server.open_connections() == 0 {
+                        retire(&mut retired, server);
+                    }
+                }
+                retired
+            },
         }
     }
 
@@ -429,6 +451,13 @@ fn expand<'a>(
     out
 }
 
+/// Keeps a forgotten server's counts in the node-wide totals.
+fn retire(totals: &mut Totals, server: &ServerShared) {
+    totals.connections += server.connections.load(Ordering::Relaxed);
+    totals.bytes_in += server.bytes_in.load(Ordering::Relaxed);
+    totals.bytes_out += server.bytes_out.load(Ordering::Relaxed);
+}
+
 /// Expires persistence templates and forgets removed servers whose connections ended.
 async fn housekeeping(inner: std::sync::Weak<Inner>) {
     let mut tick = tokio::time::interval(Duration::from_secs(2));
@@ -443,12 +472,19 @@ async fn housekeeping(inner: std::sync::Weak<Inner>) {
             vs.state.sweep_templates(now);
         }
         let current = inner.services.load();
-        lock(&inner.registry).retain(|(key, addr), s| {
-            !s.removed.load(Ordering::Relaxed)
+        // Lock order everywhere: registry, then retired.
+        let mut registry = lock(&inner.registry);
+        let mut retired = lock(&inner.retired);
+        registry.retain(|(key, addr), s| {
+            let keep = !s.removed.load(Ordering::Relaxed)
                 || s.open_connections() > 0
                 || current
                     .get(key)
-                    .is_some_and(|vs| vs.servers.iter().any(|x| x.shared.addr == *addr))
+                    .is_some_and(|vs| vs.servers.iter().any(|x| x.shared.addr == *addr));
+            if !keep {
+                retire(&mut retired, s);
+            }
+            keep
         });
     }
 }

@@ -226,6 +226,13 @@ async fn removed_server_keeps_its_connections_by_default() {
         || find_server(&e.table(), v, gone.addr).is_none(),
     )
     .await;
+    // Its counts stay in the node-wide totals (Prometheus counters must not go down).
+    let retired = e.table().retired;
+    assert_eq!(retired.connections, 1);
+    assert!(
+        retired.bytes_in >= 2 && retired.bytes_out > 0,
+        "{retired:?}"
+    );
 }
 
 #[tokio::test]

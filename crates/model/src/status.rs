@@ -12,6 +12,18 @@ pub struct ServiceTable {
     /// Version of the configuration snapshot in force.
     pub config_version: u64,
     pub services: Vec<VirtualServiceStatus>,
+    /// What real servers the engine no longer lists had counted: added to the live ones,
+    /// the node-wide totals never go down (Prometheus would read a drop as a reset).
+    #[serde(default)]
+    pub retired: Totals,
+}
+
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Totals {
+    pub connections: u64,
+    pub bytes_in: u64,
+    pub bytes_out: u64,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]

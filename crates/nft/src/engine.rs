@@ -294,6 +294,8 @@ impl NftEngine {
                 .iter()
                 .map(|vs| status(vs, counters))
                 .collect(),
+            // Connections are counted by the rules themselves and vanish with them.
+            retired: Default::default(),
         }
     }
 }
