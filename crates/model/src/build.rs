@@ -803,9 +803,14 @@ fn real_servers(
         apply_topology_hints(&mut ready, &hints, options);
     }
     let fallback = ready.is_empty();
+    // A Local traffic policy (no topology then) falls back on its own: with no ready
+    // endpoint on this node, its serving terminating ones keep this node's traffic, even
+    // while other nodes have ready ones (KEP-1669, as kube-proxy does).
+    let local_policy = topology.is_none();
+    let local_fallback = local_policy && node_name.is_some() && !ready.values().any(|r| r.is_local);
     let mut servers: BTreeMap<SocketAddr, RealServer> = ready;
     for (addr, mut server) in terminating {
-        if !fallback {
+        if !(fallback || (local_fallback && server.is_local)) {
             server.weight = 0;
         }
         servers.entry(addr).or_insert(server);

@@ -1693,3 +1693,61 @@ spec:
         "{problems:?}"
     );
 }
+
+#[test]
+fn local_policy_falls_back_to_local_terminating_endpoints() {
+    // This node's only endpoint is terminating but serving; another node has a ready one.
+    let yaml = r#"
+apiVersion: v1
+kind: Service
+metadata: {name: web, namespace: shop}
+spec:
+  type: NodePort
+  clusterIP: 10.96.0.30
+  externalTrafficPolicy: Local
+  ports: [{port: 80, nodePort: 30090}]
+---
+apiVersion: discovery.k8s.io/v1
+kind: EndpointSlice
+metadata: {name: web-1, namespace: shop, labels: {kubernetes.io/service-name: web}}
+addressType: IPv4
+ports: [{port: 8080}]
+endpoints:
+  - addresses: [10.1.0.1]
+    nodeName: node-a
+    conditions: {ready: false, serving: true, terminating: true}
+  - addresses: [10.1.0.2]
+    nodeName: node-b
+"#;
+    let options = BuildOptions {
+        node_name: Some("node-a".into()),
+        ..Default::default()
+    };
+    let (snapshot, problems) = Snapshot::build(&objects(yaml), &options, None);
+    assert!(problems.is_empty(), "{problems:?}");
+    let node_port = snapshot
+        .services
+        .iter()
+        .find(|v| v.kind == FrontendKind::NodePort)
+        .unwrap();
+    let serving: Vec<String> = node_port
+        .serving(true)
+        .map(|r| r.addr.to_string())
+        .collect();
+    assert_eq!(
+        serving,
+        vec!["10.1.0.1:8080"],
+        "external traffic stays on the local terminating pod"
+    );
+    // The ClusterIP (Cluster policy) uses the ready endpoint only.
+    let cluster_ip = snapshot
+        .services
+        .iter()
+        .find(|v| v.kind == FrontendKind::ClusterIp)
+        .unwrap();
+    let serving: Vec<String> = cluster_ip
+        .serving(false)
+        .map(|r| r.addr.to_string())
+        .collect();
+    assert_eq!(serving, vec!["10.1.0.2:8080"]);
+}
