@@ -16,6 +16,9 @@ use crate::proxy_protocol::encode_v2;
 use crate::runtime::ListenKey;
 
 const BACKLOG: u32 = 4096;
+const KEEPALIVE_IDLE: Duration = Duration::from_secs(300);
+const KEEPALIVE_INTERVAL: Duration = Duration::from_secs(30);
+const KEEPALIVE_PROBES: u32 = 4;
 
 pub(crate) fn bind(addr: SocketAddr) -> io::Result<TcpListener> {
     let socket = if addr.is_ipv4() {
@@ -28,8 +31,16 @@ pub(crate) fn bind(addr: SocketAddr) -> io::Result<TcpListener> {
         // An IPv6 VIP serves IPv6 only; IPv4 has its own virtual service.
         socket2::SockRef::from(&socket).set_only_v6(true)?;
     }
-    // Accepted sockets inherit it on Linux: one system call per listener, not per connection.
+    // Accepted sockets inherit these on Linux: set once per listener, not per connection.
     socket.set_nodelay(true)?;
+    // A client that vanished without a reset (power loss, a dropped NAT entry) is found by
+    // keepalive, so its connection and the one to the real server are freed; IPVS expires
+    // idle entries (15 min) for the same reason. Live idle connections are not cut.
+    let keepalive = socket2::TcpKeepalive::new()
+        .with_time(KEEPALIVE_IDLE)
+        .with_interval(KEEPALIVE_INTERVAL)
+        .with_retries(KEEPALIVE_PROBES);
+    socket2::SockRef::from(&socket).set_tcp_keepalive(&keepalive)?;
     socket.bind(addr)?;
     socket.listen(BACKLOG)
 }

@@ -756,3 +756,33 @@ async fn persistence_binds_parallel_first_connections_to_one_server() {
     names.dedup();
     assert_eq!(names.len(), 1, "one server for one client: {names:?}");
 }
+
+#[tokio::test]
+async fn client_connections_carry_keepalive_timers() {
+    let a = tcp_backend("a").await;
+    let v = vip(20, 80);
+    let _e = engine(&snapshot(
+        1,
+        vec![vs(
+            Protocol::Tcp,
+            v,
+            SchedulerKind::Rr,
+            vec![server(a.addr, 1)],
+        )],
+    ))
+    .await;
+    let (_, _held) = greet(v, None).await;
+    // rvs's side of the client connection: local address = the VIP.
+    let Ok(out) = std::process::Command::new("ss")
+        .args(["-tno", "state", "established", "src", "127.20.20.1:80"])
+        .output()
+    else {
+        println!("SKIPPED keepalive check: ss (iproute2) is not installed");
+        return;
+    };
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        text.contains("timer:(keepalive"),
+        "keepalive armed on the accepted socket:\n{text}"
+    );
+}
