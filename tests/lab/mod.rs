@@ -16,6 +16,8 @@
 //! cloud load balancer would.
 #![allow(dead_code)]
 
+pub mod cluster;
+
 use std::net::{Ipv4Addr, Ipv6Addr};
 use std::process::{Child, Command, Output, Stdio};
 use std::sync::atomic::{AtomicUsize, Ordering};
