@@ -41,6 +41,8 @@ pub trait AdminSource: Send + Sync + 'static {
     fn connections(&self) -> Vec<ConnectionStatus> {
         Vec::new()
     }
+    /// More metrics for `/metrics` (the gateway's), registered once when the server starts.
+    fn register_metrics(&self, _registry: &mut prometheus_client::registry::Registry) {}
 }
 
 /// The state of configuration loading (`/api/v1/config`, `rvs_config_*` metrics).

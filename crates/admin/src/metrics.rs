@@ -29,6 +29,7 @@ pub const METRICS_CONTENT_TYPE: &str = "application/openmetrics-text; version=1.
 /// A registry holding the collector for `source`.
 pub(crate) fn registry(source: Arc<dyn AdminSource>) -> Registry {
     let mut registry = Registry::default();
+    source.register_metrics(&mut registry);
     registry.register_collector(Box::new(AdminCollector { source }));
     registry
 }

@@ -2,6 +2,7 @@
 //! function from the Kubernetes objects a source delivers.
 
 mod build;
+pub mod ingress;
 mod objects;
 pub mod status;
 mod types;

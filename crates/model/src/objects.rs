@@ -1,8 +1,9 @@
 use std::fmt;
 use std::path::PathBuf;
 
-use k8s_openapi::api::core::v1::Service;
+use k8s_openapi::api::core::v1::{ConfigMap, Secret, Service};
 use k8s_openapi::api::discovery::v1::EndpointSlice;
+use k8s_openapi::api::networking::v1::{Ingress, IngressClass};
 
 /// Where an object came from, for error messages.
 #[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord, Default)]
@@ -33,11 +34,18 @@ pub struct Sourced<T> {
     pub object: T,
 }
 
-/// Everything a source delivers: the input of [`crate::Snapshot::build`].
+/// Everything a source delivers: the input of [`crate::Snapshot::build`] (Services and
+/// EndpointSlices) and of [`crate::ingress::IngressSnapshot::build`] (all of it).
 #[derive(Debug, Clone, Default)]
 pub struct ObjectSet {
     pub services: Vec<Sourced<Service>>,
     pub endpoint_slices: Vec<Sourced<EndpointSlice>>,
+    pub ingresses: Vec<Sourced<Ingress>>,
+    /// Cluster-scoped: no namespace.
+    pub ingress_classes: Vec<Sourced<IngressClass>>,
+    /// `stringData` already merged into `data` by the source.
+    pub secrets: Vec<Sourced<Secret>>,
+    pub config_maps: Vec<Sourced<ConfigMap>>,
 }
 
 /// Names a Kubernetes object in messages: `Service default/web`.

@@ -337,6 +337,7 @@ fn object_set() -> impl Strategy<Value = ObjectSet> {
                 .into_iter()
                 .map(|(origin, object)| Sourced { origin, object })
                 .collect(),
+            ..ObjectSet::default()
         })
 }
 

@@ -12,7 +12,9 @@ use anyhow::Context;
 use clap::Args;
 use ipnet::IpNet;
 use rvs_admin::{AdminSource, ConfigStatus, ServiceHealth, ServiceHealthEntry};
+use rvs_gateway::{AccessLogTarget, Gateway, GatewayConfig};
 use rvs_l4::{Engine, EngineConfig};
+use rvs_model::ingress::{GatewayOptions, IngressSnapshot};
 use rvs_model::status::{ConnectionStatus, ServiceTable};
 use rvs_model::{BuildOptions, Frontend, Problem, SchedulerKind, Snapshot};
 use rvs_nft::{NftConfig, NftEngine, RenderOptions};
@@ -78,6 +80,63 @@ pub struct RunArgs {
     /// On SIGTERM, how long open connections may take to finish.
     #[arg(long, default_value = "30s", value_parser = crate::parse_duration)]
     shutdown_grace: Duration,
+    #[command(flatten)]
+    gateway: GatewayArgs,
+}
+
+/// The L7 gateway: it starts when the directory holds Ingresses of its class.
+#[derive(Args)]
+pub struct GatewayArgs {
+    /// Plain-text HTTP port (HTTP/1.1 and h2c, detected per connection).
+    #[arg(long, default_value = "0.0.0.0:80")]
+    http_listen: SocketAddr,
+    /// TLS port (HTTP/1.1 and HTTP/2 by ALPN; certificates from the Ingresses' Secrets).
+    #[arg(long, default_value = "0.0.0.0:443")]
+    https_listen: SocketAddr,
+    /// The IngressClass served (its spec.controller must be rvs.io/ingress-controller).
+    #[arg(long, default_value = "rvs")]
+    ingress_class: String,
+    /// Also serve Ingresses that name no class.
+    #[arg(long)]
+    watch_ingress_without_class: bool,
+    /// The ingress-nginx style ConfigMap with global settings.
+    #[arg(long, value_name = "NAMESPACE/NAME")]
+    configmap: Option<String>,
+    /// Access log: a file (JSON lines, reopened on SIGHUP), `-` for stdout, `off` for none.
+    #[arg(long, default_value = "-")]
+    access_log: String,
+}
+
+impl GatewayArgs {
+    fn options(&self) -> anyhow::Result<GatewayOptions> {
+        let configmap = match &self.configmap {
+            None => None,
+            Some(raw) => {
+                let (ns, name) = raw
+                    .split_once('/')
+                    .with_context(|| format!("--configmap {raw:?}: expected NAMESPACE/NAME"))?;
+                Some((ns.to_string(), name.to_string()))
+            }
+        };
+        Ok(GatewayOptions {
+            ingress_class: self.ingress_class.clone(),
+            watch_without_class: self.watch_ingress_without_class,
+            configmap,
+            ..GatewayOptions::default()
+        })
+    }
+
+    fn config(&self) -> GatewayConfig {
+        GatewayConfig {
+            http_listen: Some(self.http_listen),
+            https_listen: Some(self.https_listen),
+            access_log: match self.access_log.as_str() {
+                "-" => AccessLogTarget::Stdout,
+                "off" => AccessLogTarget::Off,
+                path => AccessLogTarget::File(PathBuf::from(path)),
+            },
+        }
+    }
 }
 
 /// The data plane in use.
@@ -157,6 +216,7 @@ struct State {
     engine: DataPlane,
     ready: AtomicBool,
     config: Mutex<ConfigStatus>,
+    gateway_metrics: rvs_gateway::Metrics,
 }
 
 impl AdminSource for State {
@@ -175,6 +235,9 @@ impl AdminSource for State {
             // The kernel's table is conntrack (`conntrack -L`).
             DataPlane::Nftables(_) => Vec::new(),
         }
+    }
+    fn register_metrics(&self, registry: &mut prometheus_client::registry::Registry) {
+        self.gateway_metrics.register(registry);
     }
 }
 
@@ -202,6 +265,7 @@ pub async fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
         engine: engine.clone(),
         ready: AtomicBool::new(false),
         config: Mutex::new(ConfigStatus::default()),
+        gateway_metrics: rvs_gateway::Metrics::new(),
     });
     let admin = tokio::net::TcpListener::bind(args.admin)
         .await
@@ -235,6 +299,13 @@ pub async fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
         reported: BTreeSet::new(),
         health: ServiceHealth::default(),
         engine_errors: Vec::new(),
+        gateway: GatewayState {
+            options: args.gateway.options()?,
+            config: args.gateway.config(),
+            running: None,
+            previous: None,
+            errors: Vec::new(),
+        },
     };
     reloader.reload(&mut dir, &options, &state).await;
     if let Some(snapshot) = &reloader.previous {
@@ -242,6 +313,7 @@ pub async fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
     }
     let mut resync = tokio::time::interval(args.sync_period);
     resync.tick().await;
+    let mut hangup = hangup_signal();
     loop {
         tokio::select! {
             changed = changes.recv() => {
@@ -257,18 +329,39 @@ pub async fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
                     }
                 }
             }
+            Some(()) = hangup.recv() => {
+                if let Some(gateway) = &reloader.gateway.running {
+                    tracing::info!("SIGHUP: reopening the access log");
+                    gateway.reopen_access_log();
+                }
+            }
             _ = shutdown.clone().wait() => break,
         }
     }
     state.ready.store(false, Ordering::Relaxed);
-    if let DataPlane::Userspace(engine) = &engine {
-        tracing::info!(grace = ?args.shutdown_grace, "shutting down: no new connections, waiting for open ones");
-        engine.shutdown(args.shutdown_grace).await;
-    } else {
-        // Like kube-proxy, the rules stay: traffic keeps flowing while rvs restarts.
-        // `rvs cleanup` removes them.
-        tracing::info!("shutting down; nftables rules stay in place (rvs cleanup removes them)");
-    }
+    let gateway = async {
+        if let Some(gateway) = reloader.gateway.running.take() {
+            let grace = gateway.snapshot().settings.worker_shutdown_timeout;
+            tracing::info!(
+                ?grace,
+                "gateway: no new connections, finishing requests in flight"
+            );
+            gateway.shutdown(grace).await;
+        }
+    };
+    let l4 = async {
+        if let DataPlane::Userspace(engine) = &engine {
+            tracing::info!(grace = ?args.shutdown_grace, "shutting down: no new connections, waiting for open ones");
+            engine.shutdown(args.shutdown_grace).await;
+        } else {
+            // Like kube-proxy, the rules stay: traffic keeps flowing while rvs restarts.
+            // `rvs cleanup` removes them.
+            tracing::info!(
+                "shutting down; nftables rules stay in place (rvs cleanup removes them)"
+            );
+        }
+    };
+    tokio::join!(gateway, l4);
     Ok(ExitCode::SUCCESS)
 }
 
@@ -280,13 +373,79 @@ struct Reloader {
     /// What the engine could not serve last time; while any, every reload tries again (the
     /// address may have appeared, the port been freed).
     engine_errors: Vec<String>,
+    gateway: GatewayState,
+}
+
+/// The L7 gateway, started with the first Ingress of its class.
+struct GatewayState {
+    options: GatewayOptions,
+    config: GatewayConfig,
+    running: Option<Gateway>,
+    previous: Option<Arc<IngressSnapshot>>,
+    /// What failed last time (listening, a certificate): reloads retry while any.
+    errors: Vec<String>,
+}
+
+impl GatewayState {
+    /// Builds the gateway's snapshot over the services just built and serves it; returns
+    /// the refused objects and warnings, and what the gateway could not apply.
+    async fn reload(
+        &mut self,
+        objects: &rvs_model::ObjectSet,
+        services: &Snapshot,
+        metrics: &rvs_gateway::Metrics,
+    ) -> (Vec<Problem>, Vec<String>) {
+        let built =
+            IngressSnapshot::build(objects, services, &self.options, self.previous.as_deref());
+        let rejected = !built.problems.is_empty();
+        let mut problems = built.problems;
+        problems.extend(built.warnings);
+        let snapshot = Arc::new(built.snapshot);
+        if self.running.is_none() && snapshot.ingresses.is_empty() {
+            return (problems, Vec::new());
+        }
+        if self.running.is_none() {
+            match Gateway::start(self.config.clone(), metrics.clone()).await {
+                Ok(gateway) => {
+                    for addr in gateway.local_addrs() {
+                        println!("rvs: gateway listening on {addr}");
+                    }
+                    self.running = Some(gateway);
+                }
+                Err(e) => {
+                    self.errors = vec![format!("gateway: {e}")];
+                    return (problems, self.errors.clone());
+                }
+            }
+        }
+        let mut errors = Vec::new();
+        if let Some(gateway) = &self.running {
+            errors = gateway.apply(snapshot.clone());
+            if rejected {
+                gateway.report_rejected();
+            }
+            tracing::info!(
+                version = snapshot.version,
+                ingresses = snapshot.ingresses.len(),
+                hosts = snapshot.hosts.len(),
+                "gateway configuration applied"
+            );
+        }
+        self.previous = Some(snapshot);
+        self.errors = errors.clone();
+        (problems, errors)
+    }
 }
 
 impl Reloader {
     async fn reload(&mut self, dir: &mut ManifestDir, options: &BuildOptions, state: &State) {
         // The periodic poll finds nothing new most of the time: skip the parse, unless
         // something the engine could not serve is waiting for another try.
-        if self.previous.is_some() && self.engine_errors.is_empty() && !dir.has_changed() {
+        if self.previous.is_some()
+            && self.engine_errors.is_empty()
+            && self.gateway.errors.is_empty()
+            && !dir.has_changed()
+        {
             return;
         }
         let loaded = dir.load();
@@ -306,6 +465,14 @@ impl Reloader {
         };
         let (mut snapshot, built) = Snapshot::build(&objects, options, self.previous.as_deref());
         problems.extend(built);
+        let (gateway_problems, gateway_errors) = self
+            .gateway
+            .reload(&objects, &snapshot, &state.gateway_metrics)
+            .await;
+        problems.extend(gateway_problems);
+        for e in &gateway_errors {
+            tracing::error!("{e}");
+        }
         self.report(&problems);
 
         let changed = self
@@ -404,6 +571,25 @@ fn announce(snapshot: &Snapshot, engine: &DataPlane, admin: SocketAddr) {
     }) {
         println!("try: curl http://{}/", vs.frontend);
     }
+}
+
+/// SIGHUP, as a stream of notifications (nothing where it cannot be had).
+fn hangup_signal() -> tokio::sync::mpsc::Receiver<()> {
+    let (tx, rx) = tokio::sync::mpsc::channel(1);
+    #[cfg(unix)]
+    tokio::spawn(async move {
+        let Ok(mut hup) = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup())
+        else {
+            tracing::warn!("cannot listen for SIGHUP");
+            return;
+        };
+        while hup.recv().await.is_some() {
+            let _ = tx.try_send(());
+        }
+    });
+    #[cfg(not(unix))]
+    drop(tx);
+    rx
 }
 
 /// A shutdown signal (SIGTERM or Ctrl-C) that many tasks can wait for.

@@ -6,8 +6,10 @@
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 
-use k8s_openapi::api::core::v1::Service;
+use k8s_openapi::api::core::v1::{ConfigMap, Secret, Service};
 use k8s_openapi::api::discovery::v1::EndpointSlice;
+use k8s_openapi::api::networking::v1::{Ingress, IngressClass};
+use k8s_openapi::ByteString;
 use rvs_model::{ObjectRef, ObjectSet, Origin, Problem, Sourced};
 use serde::Deserialize;
 use serde_yaml::Value;
@@ -26,6 +28,12 @@ pub enum SourceError {
 pub enum ParsedObject {
     Service(Box<Service>),
     EndpointSlice(Box<EndpointSlice>),
+    Ingress(Box<Ingress>),
+    /// Cluster-scoped: its [`ObjectRef`] has no namespace.
+    IngressClass(Box<IngressClass>),
+    /// With `stringData` merged into `data` (`stringData` wins), as the API server does.
+    Secret(Box<Secret>),
+    ConfigMap(Box<ConfigMap>),
 }
 
 impl ParsedObject {
@@ -33,13 +41,36 @@ impl ParsedObject {
         let (kind, meta) = match self {
             ParsedObject::Service(s) => ("Service", &s.metadata),
             ParsedObject::EndpointSlice(s) => ("EndpointSlice", &s.metadata),
+            ParsedObject::Ingress(s) => ("Ingress", &s.metadata),
+            ParsedObject::IngressClass(s) => ("IngressClass", &s.metadata),
+            ParsedObject::Secret(s) => ("Secret", &s.metadata),
+            ParsedObject::ConfigMap(s) => ("ConfigMap", &s.metadata),
         };
         ObjectRef {
             kind: kind.into(),
-            namespace: meta.namespace.clone().unwrap_or_else(|| "default".into()),
+            namespace: if is_cluster_scoped(kind) {
+                String::new()
+            } else {
+                meta.namespace.clone().unwrap_or_else(|| "default".into())
+            },
             name: meta.name.clone().unwrap_or_default(),
         }
     }
+}
+
+fn is_cluster_scoped(kind: &str) -> bool {
+    kind == "IngressClass"
+}
+
+/// `stringData` is write-only: the API server merges it into `data`, its keys winning.
+fn merge_string_data(mut secret: Secret) -> Secret {
+    if let Some(string_data) = secret.string_data.take() {
+        let data = secret.data.get_or_insert_with(Default::default);
+        for (key, value) in string_data {
+            data.insert(key, ByteString(value.into_bytes()));
+        }
+    }
+    secret
 }
 
 /// What one document of a file became.
@@ -94,11 +125,14 @@ fn identity(kind: &str, value: &Value) -> Option<ObjectRef> {
     let meta = value.get("metadata")?;
     Some(ObjectRef {
         kind: kind.to_string(),
-        namespace: meta
-            .get("namespace")
-            .and_then(Value::as_str)
-            .unwrap_or("default")
-            .to_string(),
+        namespace: if is_cluster_scoped(kind) {
+            String::new()
+        } else {
+            meta.get("namespace")
+                .and_then(Value::as_str)
+                .unwrap_or("default")
+                .to_string()
+        },
         name: meta.get("name").and_then(Value::as_str)?.to_string(),
     })
 }
@@ -128,8 +162,20 @@ fn parse_value(value: Value, origin: &Origin) -> Document {
         ("discovery.k8s.io/v1", "EndpointSlice") => serde_yaml::from_value::<EndpointSlice>(value)
             .map(|s| Some(ParsedObject::EndpointSlice(Box::new(s))))
             .map_err(|e| problem(format!("not a valid EndpointSlice: {e}"))),
+        ("networking.k8s.io/v1", "Ingress") => serde_yaml::from_value::<Ingress>(value)
+            .map(|s| Some(ParsedObject::Ingress(Box::new(s))))
+            .map_err(|e| problem(format!("not a valid Ingress: {e}"))),
+        ("networking.k8s.io/v1", "IngressClass") => serde_yaml::from_value::<IngressClass>(value)
+            .map(|s| Some(ParsedObject::IngressClass(Box::new(s))))
+            .map_err(|e| problem(format!("not a valid IngressClass: {e}"))),
+        ("v1", "Secret") => serde_yaml::from_value::<Secret>(value)
+            .map(|s| Some(ParsedObject::Secret(Box::new(merge_string_data(s)))))
+            .map_err(|e| problem(format!("not a valid Secret: {e}"))),
+        ("v1", "ConfigMap") => serde_yaml::from_value::<ConfigMap>(value)
+            .map(|s| Some(ParsedObject::ConfigMap(Box::new(s))))
+            .map_err(|e| problem(format!("not a valid ConfigMap: {e}"))),
         (_, "") => Err(problem("has no kind".into())),
-        // Other kinds (Deployments, ConfigMaps, ...) are not rvs's business.
+        // Other kinds (Deployments, Endpoints, ...) are not rvs's business.
         _ => Ok(None),
     };
     let result = result.and_then(|object| match object {
@@ -242,6 +288,22 @@ impl ManifestDir {
                         object: (**s).clone(),
                     }),
                     ParsedObject::EndpointSlice(s) => set.endpoint_slices.push(Sourced {
+                        origin,
+                        object: (**s).clone(),
+                    }),
+                    ParsedObject::Ingress(s) => set.ingresses.push(Sourced {
+                        origin,
+                        object: (**s).clone(),
+                    }),
+                    ParsedObject::IngressClass(s) => set.ingress_classes.push(Sourced {
+                        origin,
+                        object: (**s).clone(),
+                    }),
+                    ParsedObject::Secret(s) => set.secrets.push(Sourced {
+                        origin,
+                        object: (**s).clone(),
+                    }),
+                    ParsedObject::ConfigMap(s) => set.config_maps.push(Sourced {
                         origin,
                         object: (**s).clone(),
                     }),

@@ -1,0 +1,1090 @@
+//! A request's life, in phases: [`route`], [`admit`] (redirects, allow/deny lists, limits,
+//! body size), [`choose_backend`] (canary, affinity), [`forward`] (upstream attempts and
+//! retries), [`respond`] (response headers), and completion (metrics, access log) when the
+//! last byte went out.
+
+use std::convert::Infallible;
+use std::net::{IpAddr, SocketAddr};
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::time::{Duration, Instant, SystemTime};
+
+use bytes::Bytes;
+use http::header::{self, HeaderMap, HeaderName, HeaderValue};
+use http::{Method, Request, Response, StatusCode, Uri, Version};
+use hyper::body::{Body, Incoming};
+use hyper_util::rt::TokioIo;
+use rvs_model::ingress::{
+    Backend, CookieAffinity, PathMatch, RoutePolicy, RouteTarget, VirtualHost,
+};
+
+use crate::access_log::AccessRecord;
+use crate::balancer;
+use crate::body::{BodyProgress, ClientBody, Completion, ProxyBody, UpstreamBody};
+use crate::limits::{ConnectionSlot, Refusal};
+use crate::metrics::{CacheKey, RequestLabels, RequestMetrics};
+use crate::pool::{Checkout, ConnectError};
+use crate::server::ClientConn;
+use crate::{RoutingTable, Shared};
+
+static X_REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
+static X_REAL_IP: HeaderName = HeaderName::from_static("x-real-ip");
+static X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
+static X_FORWARDED_HOST: HeaderName = HeaderName::from_static("x-forwarded-host");
+static X_FORWARDED_PORT: HeaderName = HeaderName::from_static("x-forwarded-port");
+static X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
+static X_FORWARDED_SCHEME: HeaderName = HeaderName::from_static("x-forwarded-scheme");
+static X_SCHEME: HeaderName = HeaderName::from_static("x-scheme");
+static X_FORWARDED_PREFIX: HeaderName = HeaderName::from_static("x-forwarded-prefix");
+static KEEP_ALIVE: HeaderName = HeaderName::from_static("keep-alive");
+static PROXY_CONNECTION: HeaderName = HeaderName::from_static("proxy-connection");
+static GRPC_STATUS: HeaderName = HeaderName::from_static("grpc-status");
+static GRPC_MESSAGE: HeaderName = HeaderName::from_static("grpc-message");
+
+/// What the request handler knows about the request once routed.
+struct Routed {
+    target: Arc<RouteTarget>,
+    /// The matched path rule (for regex captures); None for a default backend.
+    path: Option<PathMatch>,
+    /// Identifies the virtual host in this snapshot (metrics cache key).
+    server_name: usize,
+    /// The host has TLS: plain requests are redirected.
+    host_tls: bool,
+}
+
+/// The final outcome of the upstream attempts.
+enum Outcome {
+    Response {
+        response: Response<Incoming>,
+        connection: Option<crate::pool::PooledHttp1>,
+        endpoint: SocketAddr,
+    },
+    Failed {
+        status: StatusCode,
+        endpoint: Option<SocketAddr>,
+    },
+}
+
+/// Timing and identity of a request, for its completion.
+struct RequestInfo {
+    start: Instant,
+    time: SystemTime,
+    client: IpAddr,
+    method: Method,
+    host: String,
+    uri: Uri,
+    protocol: &'static str,
+    request_id: String,
+    request_length: Arc<BodyProgress>,
+    head_length: u64,
+}
+
+pub async fn handle(
+    mut req: Request<Incoming>,
+    conn: Arc<ClientConn>,
+    shared: Arc<Shared>,
+) -> Result<Response<ProxyBody>, Infallible> {
+    let table = shared.table.load_full();
+    conn.in_flight.fetch_add(1, Ordering::AcqRel);
+    let served = conn.requests.fetch_add(1, Ordering::Relaxed) + 1;
+    let settings = table.snapshot.settings.clone();
+    // Taken before the request is split: the client side of a WebSocket or other upgrade.
+    let client_upgrade = is_upgrade(&req).then(|| hyper::upgrade::on(&mut req));
+    let (parts, body) = req.into_parts();
+    let host = request_host(&parts);
+    let info = RequestInfo {
+        start: Instant::now(),
+        time: SystemTime::now(),
+        client: conn.peer.ip(),
+        method: parts.method.clone(),
+        uri: parts.uri.clone(),
+        protocol: protocol_name(parts.version),
+        request_id: request_id(&parts, settings.generate_request_id),
+        request_length: Arc::new(BodyProgress::default()),
+        head_length: head_length(&parts),
+        host,
+    };
+    let routed = route(&table, &info.host, parts.uri.path());
+    let done = Done::new(&shared, &conn, info, routed.as_ref(), &table);
+    let mut response = match routed {
+        None => finish(
+            error_response(StatusCode::NOT_FOUND, is_grpc(&parts.headers)),
+            done,
+        ),
+        Some(routed) => {
+            let request = ClientRequest {
+                parts,
+                body,
+                upgrade: client_upgrade,
+            };
+            proxy(request, routed, &conn, &shared, &table, done).await
+        }
+    };
+    if conn.tls {
+        if let Some(max_age) = settings.hsts {
+            if let Ok(v) = HeaderValue::from_str(&format!("max-age={max_age}")) {
+                response
+                    .headers_mut()
+                    .insert(header::STRICT_TRANSPORT_SECURITY, v);
+            }
+        }
+    }
+    Ok(close_if_due(response, &settings, served))
+}
+
+/// The client's request, split: the head is read by every phase, the body goes upstream
+/// once.
+struct ClientRequest {
+    parts: http::request::Parts,
+    body: Incoming,
+    upgrade: Option<hyper::upgrade::OnUpgrade>,
+}
+
+/// Phase 1: the virtual host and route for the request.
+fn route(table: &RoutingTable, host: &str, path: &str) -> Option<Routed> {
+    let vh: &VirtualHost = table.snapshot.virtual_host(host);
+    let (path_rule, target) = vh.route_with_path(path)?;
+    Some(Routed {
+        target: target.clone(),
+        path: path_rule.cloned(),
+        server_name: vh as *const VirtualHost as usize,
+        host_tls: vh.tls,
+    })
+}
+
+async fn proxy(
+    request: ClientRequest,
+    routed: Routed,
+    conn: &Arc<ClientConn>,
+    shared: &Arc<Shared>,
+    table: &Arc<RoutingTable>,
+    mut done: Done,
+) -> Response<ProxyBody> {
+    let ClientRequest {
+        parts,
+        body,
+        upgrade,
+    } = request;
+    let target = routed.target.clone();
+    let grpc = is_grpc(&parts.headers);
+    let settings = &table.snapshot.settings;
+    // Phase 2: admission.
+    done.slot = match admit(&parts, &routed, conn, shared, settings) {
+        Ok(slot) => slot,
+        Err(response) => return finish(response, done),
+    };
+    // Phase 3: backend and policy.
+    let (backend, policy, canary) = choose_backend(&parts, &target);
+    done.canary = canary.then(|| backend.clone());
+    let affinity = target.policy.affinity.as_ref();
+    let pinned = affinity.and_then(|a| {
+        let cookies = parts.headers.get(header::COOKIE)?.to_str().ok()?;
+        let value = balancer::cookie(cookies, &a.name)?;
+        balancer::affinity_endpoint(&backend.endpoints, value)
+    });
+    let head = match upstream_request(&parts, &routed, conn, &policy, &done.info, settings) {
+        Ok(head) => head,
+        Err(status) => return finish(error_response(status, grpc), done),
+    };
+    let state = table
+        .backends
+        .get(&backend.service)
+        .cloned()
+        .unwrap_or_default();
+    // Phase 4: upstream attempts.
+    let attempt = Attempt {
+        backend: &backend,
+        policy: &policy,
+        state: &state,
+        pinned,
+        client_body_timeout: settings.client_body_timeout,
+    };
+    let outcome = forward(head, body, attempt, shared, &mut done).await;
+    // Phase 5: the response.
+    match outcome {
+        Outcome::Failed { status, endpoint } => {
+            done.upstream = endpoint;
+            let status = if done.info.request_length.too_large.load(Ordering::Relaxed) {
+                StatusCode::PAYLOAD_TOO_LARGE
+            } else {
+                status
+            };
+            finish(error_response(status, grpc), done)
+        }
+        Outcome::Response {
+            mut response,
+            connection,
+            endpoint,
+        } => {
+            done.upstream = Some(endpoint);
+            done.upstream_status = Some(response.status().as_u16());
+            done.upstream_time = Some(done.info.start.elapsed());
+            let status = response.status();
+            let upgraded = status == StatusCode::SWITCHING_PROTOCOLS;
+            if upgraded {
+                if let Some(client) = upgrade {
+                    tunnel_upgrade(client, &mut response);
+                }
+            }
+            let set_cookie = affinity
+                .filter(|_| pinned != Some(endpoint))
+                .and_then(|a| affinity_cookie(a, endpoint, &target));
+            let (mut head, body) = response.into_parts();
+            strip_hop_by_hop(&mut head.headers, upgraded);
+            if let Some(cookie) = set_cookie {
+                head.headers.append(header::SET_COOKIE, cookie);
+            }
+            done.status = status.as_u16();
+            let body = ProxyBody::upstream(body, policy.read_timeout, connection);
+            Response::from_parts(head, body.with_completion(Box::new(done)))
+        }
+    }
+}
+
+/// Phase 2: redirects, allow and deny lists, limits, body size. A refusal is the response.
+fn admit(
+    req: &http::request::Parts,
+    routed: &Routed,
+    conn: &ClientConn,
+    shared: &Shared,
+    settings: &rvs_model::ingress::GlobalSettings,
+) -> Result<Option<ConnectionSlot>, Response<ProxyBody>> {
+    let target = &routed.target;
+    let policy = &target.policy;
+    let grpc = is_grpc(&req.headers);
+    if !conn.tls && (policy.force_ssl_redirect || (policy.ssl_redirect && routed.host_tls)) {
+        return Err(redirect(
+            StatusCode::PERMANENT_REDIRECT,
+            &https_location(req),
+        ));
+    }
+    if let Some(root) = &policy.app_root {
+        if req.uri.path() == "/" {
+            return Err(redirect(StatusCode::FOUND, root));
+        }
+    }
+    let client = conn.peer.ip();
+    let client = canonical(client);
+    if (!policy.allowlist.is_empty() && !policy.allowlist.iter().any(|n| n.contains(&client)))
+        || policy.denylist.iter().any(|n| n.contains(&client))
+    {
+        return Err(error_response(StatusCode::FORBIDDEN, grpc));
+    }
+    let slot = match shared
+        .limits
+        .admit(&target.ingress, client, &policy.limits, Instant::now())
+    {
+        Ok(slot) => slot,
+        Err(Refusal::Rate) => return Err(error_response(status(settings.limit_req_status), grpc)),
+        Err(Refusal::Connections) => {
+            return Err(error_response(status(settings.limit_conn_status), grpc))
+        }
+    };
+    if let (Some(limit), Some(length)) = (policy.body_size_limit, content_length(&req.headers)) {
+        if length > limit {
+            return Err(error_response(StatusCode::PAYLOAD_TOO_LARGE, grpc));
+        }
+    }
+    Ok(slot)
+}
+
+fn status(code: u16) -> StatusCode {
+    StatusCode::from_u16(code).unwrap_or(StatusCode::SERVICE_UNAVAILABLE)
+}
+
+/// IPv4-mapped IPv6 clients (dual-stack listeners) are matched as IPv4.
+fn canonical(ip: IpAddr) -> IpAddr {
+    match ip {
+        IpAddr::V6(v6) => v6.to_ipv4_mapped().map_or(ip, IpAddr::V4),
+        v4 => v4,
+    }
+}
+
+/// Phase 3: the canary takes the request by header, then cookie, then weight
+/// (ingress-nginx's precedence); `never` in a header or cookie keeps it on the main backend.
+fn choose_backend(
+    req: &http::request::Parts,
+    target: &RouteTarget,
+) -> (Arc<Backend>, Arc<RoutePolicy>, bool) {
+    let main = (target.backend.clone(), target.policy.clone(), false);
+    let Some(canary) = &target.canary else {
+        return main;
+    };
+    if canary.backend.endpoints.is_empty() {
+        return main;
+    }
+    let to_canary = (canary.backend.clone(), canary.policy.clone(), true);
+    let rule = &canary.rule;
+    if let Some(name) = &rule.by_header {
+        if let Some(value) = req.headers.get(name.as_str()).and_then(|v| v.to_str().ok()) {
+            match &rule.header_value {
+                Some(expected) if value == expected => return to_canary,
+                Some(_) => {}
+                None if value == "always" => return to_canary,
+                None if value == "never" => return main,
+                None => {}
+            }
+        }
+    }
+    if let Some(name) = &rule.by_cookie {
+        let cookie = req
+            .headers
+            .get_all(header::COOKIE)
+            .iter()
+            .filter_map(|v| v.to_str().ok())
+            .find_map(|h| balancer::cookie(h, name));
+        match cookie {
+            Some("always") => return to_canary,
+            Some("never") => return main,
+            _ => {}
+        }
+    }
+    if rule.weight > 0 && rand::random_range(0..rule.weight_total.max(1)) < rule.weight {
+        return to_canary;
+    }
+    main
+}
+
+/// The request head as sent upstream (without body).
+struct UpstreamHead {
+    method: Method,
+    uri: Uri,
+    version: Version,
+    headers: HeaderMap,
+}
+
+fn upstream_request(
+    req: &http::request::Parts,
+    routed: &Routed,
+    conn: &ClientConn,
+    policy: &RoutePolicy,
+    info: &RequestInfo,
+    settings: &rvs_model::ingress::GlobalSettings,
+) -> Result<UpstreamHead, StatusCode> {
+    let mut headers = req.headers.clone();
+    let upgrade = is_upgrade_head(&req.version, &req.headers);
+    strip_hop_by_hop(&mut headers, upgrade);
+    let original_host = req
+        .headers
+        .get(header::HOST)
+        .and_then(|v| v.to_str().ok())
+        .map(str::to_string)
+        .or_else(|| req.uri.authority().map(|a| a.to_string()))
+        .unwrap_or_else(|| info.host.clone());
+    let host = policy
+        .upstream_vhost
+        .clone()
+        .unwrap_or(original_host.clone());
+    let scheme = if conn.tls { "https" } else { "http" };
+    let client_ip = canonical(conn.peer.ip()).to_string();
+    let forwarded_for = match headers.get(&X_FORWARDED_FOR).and_then(|v| v.to_str().ok()) {
+        Some(previous) if settings.use_forwarded_headers && settings.compute_full_forwarded_for => {
+            format!("{previous}, {client_ip}")
+        }
+        Some(previous) if settings.use_forwarded_headers => previous.to_string(),
+        _ => client_ip.clone(),
+    };
+    let set = |headers: &mut HeaderMap, name: &HeaderName, value: &str| {
+        if let Ok(v) = HeaderValue::from_str(value) {
+            headers.insert(name.clone(), v);
+        }
+    };
+    set(&mut headers, &X_REQUEST_ID, &info.request_id);
+    set(&mut headers, &X_REAL_IP, &client_ip);
+    set(&mut headers, &X_FORWARDED_FOR, &forwarded_for);
+    if !(settings.use_forwarded_headers && headers.contains_key(&X_FORWARDED_HOST)) {
+        set(&mut headers, &X_FORWARDED_HOST, &original_host);
+    }
+    if !(settings.use_forwarded_headers && headers.contains_key(&X_FORWARDED_PORT)) {
+        set(
+            &mut headers,
+            &X_FORWARDED_PORT,
+            &conn.local.port().to_string(),
+        );
+    }
+    if !(settings.use_forwarded_headers && headers.contains_key(&X_FORWARDED_PROTO)) {
+        set(&mut headers, &X_FORWARDED_PROTO, scheme);
+    }
+    set(&mut headers, &X_FORWARDED_SCHEME, scheme);
+    set(&mut headers, &X_SCHEME, scheme);
+    if let Some(prefix) = &policy.forwarded_prefix {
+        set(&mut headers, &X_FORWARDED_PREFIX, prefix);
+    }
+    let path_and_query = rewrite(
+        &req.uri,
+        routed.path.as_ref(),
+        policy.rewrite_target.as_deref(),
+    );
+    let http2 = policy.backend_protocol.is_http2();
+    let uri = if http2 {
+        headers.remove(header::HOST);
+        let scheme = if policy.backend_protocol.is_tls() {
+            "https"
+        } else {
+            "http"
+        };
+        Uri::try_from(format!("{scheme}://{host}{path_and_query}"))
+    } else {
+        set(&mut headers, &HeaderName::from_static("host"), &host);
+        Uri::try_from(path_and_query)
+    }
+    .map_err(|_| StatusCode::BAD_REQUEST)?;
+    Ok(UpstreamHead {
+        method: req.method.clone(),
+        uri,
+        version: if http2 {
+            Version::HTTP_2
+        } else {
+            Version::HTTP_11
+        },
+        headers,
+    })
+}
+
+/// `rewrite-target` with the path regex's captures (`$1`), keeping the query string.
+fn rewrite(uri: &Uri, path: Option<&PathMatch>, target: Option<&str>) -> String {
+    let original = uri.path_and_query().map_or("/", |p| p.as_str());
+    let (Some(target), Some(path_rule)) = (target, path) else {
+        return original.to_string();
+    };
+    let request_path = uri.path();
+    let mut rewritten = String::new();
+    match path_rule {
+        PathMatch::Regex(r) => match r.regex.captures(request_path) {
+            Some(captures) => captures.expand(target, &mut rewritten),
+            None => rewritten.push_str(target),
+        },
+        _ => rewritten.push_str(target),
+    }
+    if !rewritten.starts_with('/') {
+        rewritten.insert(0, '/');
+    }
+    if let Some(query) = uri.query() {
+        rewritten.push(if rewritten.contains('?') { '&' } else { '?' });
+        rewritten.push_str(query);
+    }
+    rewritten
+}
+
+/// Why one attempt failed.
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+enum AttemptError {
+    Connect,
+    Timeout,
+    /// Sent (or partly sent), then the connection failed.
+    Send,
+    Status(u16),
+}
+
+/// What an attempt needs besides the request.
+struct Attempt<'a> {
+    backend: &'a Backend,
+    policy: &'a RoutePolicy,
+    state: &'a crate::BackendState,
+    /// The endpoint the affinity cookie names, tried first.
+    pinned: Option<SocketAddr>,
+    client_body_timeout: Duration,
+}
+
+/// Phase 4: attempts on endpoints until one answers, retrying as `proxy-next-upstream` says:
+/// never on an endpoint already tried, never a non-idempotent method unless allowed, never
+/// once the request body was streamed.
+async fn forward(
+    head: UpstreamHead,
+    body: Incoming,
+    attempt: Attempt<'_>,
+    shared: &Shared,
+    done: &mut Done,
+) -> Outcome {
+    let Attempt {
+        backend,
+        policy,
+        state,
+        pinned,
+        client_body_timeout,
+    } = attempt;
+    let next = &policy.next_upstream;
+    let endpoints = &backend.endpoints;
+    if endpoints.is_empty() {
+        return Outcome::Failed {
+            status: StatusCode::SERVICE_UNAVAILABLE,
+            endpoint: None,
+        };
+    }
+    let max_tries = match next.tries {
+        0 => endpoints.len(),
+        n => (n as usize).min(endpoints.len()),
+    };
+    let idempotent = matches!(
+        head.method,
+        Method::GET | Method::HEAD | Method::OPTIONS | Method::PUT | Method::DELETE | Method::TRACE
+    );
+    let method_retryable = idempotent || next.non_idempotent;
+    let deadline = next.timeout_total.map(|t| done.info.start + t);
+    let progress = done.info.request_length.clone();
+    // The client's body until an attempt takes it; None for a request without one.
+    let mut body = (!body.is_end_stream()).then(|| {
+        Box::new(ClientBody::new(
+            body,
+            policy.body_size_limit,
+            client_body_timeout,
+            progress.clone(),
+        ))
+    });
+    let has_body = body.is_some();
+    let mut tried: Vec<SocketAddr> = Vec::with_capacity(max_tries);
+    let mut last = (AttemptError::Connect, None);
+    let mut kept: Option<Outcome> = None;
+    while tried.len() < max_tries {
+        let pick = match pinned.filter(|p| tried.is_empty() && endpoints.contains(p)) {
+            Some(p) => Some(p),
+            None => balancer::round_robin(endpoints, state, &tried),
+        };
+        let Some(endpoint) = pick else { break };
+        tried.push(endpoint);
+        let connect_start = Instant::now();
+        let checkout = shared
+            .pools
+            .checkout(
+                endpoint,
+                policy.backend_protocol,
+                policy.connect_timeout,
+                policy.send_timeout,
+            )
+            .await;
+        done.connect_time = Some(connect_start.elapsed());
+        let error = match checkout {
+            Err(e) => {
+                tracing::debug!(%endpoint, "upstream connect failed: {e}");
+                match e {
+                    ConnectError::Timeout(_) => AttemptError::Timeout,
+                    _ => AttemptError::Connect,
+                }
+            }
+            Ok((checkout, _reused)) => {
+                let upstream_body = match body.take() {
+                    Some(client) => UpstreamBody::Client(client),
+                    None => UpstreamBody::Empty,
+                };
+                match send(checkout, build(&head, upstream_body), policy.read_timeout).await {
+                    Ok((response, connection)) => {
+                        let status = response.status().as_u16();
+                        let may_retry = next.retries_status(status)
+                            && method_retryable
+                            && !has_body
+                            && tried.len() < max_tries
+                            && deadline.is_none_or(|d| Instant::now() < d);
+                        let outcome = Outcome::Response {
+                            response,
+                            connection,
+                            endpoint,
+                        };
+                        if !may_retry {
+                            return outcome;
+                        }
+                        // Served if no other endpoint does better.
+                        kept = Some(outcome);
+                        AttemptError::Status(status)
+                    }
+                    Err((error, unsent)) => {
+                        if let Some(UpstreamBody::Client(client)) = unsent {
+                            // The connection never took it: the next attempt sends it.
+                            body = Some(client);
+                        }
+                        error
+                    }
+                }
+            }
+        };
+        last = (error, Some(endpoint));
+        let allowed = match error {
+            AttemptError::Connect => next.error,
+            AttemptError::Timeout => next.timeout && method_retryable,
+            AttemptError::Send => next.error && method_retryable,
+            AttemptError::Status(_) => true,
+        };
+        let body_gone = has_body && body.is_none();
+        let in_time = deadline.is_none_or(|d| Instant::now() < d);
+        if !allowed || body_gone || !in_time {
+            break;
+        }
+    }
+    if let Some(outcome) = kept {
+        return outcome;
+    }
+    let status = match last.0 {
+        AttemptError::Timeout => StatusCode::GATEWAY_TIMEOUT,
+        _ => StatusCode::BAD_GATEWAY,
+    };
+    Outcome::Failed {
+        status,
+        endpoint: last.1,
+    }
+}
+
+fn build(head: &UpstreamHead, body: UpstreamBody) -> Request<UpstreamBody> {
+    let mut request = Request::new(body);
+    *request.method_mut() = head.method.clone();
+    *request.uri_mut() = head.uri.clone();
+    *request.version_mut() = head.version;
+    *request.headers_mut() = head.headers.clone();
+    request
+}
+
+type SendResult = Result<
+    (Response<Incoming>, Option<crate::pool::PooledHttp1>),
+    (AttemptError, Option<UpstreamBody>),
+>;
+
+/// Sends one request on a checked-out connection and waits up to `read_timeout` for the
+/// response head. A request the connection never took comes back with the error.
+async fn send(
+    checkout: Checkout,
+    request: Request<UpstreamBody>,
+    read_timeout: Duration,
+) -> SendResult {
+    match checkout {
+        Checkout::Http1(mut pooled) => {
+            let sent = tokio::time::timeout(read_timeout, pooled.try_send_request(request));
+            match sent.await {
+                Ok(Ok(response)) => Ok((response, Some(pooled))),
+                Ok(Err(mut e)) => {
+                    let unsent = e.take_message().map(|r| r.into_body());
+                    tracing::debug!("upstream request failed: {}", e.error());
+                    Err((AttemptError::Send, unsent))
+                }
+                Err(_) => Err((AttemptError::Timeout, None)),
+            }
+        }
+        Checkout::Http2(mut sender) => {
+            let sent = tokio::time::timeout(read_timeout, sender.try_send_request(request));
+            match sent.await {
+                Ok(Ok(response)) => Ok((response, None)),
+                Ok(Err(mut e)) => {
+                    let unsent = e.take_message().map(|r| r.into_body());
+                    tracing::debug!("upstream h2 request failed: {}", e.error());
+                    Err((AttemptError::Send, unsent))
+                }
+                Err(_) => Err((AttemptError::Timeout, None)),
+            }
+        }
+    }
+}
+
+/// WebSocket and other upgrades: once the upstream said 101, the two connections are joined
+/// byte for byte.
+fn tunnel_upgrade(client: hyper::upgrade::OnUpgrade, response: &mut Response<Incoming>) {
+    let upstream = hyper::upgrade::on(response);
+    tokio::spawn(async move {
+        match tokio::try_join!(client, upstream) {
+            Ok((client, upstream)) => {
+                let mut client = TokioIo::new(client);
+                let mut upstream = TokioIo::new(upstream);
+                if let Err(e) = tokio::io::copy_bidirectional(&mut client, &mut upstream).await {
+                    tracing::debug!("upgraded connection ended: {e}");
+                }
+            }
+            Err(e) => tracing::debug!("upgrade failed: {e}"),
+        }
+    });
+}
+
+fn affinity_cookie(
+    affinity: &CookieAffinity,
+    endpoint: SocketAddr,
+    target: &RouteTarget,
+) -> Option<HeaderValue> {
+    let path = affinity.path.clone().unwrap_or_else(|| {
+        if target.path.starts_with('/')
+            && !target.path.contains(['(', '[', '*', '+', '?', '$', '^'])
+        {
+            target.path.clone()
+        } else {
+            "/".into()
+        }
+    });
+    let mut cookie = format!(
+        "{}={}; Path={}; HttpOnly",
+        affinity.name,
+        balancer::affinity_value(endpoint),
+        path
+    );
+    if let Some(max_age) = affinity.max_age {
+        cookie.push_str(&format!("; Max-Age={max_age}"));
+    }
+    if affinity.secure {
+        cookie.push_str("; Secure");
+    }
+    if let Some(same_site) = &affinity.same_site {
+        cookie.push_str(&format!("; SameSite={same_site}"));
+    }
+    HeaderValue::from_str(&cookie).ok()
+}
+
+/// Hop-by-hop headers (RFC 9110 7.6.1) are the connection's, not the message's.
+fn strip_hop_by_hop(headers: &mut HeaderMap, upgrade: bool) {
+    let named: Vec<HeaderName> = headers
+        .get_all(header::CONNECTION)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .filter_map(|name| HeaderName::from_bytes(name.trim().as_bytes()).ok())
+        .filter(|name| !(upgrade && name == header::UPGRADE))
+        .collect();
+    for name in named {
+        headers.remove(name);
+    }
+    let te_trailers = headers
+        .get(header::TE)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| {
+            v.split(',')
+                .any(|t| t.trim().eq_ignore_ascii_case("trailers"))
+        });
+    headers.remove(&KEEP_ALIVE);
+    headers.remove(&PROXY_CONNECTION);
+    headers.remove(header::TE);
+    headers.remove(header::TRANSFER_ENCODING);
+    headers.remove(header::PROXY_AUTHENTICATE);
+    headers.remove(header::PROXY_AUTHORIZATION);
+    headers.remove(header::TRAILER);
+    if te_trailers {
+        // gRPC needs it end to end.
+        headers.insert(header::TE, HeaderValue::from_static("trailers"));
+    }
+    if upgrade {
+        headers.insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
+    } else {
+        headers.remove(header::CONNECTION);
+        headers.remove(header::UPGRADE);
+    }
+}
+
+fn is_upgrade<B>(req: &Request<B>) -> bool {
+    is_upgrade_head(&req.version(), req.headers())
+}
+
+fn is_upgrade_head(version: &Version, headers: &HeaderMap) -> bool {
+    *version == Version::HTTP_11
+        && headers.contains_key(header::UPGRADE)
+        && headers
+            .get_all(header::CONNECTION)
+            .iter()
+            .filter_map(|v| v.to_str().ok())
+            .any(|v| {
+                v.split(',')
+                    .any(|t| t.trim().eq_ignore_ascii_case("upgrade"))
+            })
+}
+
+fn is_grpc(headers: &HeaderMap) -> bool {
+    headers
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v.starts_with("application/grpc"))
+}
+
+fn content_length(headers: &HeaderMap) -> Option<u64> {
+    headers
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse().ok())
+}
+
+/// The request's host, lowercase, without port: `:authority` (HTTP/2) or `Host`.
+fn request_host(req: &http::request::Parts) -> String {
+    let raw = req
+        .uri
+        .authority()
+        .map(|a| a.host())
+        .or_else(|| req.headers.get(header::HOST).and_then(|v| v.to_str().ok()))
+        .unwrap_or("");
+    strip_port(raw).to_ascii_lowercase()
+}
+
+fn strip_port(host: &str) -> &str {
+    if let Some(rest) = host.strip_prefix('[') {
+        return rest.split(']').next().unwrap_or(rest);
+    }
+    match host.rsplit_once(':') {
+        Some((h, port)) if port.bytes().all(|b| b.is_ascii_digit()) => h,
+        _ => host,
+    }
+}
+
+fn https_location(req: &http::request::Parts) -> String {
+    let host = req
+        .headers
+        .get(header::HOST)
+        .and_then(|v| v.to_str().ok())
+        .map(strip_port)
+        .map(str::to_string)
+        .unwrap_or_else(|| request_host(req));
+    let path = req.uri.path_and_query().map_or("/", |p| p.as_str());
+    format!("https://{host}{path}")
+}
+
+fn request_id(req: &http::request::Parts, generate: bool) -> String {
+    if let Some(id) = req.headers.get(&X_REQUEST_ID).and_then(|v| v.to_str().ok()) {
+        return id.to_string();
+    }
+    if !generate {
+        return String::new();
+    }
+    format!("{:032x}", rand::random::<u128>())
+}
+
+fn protocol_name(version: Version) -> &'static str {
+    match version {
+        Version::HTTP_09 => "HTTP/0.9",
+        Version::HTTP_10 => "HTTP/1.0",
+        Version::HTTP_11 => "HTTP/1.1",
+        Version::HTTP_2 => "HTTP/2.0",
+        Version::HTTP_3 => "HTTP/3.0",
+        _ => "HTTP",
+    }
+}
+
+fn head_length(req: &http::request::Parts) -> u64 {
+    let target = req.uri.path_and_query().map_or(1, |p| p.as_str().len());
+    let line = req.method.as_str().len() + target + 12;
+    let headers: usize = req
+        .headers
+        .iter()
+        .map(|(k, v)| k.as_str().len() + v.len() + 4)
+        .sum();
+    (line + headers + 2) as u64
+}
+
+fn redirect(status: StatusCode, location: &str) -> Response<ProxyBody> {
+    let body = format!(
+        "<html>\r\n<head><title>{status}</title></head>\r\n<body>\r\n<center><h1>{status}</h1></center>\r\n</body>\r\n</html>\r\n"
+    );
+    let mut response = Response::new(ProxyBody::full(body));
+    *response.status_mut() = status;
+    if let Ok(v) = HeaderValue::from_str(location) {
+        response.headers_mut().insert(header::LOCATION, v);
+    }
+    response
+        .headers_mut()
+        .insert(header::CONTENT_TYPE, HeaderValue::from_static("text/html"));
+    response
+}
+
+/// An error as nginx writes it, or as a gRPC status for gRPC clients (trailers-only
+/// response), which read no HTML.
+pub fn error_response(status: StatusCode, grpc: bool) -> Response<ProxyBody> {
+    if grpc {
+        let (code, message) = match status {
+            StatusCode::GATEWAY_TIMEOUT => ("4", "upstream timed out"),
+            StatusCode::NOT_FOUND => ("12", "no route"),
+            StatusCode::FORBIDDEN => ("7", "forbidden"),
+            StatusCode::TOO_MANY_REQUESTS => ("8", "rate limited"),
+            StatusCode::PAYLOAD_TOO_LARGE => ("8", "request too large"),
+            _ => ("14", "upstream unavailable"),
+        };
+        let mut response = Response::new(ProxyBody::empty());
+        let headers = response.headers_mut();
+        headers.insert(
+            header::CONTENT_TYPE,
+            HeaderValue::from_static("application/grpc"),
+        );
+        headers.insert(GRPC_STATUS.clone(), HeaderValue::from_static(code));
+        headers.insert(GRPC_MESSAGE.clone(), HeaderValue::from_static(message));
+        return response;
+    }
+    let reason = status.canonical_reason().unwrap_or("");
+    let body = format!(
+        "<html>\r\n<head><title>{} {reason}</title></head>\r\n<body>\r\n<center><h1>{} {reason}</h1></center>\r\n<hr><center>rvs</center>\r\n</body>\r\n</html>\r\n",
+        status.as_u16(),
+        status.as_u16()
+    );
+    let mut response = Response::new(ProxyBody::full(Bytes::from(body)));
+    *response.status_mut() = status;
+    response
+        .headers_mut()
+        .insert(header::CONTENT_TYPE, HeaderValue::from_static("text/html"));
+    response
+}
+
+fn finish(response: Response<ProxyBody>, mut done: Done) -> Response<ProxyBody> {
+    done.status = response.status().as_u16();
+    response.map(|b| b.with_completion(Box::new(done)))
+}
+
+/// `keep-alive-requests`: the last request a connection may carry is answered with
+/// `Connection: close` (HTTP/1.1).
+fn close_if_due(
+    mut response: Response<ProxyBody>,
+    settings: &rvs_model::ingress::GlobalSettings,
+    served: u32,
+) -> Response<ProxyBody> {
+    if settings.keep_alive_requests > 0 && served >= settings.keep_alive_requests {
+        response
+            .headers_mut()
+            .insert(header::CONNECTION, HeaderValue::from_static("close"));
+    }
+    response
+}
+
+fn method_index(method: &Method) -> (u8, &'static str) {
+    match *method {
+        Method::GET => (0, "GET"),
+        Method::POST => (1, "POST"),
+        Method::PUT => (2, "PUT"),
+        Method::DELETE => (3, "DELETE"),
+        Method::HEAD => (4, "HEAD"),
+        Method::OPTIONS => (5, "OPTIONS"),
+        Method::PATCH => (6, "PATCH"),
+        Method::CONNECT => (7, "CONNECT"),
+        Method::TRACE => (8, "TRACE"),
+        // Arbitrary methods would make the label set unbounded.
+        _ => (9, "OTHER"),
+    }
+}
+
+/// A request's completion: metrics and access log once the response is done.
+struct Done {
+    shared: Arc<Shared>,
+    conn: Arc<ClientConn>,
+    info: RequestInfo,
+    table: Arc<RoutingTable>,
+    target: Option<Arc<RouteTarget>>,
+    server_name: usize,
+    status: u16,
+    /// The canary's backend when the canary took the request.
+    canary: Option<Arc<Backend>>,
+    upstream: Option<SocketAddr>,
+    upstream_status: Option<u16>,
+    upstream_time: Option<Duration>,
+    connect_time: Option<Duration>,
+    slot: Option<ConnectionSlot>,
+}
+
+impl Done {
+    fn new(
+        shared: &Arc<Shared>,
+        conn: &Arc<ClientConn>,
+        info: RequestInfo,
+        routed: Option<&Routed>,
+        table: &Arc<RoutingTable>,
+    ) -> Done {
+        Done {
+            shared: shared.clone(),
+            conn: conn.clone(),
+            info,
+            table: table.clone(),
+            target: routed.map(|r| r.target.clone()),
+            server_name: routed.map_or(0, |r| r.server_name),
+            status: 0,
+            canary: None,
+            upstream: None,
+            upstream_status: None,
+            upstream_time: None,
+            connect_time: None,
+            slot: None,
+        }
+    }
+
+    fn service(&self) -> &str {
+        match (&self.canary, &self.target) {
+            (Some(canary), _) => &canary.service.name,
+            (None, Some(target)) => &target.backend.service.name,
+            (None, None) => "",
+        }
+    }
+
+    fn metrics(&self) -> Arc<RequestMetrics> {
+        let (method, method_label) = method_index(&self.info.method);
+        let key = CacheKey {
+            version: self.table.snapshot.version,
+            route: self.target.as_ref().map_or(0, |t| Arc::as_ptr(t) as usize),
+            host: self.server_name,
+            status: self.status,
+            method,
+            canary: self.canary.is_some(),
+        };
+        self.shared.metrics.request(key, || {
+            let target = self.target.as_deref();
+            RequestLabels {
+                host: match target {
+                    Some(_) => self
+                        .table
+                        .snapshot
+                        .virtual_host(&self.info.host)
+                        .host
+                        .get()
+                        .to_string(),
+                    None => "_".into(),
+                },
+                status: self.status.to_string(),
+                method: method_label.to_string(),
+                path: target.map(|t| t.path.clone()).unwrap_or_default(),
+                namespace: target
+                    .map(|t| t.ingress.namespace.clone())
+                    .unwrap_or_default(),
+                ingress: target.map(|t| t.ingress.name.clone()).unwrap_or_default(),
+                service: self.service().to_string(),
+                canary: self
+                    .canary
+                    .as_ref()
+                    .map(|c| c.service.name.clone())
+                    .unwrap_or_default(),
+            }
+        })
+    }
+}
+
+impl Completion for Done {
+    fn complete(&mut self, bytes_sent: u64, _finished: bool) {
+        self.slot = None;
+        self.conn.in_flight.fetch_sub(1, Ordering::AcqRel);
+        let elapsed = self.info.start.elapsed();
+        let request_length =
+            self.info.head_length + self.info.request_length.bytes.load(Ordering::Relaxed);
+        let metrics = self.metrics();
+        metrics.requests.inc();
+        metrics.request_duration.observe(elapsed.as_secs_f64());
+        metrics.request_size.observe(request_length as f64);
+        metrics.response_size.observe(bytes_sent as f64);
+        if let Some(t) = self.upstream_time {
+            metrics.response_duration.observe(t.as_secs_f64());
+        }
+        if let Some(t) = self.connect_time {
+            metrics.connect_duration.observe(t.as_secs_f64());
+        }
+        let logged = self.target.as_ref().is_none_or(|t| t.policy.access_log);
+        if !logged || !self.shared.access_log.enabled() {
+            return;
+        }
+        let target = self.target.as_deref();
+        let record = AccessRecord {
+            time: self.info.time,
+            remote_addr: canonical(self.info.client),
+            method: self.info.method.to_string(),
+            host: std::mem::take(&mut self.info.host),
+            path: self
+                .info
+                .uri
+                .path_and_query()
+                .map_or_else(|| "/".to_string(), |p| p.as_str().to_string()),
+            protocol: self.info.protocol,
+            status: self.status,
+            bytes_sent,
+            request_length,
+            request_time: elapsed.as_secs_f64(),
+            upstream_addr: self.upstream,
+            upstream_status: self.upstream_status,
+            upstream_response_time: self.upstream_time.map(|t| t.as_secs_f64()),
+            namespace: target
+                .map(|t| t.ingress.namespace.clone())
+                .unwrap_or_default(),
+            ingress: target.map(|t| t.ingress.name.clone()).unwrap_or_default(),
+            service: self.service().to_string(),
+            request_id: std::mem::take(&mut self.info.request_id),
+        };
+        if !self.shared.access_log.log(record) {
+            self.shared.metrics.access_log_dropped.inc();
+        }
+    }
+}

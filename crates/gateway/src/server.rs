@@ -1,0 +1,300 @@
+//! Client connections: accept, TLS (certificate by SNI, ALPN), HTTP/1.1 or HTTP/2 detected
+//! per connection (h2c prior knowledge on the plain port too), keep-alive limits, graceful
+//! drain on shutdown.
+
+use std::future::Future;
+use std::io;
+use std::net::SocketAddr;
+use std::pin::Pin;
+use std::sync::atomic::{AtomicU32, AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+use hyper::service::service_fn;
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use hyper_util::server::conn::auto;
+use rustls::ServerConfig;
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::Notify;
+use tokio::time::{Instant, Sleep};
+use tokio_rustls::TlsAcceptor;
+
+use crate::Shared;
+
+pub fn bind(addr: SocketAddr) -> io::Result<TcpListener> {
+    let socket = socket2::Socket::new(
+        socket2::Domain::for_address(addr),
+        socket2::Type::STREAM,
+        Some(socket2::Protocol::TCP),
+    )?;
+    socket.set_reuse_address(true)?;
+    if addr.is_ipv6() {
+        socket.set_only_v6(false).ok();
+    }
+    socket.set_nonblocking(true)?;
+    socket.bind(&addr.into())?;
+    // nginx's default backlog on Linux is 511; busy gateways raise somaxconn, and so do we.
+    socket.listen(4096)?;
+    TcpListener::from_std(socket.into())
+}
+
+/// Counts open client connections; shutdown waits for zero.
+#[derive(Clone, Default)]
+pub struct ConnectionTracker(Arc<(AtomicUsize, Notify)>);
+
+struct Tracked(ConnectionTracker);
+
+impl Drop for Tracked {
+    fn drop(&mut self) {
+        if (self.0).0 .0.fetch_sub(1, Ordering::AcqRel) == 1 {
+            (self.0).0 .1.notify_waiters();
+        }
+    }
+}
+
+impl ConnectionTracker {
+    fn track(&self) -> Tracked {
+        self.0 .0.fetch_add(1, Ordering::AcqRel);
+        Tracked(self.clone())
+    }
+
+    pub fn count(&self) -> usize {
+        self.0 .0.load(Ordering::Acquire)
+    }
+
+    /// Waits until no connection is open, or `grace` passed (false then).
+    pub async fn wait_idle(&self, grace: Duration) -> bool {
+        let deadline = Instant::now() + grace;
+        loop {
+            let notified = self.0 .1.notified();
+            if self.count() == 0 {
+                return true;
+            }
+            if tokio::time::timeout_at(deadline, notified).await.is_err() {
+                return self.count() == 0;
+            }
+        }
+    }
+}
+
+/// One client connection, as the request handler sees it.
+pub struct ClientConn {
+    pub peer: SocketAddr,
+    pub local: SocketAddr,
+    pub tls: bool,
+    /// Requests served so far (`keep-alive-requests`).
+    pub requests: AtomicU32,
+    /// Requests in flight: the keep-alive idle timer runs only at zero.
+    pub in_flight: Arc<AtomicUsize>,
+}
+
+pub async fn accept_loop(
+    listener: TcpListener,
+    tls: Option<Arc<ServerConfig>>,
+    shared: Arc<Shared>,
+    tracker: ConnectionTracker,
+) {
+    let acceptor = tls.map(TlsAcceptor::from);
+    let mut shutdown = shared.shutdown.clone();
+    loop {
+        let accepted = tokio::select! {
+            accepted = listener.accept() => accepted,
+            _ = shutdown.changed() => return,
+        };
+        let (stream, peer) = match accepted {
+            Ok(a) => a,
+            Err(e) => {
+                // EMFILE and friends: back off instead of spinning.
+                tracing::warn!("accept failed: {e}");
+                tokio::time::sleep(Duration::from_millis(50)).await;
+                continue;
+            }
+        };
+        let tracked = tracker.track();
+        let shared = shared.clone();
+        let acceptor = acceptor.clone();
+        tokio::spawn(async move {
+            let _tracked = tracked;
+            shared.metrics.client_connections.inc();
+            serve(stream, peer, acceptor, &shared).await;
+            shared.metrics.client_connections.dec();
+        });
+    }
+}
+
+async fn serve(
+    stream: TcpStream,
+    peer: SocketAddr,
+    acceptor: Option<TlsAcceptor>,
+    shared: &Arc<Shared>,
+) {
+    let _ = stream.set_nodelay(true);
+    let local = stream.local_addr().unwrap_or(peer);
+    let settings = shared.table.load().snapshot.settings.clone();
+    let in_flight = Arc::new(AtomicUsize::new(0));
+    let conn = Arc::new(ClientConn {
+        peer,
+        local,
+        tls: acceptor.is_some(),
+        requests: AtomicU32::new(0),
+        in_flight: in_flight.clone(),
+    });
+    match acceptor {
+        None => {
+            let io = ClientIo::new(stream, in_flight, settings.keep_alive);
+            drive(io, conn, shared, &settings).await;
+        }
+        Some(acceptor) => {
+            let handshake =
+                tokio::time::timeout(settings.client_header_timeout, acceptor.accept(stream));
+            match handshake.await {
+                Ok(Ok(tls)) => {
+                    let io = ClientIo::new(tls, in_flight, settings.keep_alive);
+                    drive(io, conn, shared, &settings).await;
+                }
+                Ok(Err(e)) => tracing::debug!(%peer, "TLS handshake failed: {e}"),
+                Err(_) => tracing::debug!(%peer, "TLS handshake timed out"),
+            }
+        }
+    }
+}
+
+async fn drive<T>(
+    io: ClientIo<T>,
+    conn: Arc<ClientConn>,
+    shared: &Arc<Shared>,
+    settings: &rvs_model::ingress::GlobalSettings,
+) where
+    T: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
+    let mut builder = auto::Builder::new(TokioExecutor::new());
+    builder
+        .http1()
+        .timer(TokioTimer::new())
+        .keep_alive(!settings.keep_alive.is_zero())
+        .header_read_timeout(settings.client_header_timeout)
+        // The whole request head must fit: above it hyper answers 431.
+        .max_buf_size(settings.max_header_bytes.max(8192));
+    builder
+        .http2()
+        .timer(TokioTimer::new())
+        .max_header_list_size(u32::try_from(settings.max_header_bytes).unwrap_or(u32::MAX))
+        .max_concurrent_streams(128);
+    let service_shared = shared.clone();
+    let service =
+        service_fn(move |req| crate::proxy::handle(req, conn.clone(), service_shared.clone()));
+    let connection = builder.serve_connection_with_upgrades(TokioIo::new(io), service);
+    tokio::pin!(connection);
+    let mut shutdown = shared.shutdown.clone();
+    let stopping = async move {
+        let _ = shutdown.wait_for(|stop| *stop).await;
+    };
+    tokio::select! {
+        result = connection.as_mut() => {
+            if let Err(e) = result {
+                tracing::debug!("client connection ended: {e}");
+            }
+        }
+        () = stopping => {
+            // Finish what is in flight, then close (HTTP/1.1: after the response;
+            // HTTP/2: GOAWAY).
+            connection.as_mut().graceful_shutdown();
+            if let Err(e) = connection.await {
+                tracing::debug!("client connection ended during shutdown: {e}");
+            }
+        }
+    }
+}
+
+/// A client transport that closes itself after `keep_alive` without a request in flight
+/// (nginx's `keepalive_timeout`).
+pub struct ClientIo<T> {
+    inner: T,
+    in_flight: Arc<AtomicUsize>,
+    keep_alive: Duration,
+    idle: Option<Pin<Box<Sleep>>>,
+    /// The idle timer is running for the current quiet period.
+    armed: bool,
+}
+
+impl<T> ClientIo<T> {
+    fn new(inner: T, in_flight: Arc<AtomicUsize>, keep_alive: Duration) -> Self {
+        ClientIo {
+            inner,
+            in_flight,
+            keep_alive,
+            idle: None,
+            armed: false,
+        }
+    }
+}
+
+impl<T: AsyncRead + Unpin> AsyncRead for ClientIo<T> {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        let this = self.get_mut();
+        let before = buf.filled().len();
+        match Pin::new(&mut this.inner).poll_read(cx, buf) {
+            Poll::Ready(r) => {
+                if buf.filled().len() > before {
+                    this.armed = false;
+                }
+                Poll::Ready(r)
+            }
+            Poll::Pending => {
+                if this.in_flight.load(Ordering::Acquire) > 0 || this.keep_alive.is_zero() {
+                    this.armed = false;
+                    return Poll::Pending;
+                }
+                let keep_alive = this.keep_alive;
+                let idle = this
+                    .idle
+                    .get_or_insert_with(|| Box::pin(tokio::time::sleep(keep_alive)));
+                if !this.armed {
+                    idle.as_mut().reset(Instant::now() + keep_alive);
+                    this.armed = true;
+                }
+                match idle.as_mut().poll(cx) {
+                    // End of stream: the connection closes quietly, as nginx's does.
+                    Poll::Ready(()) => Poll::Ready(Ok(())),
+                    Poll::Pending => Poll::Pending,
+                }
+            }
+        }
+    }
+}
+
+impl<T: AsyncWrite + Unpin> AsyncWrite for ClientIo<T> {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.get_mut().inner).poll_write(cx, buf)
+    }
+
+    fn poll_write_vectored(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[io::IoSlice<'_>],
+    ) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.get_mut().inner).poll_write_vectored(cx, bufs)
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.inner.is_write_vectored()
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.get_mut().inner).poll_flush(cx)
+    }
+
+    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.get_mut().inner).poll_shutdown(cx)
+    }
+}

@@ -1,0 +1,324 @@
+//! Value parsers shared by the ConfigMap and the annotations: nginx times and sizes, seconds,
+//! booleans, CIDR lists and `proxy-next-upstream`. Each returns the message of a bad value
+//! (without the field: the caller names it).
+
+use std::time::Duration;
+
+use super::types::NextUpstream;
+
+/// nginx time syntax: `60`, `60s`, `500ms`, `1h`, `1h30m`, `2d` (units ms s m h d w M y;
+/// none = seconds).
+pub fn nginx_duration(raw: &str) -> Result<Duration, String> {
+    let bad = || format!("{raw:?} is not a duration (like 60s, 1h or 60)");
+    let text = raw.trim();
+    if text.is_empty() {
+        return Err(bad());
+    }
+    let mut total = Duration::ZERO;
+    let mut rest = text;
+    while !rest.is_empty() {
+        let digits = rest.len() - rest.trim_start_matches(|c: char| c.is_ascii_digit()).len();
+        if digits == 0 {
+            return Err(bad());
+        }
+        let number: u64 = rest[..digits].parse().map_err(|_| bad())?;
+        rest = &rest[digits..];
+        let unit_len = rest.len()
+            - rest
+                .trim_start_matches(|c: char| c.is_ascii_alphabetic())
+                .len();
+        let unit = &rest[..unit_len];
+        rest = rest[unit_len..].trim_start();
+        let millis_per: u64 = match unit {
+            "ms" => 1,
+            "" | "s" => 1_000,
+            "m" => 60_000,
+            "h" => 3_600_000,
+            "d" => 86_400_000,
+            "w" => 7 * 86_400_000,
+            "M" => 30 * 86_400_000,
+            "y" => 365 * 86_400_000,
+            _ => return Err(bad()),
+        };
+        // A bare number is only valid alone (`60`), not inside `1h30`.
+        if unit.is_empty() && (total != Duration::ZERO || !rest.is_empty()) {
+            return Err(bad());
+        }
+        let millis = number.checked_mul(millis_per).ok_or_else(bad)?;
+        total = total
+            .checked_add(Duration::from_millis(millis))
+            .ok_or_else(bad)?;
+    }
+    Ok(total)
+}
+
+/// A number of seconds as ingress-nginx's `proxy-*-timeout` take it: `60`; also `60s` and
+/// the other nginx time forms.
+pub fn seconds(raw: &str) -> Result<Duration, String> {
+    nginx_duration(raw).map_err(|_| format!("{raw:?} is not a number of seconds"))
+}
+
+/// nginx size syntax: `100` (bytes), `8k`, `1m`, `1g` (either case).
+pub fn nginx_size(raw: &str) -> Result<u64, String> {
+    let bad = || format!("{raw:?} is not a size (like 1m, 8k or 100)");
+    let text = raw.trim();
+    let (number, multiplier) = match text.char_indices().last() {
+        Some((i, 'k' | 'K')) => (&text[..i], 1u64 << 10),
+        Some((i, 'm' | 'M')) => (&text[..i], 1 << 20),
+        Some((i, 'g' | 'G')) => (&text[..i], 1 << 30),
+        _ => (text, 1),
+    };
+    if number.is_empty() || !number.bytes().all(|b| b.is_ascii_digit()) {
+        return Err(bad());
+    }
+    number
+        .parse::<u64>()
+        .ok()
+        .and_then(|n| n.checked_mul(multiplier))
+        .ok_or_else(bad)
+}
+
+/// `"true"` or `"false"`.
+pub fn boolean(raw: &str) -> Result<bool, String> {
+    match raw.trim() {
+        "true" => Ok(true),
+        "false" => Ok(false),
+        _ => Err(format!("{raw:?} is not true or false")),
+    }
+}
+
+/// A non-negative integer that fits `T`.
+pub fn number<T: std::str::FromStr>(raw: &str) -> Result<T, String> {
+    let text = raw.trim();
+    if !text.is_empty() && text.bytes().all(|b| b.is_ascii_digit()) {
+        if let Ok(n) = text.parse() {
+            return Ok(n);
+        }
+    }
+    Err(format!("{raw:?} is not a non-negative integer"))
+}
+
+/// An HTTP status code (100-599).
+pub fn status_code(raw: &str) -> Result<u16, String> {
+    match number::<u16>(raw) {
+        Ok(code) if (100..=599).contains(&code) => Ok(code),
+        _ => Err(format!("{raw:?} is not an HTTP status code")),
+    }
+}
+
+/// A comma-separated list of CIDRs or plain addresses (`/32`, `/128`); host bits cleared.
+pub fn cidr_list(raw: &str) -> Result<Vec<ipnet::IpNet>, String> {
+    let mut out = Vec::new();
+    for item in raw.split(',').map(str::trim).filter(|s| !s.is_empty()) {
+        let net = match item.parse::<ipnet::IpNet>() {
+            Ok(net) => net.trunc(),
+            Err(_) => match item.parse::<std::net::IpAddr>() {
+                Ok(ip) => ipnet::IpNet::from(ip),
+                Err(_) => return Err(format!("{item:?} is not a CIDR or IP address")),
+            },
+        };
+        out.push(net);
+    }
+    out.sort();
+    out.dedup();
+    Ok(out)
+}
+
+/// `proxy-next-upstream`: space-separated conditions over `base` (its tries and total timeout
+/// are kept). `off` disables retries.
+pub fn next_upstream(raw: &str, base: &NextUpstream) -> Result<NextUpstream, String> {
+    let mut out = NextUpstream {
+        error: false,
+        timeout: false,
+        http_500: false,
+        http_502: false,
+        http_503: false,
+        http_504: false,
+        http_403: false,
+        http_404: false,
+        http_429: false,
+        non_idempotent: false,
+        ..*base
+    };
+    let words: Vec<&str> = raw.split_whitespace().collect();
+    if words.is_empty() {
+        return Err(format!("{raw:?} names no condition"));
+    }
+    for word in &words {
+        match *word {
+            "error" => out.error = true,
+            "timeout" => out.timeout = true,
+            // Always on in rvs: a response head that does not parse is an error.
+            "invalid_header" => out.error = true,
+            "http_500" => out.http_500 = true,
+            "http_502" => out.http_502 = true,
+            "http_503" => out.http_503 = true,
+            "http_504" => out.http_504 = true,
+            "http_403" => out.http_403 = true,
+            "http_404" => out.http_404 = true,
+            "http_429" => out.http_429 = true,
+            "non_idempotent" => out.non_idempotent = true,
+            "off" if words.len() == 1 => {
+                return Ok(NextUpstream {
+                    tries: 1,
+                    timeout_total: base.timeout_total,
+                    ..NextUpstream::off()
+                })
+            }
+            other => {
+                return Err(format!(
+                    "{other:?} is not one of error, timeout, invalid_header, http_500, \
+                     http_502, http_503, http_504, http_403, http_404, http_429, \
+                     non_idempotent, off (alone)"
+                ))
+            }
+        }
+    }
+    Ok(out)
+}
+
+/// `proxy-next-upstream-timeout`: seconds, 0 = no limit.
+pub fn optional_seconds(raw: &str) -> Result<Option<Duration>, String> {
+    seconds(raw).map(|d| (!d.is_zero()).then_some(d))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    #[test]
+    fn durations() {
+        let ok = |s: &str| nginx_duration(s).unwrap();
+        assert_eq!(ok("60"), Duration::from_secs(60));
+        assert_eq!(ok("60s"), Duration::from_secs(60));
+        assert_eq!(ok("500ms"), Duration::from_millis(500));
+        assert_eq!(ok("1h"), Duration::from_secs(3600));
+        assert_eq!(ok("1h30m"), Duration::from_secs(5400));
+        assert_eq!(ok("1h 30m"), Duration::from_secs(5400));
+        assert_eq!(ok("2d"), Duration::from_secs(2 * 86_400));
+        assert_eq!(ok("1w"), Duration::from_secs(7 * 86_400));
+        assert_eq!(ok(" 240s "), Duration::from_secs(240));
+        assert_eq!(ok("0"), Duration::ZERO);
+        for bad in ["", "3x", "s", "-5", "1.5s", "1h30", "60 s x", "h1", "1hh"] {
+            assert!(nginx_duration(bad).is_err(), "{bad:?}");
+        }
+        assert_eq!(
+            seconds("3x").unwrap_err(),
+            "\"3x\" is not a number of seconds"
+        );
+        assert_eq!(optional_seconds("0").unwrap(), None);
+        assert_eq!(optional_seconds("5").unwrap(), Some(Duration::from_secs(5)));
+    }
+
+    #[test]
+    fn sizes() {
+        assert_eq!(nginx_size("100"), Ok(100));
+        assert_eq!(nginx_size("8k"), Ok(8192));
+        assert_eq!(nginx_size("8K"), Ok(8192));
+        assert_eq!(nginx_size("1m"), Ok(1 << 20));
+        assert_eq!(nginx_size("1g"), Ok(1 << 30));
+        assert_eq!(nginx_size("0"), Ok(0));
+        for bad in ["", "m", "1.5m", "1t", "-1", "1 m", "99999999999999999999g"] {
+            assert!(nginx_size(bad).is_err(), "{bad:?}");
+        }
+        assert_eq!(
+            nginx_size("1t").unwrap_err(),
+            "\"1t\" is not a size (like 1m, 8k or 100)"
+        );
+    }
+
+    #[test]
+    fn booleans_numbers_codes() {
+        assert_eq!(boolean("true"), Ok(true));
+        assert_eq!(boolean("false"), Ok(false));
+        assert!(boolean("yes").is_err());
+        assert_eq!(number::<u32>("42"), Ok(42));
+        assert!(number::<u32>("-1").is_err());
+        assert!(number::<u32>("4294967296").is_err());
+        assert_eq!(status_code("429"), Ok(429));
+        assert!(status_code("99").is_err());
+        assert!(status_code("600").is_err());
+    }
+
+    #[test]
+    fn cidrs() {
+        let nets = cidr_list("10.0.0.0/8, 192.168.1.7,2001:db8::1 ,10.1.2.3/16,").unwrap();
+        let shown: Vec<String> = nets.iter().map(ToString::to_string).collect();
+        assert_eq!(
+            shown,
+            [
+                "10.0.0.0/8",
+                "10.1.0.0/16",
+                "192.168.1.7/32",
+                "2001:db8::1/128"
+            ]
+        );
+        assert_eq!(cidr_list("").unwrap(), vec![]);
+        assert_eq!(
+            cidr_list("10.0.0.0/8,nope").unwrap_err(),
+            "\"nope\" is not a CIDR or IP address"
+        );
+        assert!(cidr_list("10.0.0.0/33").is_err());
+    }
+
+    #[test]
+    fn next_upstreams() {
+        let base = NextUpstream {
+            tries: 5,
+            ..NextUpstream::default()
+        };
+        let n = next_upstream("error timeout http_502 http_503", &base).unwrap();
+        assert!(n.error && n.timeout && n.http_502 && n.http_503);
+        assert!(!n.http_500 && !n.non_idempotent);
+        assert_eq!(n.tries, 5);
+        let n = next_upstream("http_404 non_idempotent", &base).unwrap();
+        assert!(!n.error && !n.timeout && n.http_404 && n.non_idempotent);
+        let off = next_upstream("off", &base).unwrap();
+        assert!(!off.error && !off.timeout);
+        assert_eq!(off.tries, 1);
+        assert!(next_upstream("off error", &base).is_err());
+        assert!(next_upstream("http_418", &base).is_err());
+        assert!(next_upstream("  ", &base).is_err());
+    }
+
+    proptest! {
+        #[test]
+        fn duration_units_roundtrip(n in 0u64..1_000_000, unit in 0usize..6) {
+            let (suffix, secs) = [("", 1), ("s", 1), ("m", 60), ("h", 3600), ("d", 86_400), ("w", 604_800)][unit];
+            prop_assert_eq!(nginx_duration(&format!("{n}{suffix}")), Ok(Duration::from_secs(n * secs)));
+        }
+
+        #[test]
+        fn duration_sums(h in 0u64..1000, m in 0u64..1000, s in 0u64..1000) {
+            prop_assert_eq!(
+                nginx_duration(&format!("{h}h{m}m{s}s")),
+                Ok(Duration::from_secs(h * 3600 + m * 60 + s))
+            );
+        }
+
+        #[test]
+        fn size_units_roundtrip(n in 0u64..1_000_000, unit in 0usize..4) {
+            let (suffix, mult) = [("", 1u64), ("k", 1 << 10), ("m", 1 << 20), ("g", 1 << 30)][unit];
+            prop_assert_eq!(nginx_size(&format!("{n}{suffix}")), Ok(n * mult));
+            prop_assert_eq!(nginx_size(&format!("{n}{}", suffix.to_uppercase())), Ok(n * mult));
+        }
+
+        #[test]
+        fn parsers_never_panic(s in "\\PC{0,12}") {
+            let _ = nginx_duration(&s);
+            let _ = nginx_size(&s);
+            let _ = cidr_list(&s);
+            let _ = next_upstream(&s, &NextUpstream::default());
+        }
+
+        #[test]
+        fn plain_ips_are_host_routes(a in any::<[u8; 4]>()) {
+            let ip = std::net::Ipv4Addr::from(a);
+            let nets = cidr_list(&ip.to_string()).unwrap();
+            prop_assert_eq!(nets.len(), 1);
+            prop_assert_eq!(nets[0].prefix_len(), 32);
+            prop_assert!(nets[0].contains(&std::net::IpAddr::V4(ip)));
+        }
+    }
+}
