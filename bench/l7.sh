@@ -81,7 +81,7 @@ RVS=$ROOT/target/release/rvs
 [[ -x $RVS ]] || die "$RVS not found (build it or unset SKIP_BUILD)"
 
 for a in "$BACKEND_A:$BACKEND_PORT" "$BACKEND_B:$BACKEND_PORT" "$STATUS" "$NGINX_ADDR:$HTTP_PORT" \
-    "$NGINX_ADDR:$TLS_PORT" "$RVS_ADDR:$HTTP_PORT" "$RVS_ADDR:$TLS_PORT" "$RVS_ADMIN"; do
+    "$RVS_ADDR:$HTTP_PORT" "$RVS_ADDR:$TLS_PORT" "$RVS_ADMIN"; do
     port_free "${a%:*}" "${a##*:}" || die "$a is already in use"
 done
 ulimit -n 65536 2>/dev/null || ulimit -n "$(ulimit -Hn)"
@@ -121,8 +121,6 @@ EOF
 # keepalive 320 / 60 s / 10000 requests, HTTP/1.1 upstream with the Connection header
 # cleared, the proxy_set_header list, client keepalive 75 s / 1000 requests, JSON access
 # log). ACCESS_LOG is switched per configuration.
-openssl req -x509 -newkey rsa:2048 -nodes -days 2 -subj "/CN=$HOST" \
-    -keyout "$WORK/tls.key" -out "$WORK/tls.crt" >/dev/null 2>&1 || die "openssl failed"
 peer_conf() { # ACCESS_LOG(on|off)
     local log_line="access_log off;"
     [[ $1 == on ]] && log_line="access_log $WORK/peer/access.log upstreaminfo;"
@@ -138,7 +136,7 @@ http {
     fastcgi_temp_path $WORK/peer/fastcgi;
     uwsgi_temp_path $WORK/peer/uwsgi;
     scgi_temp_path $WORK/peer/scgi;
-    log_format upstreaminfo escape=json '{"time":"\$time_iso8601","remote_addr":"\$remote_addr","method":"\$request_method","host":"\$host","path":"\$request_uri","protocol":"\$server_protocol","status":\$status,"bytes_sent":\$bytes_sent,"request_length":\$request_length,"request_time":\$request_time,"upstream_addr":"\$upstream_addr","upstream_status":"\$upstream_status","upstream_response_time":"\$upstream_response_time","namespace":"default","ingress":"bench","service":"bench","request_id":"\$req_id"}';
+    log_format upstreaminfo escape=json '{"time":"\$time_iso8601","remote_addr":"\$remote_addr","method":"\$request_method","host":"\$host","path":"\$request_uri","protocol":"\$server_protocol","status":\$status,"bytes_sent":\$bytes_sent,"request_length":\$request_length,"request_time":\$request_time,"upstream_addr":"\$upstream_addr","upstream_status":"\$upstream_status","upstream_response_time":"\$upstream_response_time","namespace":"default","ingress":"bench","service":"bench","request_id":"\$request_id"}';
     $log_line
     keepalive_timeout 75s;
     keepalive_requests 1000;
@@ -155,18 +153,18 @@ http {
         keepalive_timeout 60s;
         keepalive_requests 10000;
     }
+$(for listen in "$HTTP_PORT" "$((HTTP_PORT + 1)) http2"; do cat <<EOS
     server {
         server_name $HOST;
-        listen $NGINX_ADDR:$HTTP_PORT backlog=4096;
-        listen $NGINX_ADDR:$((HTTP_PORT + 1)) http2 backlog=4096;
-        listen $NGINX_ADDR:$TLS_PORT ssl http2 backlog=4096;
-        ssl_certificate $WORK/tls.crt;
-        ssl_certificate_key $WORK/tls.key;
+        listen $NGINX_ADDR:$listen backlog=4096;
+        # h2load does not reconnect: the h2c port lifts the per-connection request limit
+        # (rvs does not apply keep-alive-requests to HTTP/2 connections).
+        $([[ $listen == *http2 ]] && echo "keepalive_requests 100000000;")
         location / {
             proxy_http_version 1.1;
             proxy_set_header Connection "";
             proxy_set_header Host \$host;
-            proxy_set_header X-Request-ID \$req_id;
+            proxy_set_header X-Request-ID \$request_id;
             proxy_set_header X-Real-IP \$remote_addr;
             proxy_set_header X-Forwarded-For \$remote_addr;
             proxy_set_header X-Forwarded-Host \$host;
@@ -183,6 +181,8 @@ http {
             proxy_pass http://default-bench-80;
         }
     }
+EOS
+done)
 }
 EOF
 }
@@ -317,7 +317,7 @@ run_wrk() { # REP CONFIG MEASURE PROXY ADDR CONNS
             secs = r["duration_us"] / 1e6; n = r["requests"];
             printf "%s\t%s\t%s\t%s\t%.1f\t%.3f\t%.3f\t%d\t%d\t%.2f\t%.4f\n", rep, c, m, p, n / secs,
                 r["p50_us"] / 1000, r["p99_us"] / 1000, r["errors"] + r["non2xx"], n,
-                n > 0 ? dt / tick * 1e6 / n : 0, n > 0 ? 1 - opened / n : 0
+                (n > 0 ? dt / tick * 1e6 / n : 0), (n > 0 ? 1 - opened / n : 0)
         }' <<<"$line" >>"$RESULTS"
     log "  $(tail -n1 "$RESULTS" | awk -F'\t' '{printf "%-8s %-7s %-6s %10s req/s  p99 %7s ms  errors %s  cpu %s us/req  reuse %s", $2, $3, $4, $5, $7, $8, $10, $11}')"
 }
@@ -339,7 +339,7 @@ run_h2load() { # REP CONFIG PROXY ADDR PID
             # h2load prints mean and sd, not percentiles: p50 column holds the mean, p99 "-".
             conv = (p50 ~ /ms$/) ? 1 : (p50 ~ /us$/ ? 0.001 : 1000); sub(/[a-z]+$/, "", p50);
             printf "%s\t%s\th2\t%s\t%.1f\t%.3f\t-\t%d\t%d\t%.2f\t-\n", rep, c, p, rps, p50 * conv,
-                failed + errored, done, done > 0 ? dt / tick * 1e6 / done : 0
+                failed + errored, done, (done > 0 ? dt / tick * 1e6 / done : 0)
         }' "$out" >>"$RESULTS"
     log "  $(tail -n1 "$RESULTS" | awk -F'\t' '{printf "%-8s %-7s %-6s %10s req/s  mean %s ms  errors %s  cpu %s us/req", $2, $3, $4, $5, $6, $8, $10}')"
 }
@@ -408,7 +408,7 @@ SECTION=$WORK/section.md
     echo "- Machine: $NCPU CPUs ($(awk -F': ' '/^model name/ {print $2; exit}' /proc/cpuinfo)), Linux $(uname -r)"
     echo "- Versions: rvs $RVS_REV (release build), $(nginx -v 2>&1 | sed 's/.*: //'), $(wrk -v 2>&1 | head -n1 | awk '{print $1, $2}'), h2load $(h2load --version 2>&1 | awk '{print $NF; exit}')"
     echo "- CPUs: the proxy under test (nginx with \`worker_processes 1\`, or rvs whose Tokio runtime sizes itself from its CPU affinity: one worker) is pinned to CPU 1; wrk/h2load and the backend nginx to CPU 0. One proxy runs at a time."
-    echo "- Configuration, the same in both: the peer is nginx configured as ingress-nginx's template renders an Ingress (upstream \`keepalive 320\`, \`keepalive_timeout 60s\`, \`keepalive_requests 10000\`, \`keepalive_time 1h\`; HTTP/1.1 upstream with \`Connection\` cleared; ingress-nginx's \`proxy_set_header\` list incl. \`X-Request-ID \$req_id\`; client \`keepalive_timeout 75s\`, \`keepalive_requests 1000\`; \`proxy_next_upstream error timeout\`, 3 tries); rvs serves an Ingress with no annotations (the same defaults). Backends: one nginx, two addresses, \`return 200\` with 100 bytes."
+    echo "- Configuration, the same in both: the peer is nginx configured as ingress-nginx's template renders an Ingress (upstream \`keepalive 320\`, \`keepalive_timeout 60s\`, \`keepalive_requests 10000\`, \`keepalive_time 1h\`; HTTP/1.1 upstream with \`Connection\` cleared; ingress-nginx's \`proxy_set_header\` list incl. \`X-Request-ID \$request_id\`; client \`keepalive_timeout 75s\`, \`keepalive_requests 1000\`; \`proxy_next_upstream error timeout\`, 3 tries); rvs serves an Ingress with no annotations (the same defaults). Backends: one nginx, two addresses, \`return 200\` with 100 bytes."
     echo "- Access log: **log-on** = one JSON line per request to a file in both (nginx \`log_format ... escape=json\` with the same fields as rvs' log); **log-off** = none in both."
     echo "- Steps: ${DURATION} s each, $REPS repetition$( ((REPS > 1)) && echo s) (median), a 2 s warm-up per proxy start, whole run ${ELAPSED} s. wrk \`-t1\` (p50/p99 from its histogram); h2load \`-c 64 -m 10 -t 1 -D ${DURATION}\` over h2c prior knowledge (nginx: a \`listen ... http2\` port; rvs: its one plain port, which detects HTTP/2 per connection); h2load reports mean latency, not percentiles."
     echo "- Proxy CPU: utime+stime of the proxy (with its children) per request. Upstream reuse: 1 - connections the backend accepted during the step (its \`stub_status\`) / requests."

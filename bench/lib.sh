@@ -30,7 +30,7 @@ apt_install() {
     for alt in "${want[@]}"; do
         local chosen=""
         for name in ${alt//|/ }; do
-            if apt-cache policy "$name" 2>/dev/null | grep -q 'Candidate: [0-9]'; then
+            if apt-cache policy "$name" 2>/dev/null | grep 'Candidate: [0-9]' >/dev/null; then
                 chosen=$name
                 break
             fi

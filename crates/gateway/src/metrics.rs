@@ -119,6 +119,12 @@ pub struct ReloadLabels {
     pub result: String,
 }
 
+impl Default for Metrics {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
 impl Metrics {
     pub fn pool_stats(&self) -> Arc<PoolStats> {
         self.pool.clone()

@@ -53,6 +53,9 @@ struct Routed {
 }
 
 /// The final outcome of the upstream attempts.
+// Built once per request and moved, not stored: boxing the response would cost an
+// allocation per request for nothing.
+#[allow(clippy::large_enum_variant)]
 enum Outcome {
     Response {
         response: Response<Incoming>,
@@ -182,9 +185,17 @@ async fn proxy(
         let value = balancer::cookie(cookies, &a.name)?;
         balancer::affinity_endpoint(&backend.endpoints, value)
     });
-    let head = match upstream_request(&parts, &routed, conn, &policy, &done.info, settings) {
-        Ok(head) => head,
-        Err(status) => return finish(error_response(status, grpc), done),
+    let request_id = done.info.request_id.clone();
+    let host = done.info.host.clone();
+    let make_head = || {
+        upstream_request(
+            &parts,
+            &routed,
+            conn,
+            &policy,
+            (&request_id, &host),
+            settings,
+        )
     };
     let state = table
         .backends
@@ -199,7 +210,17 @@ async fn proxy(
         pinned,
         client_body_timeout: settings.client_body_timeout,
     };
-    let outcome = forward(head, body, attempt, shared, &mut done).await;
+    // Boxed: an idle keep-alive connection keeps its handler's future allocation, so the
+    // large upstream state machine (connect, TLS, send) must not live inline in it.
+    let outcome = Box::pin(forward(
+        &parts.method,
+        &make_head,
+        body,
+        attempt,
+        shared,
+        &mut done,
+    ))
+    .await;
     // Phase 5: the response.
     match outcome {
         Outcome::Failed { status, endpoint } => {
@@ -242,6 +263,7 @@ async fn proxy(
 }
 
 /// Phase 2: redirects, allow and deny lists, limits, body size. A refusal is the response.
+#[allow(clippy::result_large_err)]
 fn admit(
     req: &http::request::Parts,
     routed: &Routed,
@@ -358,7 +380,7 @@ fn upstream_request(
     routed: &Routed,
     conn: &ClientConn,
     policy: &RoutePolicy,
-    info: &RequestInfo,
+    (request_id, request_host): (&str, &str),
     settings: &rvs_model::ingress::GlobalSettings,
 ) -> Result<UpstreamHead, StatusCode> {
     let mut headers = req.headers.clone();
@@ -370,7 +392,7 @@ fn upstream_request(
         .and_then(|v| v.to_str().ok())
         .map(str::to_string)
         .or_else(|| req.uri.authority().map(|a| a.to_string()))
-        .unwrap_or_else(|| info.host.clone());
+        .unwrap_or_else(|| request_host.to_string());
     let host = policy
         .upstream_vhost
         .clone()
@@ -389,7 +411,11 @@ fn upstream_request(
             headers.insert(name.clone(), v);
         }
     };
-    set(&mut headers, &X_REQUEST_ID, &info.request_id);
+    // No ID (none sent, generate-request-id off): no header, as nginx sends none for an
+    // empty value.
+    if !request_id.is_empty() {
+        set(&mut headers, &X_REQUEST_ID, request_id);
+    }
     set(&mut headers, &X_REAL_IP, &client_ip);
     set(&mut headers, &X_FORWARDED_FOR, &forwarded_for);
     if !(settings.use_forwarded_headers && headers.contains_key(&X_FORWARDED_HOST)) {
@@ -470,6 +496,8 @@ fn rewrite(uri: &Uri, path: Option<&PathMatch>, target: Option<&str>) -> String 
 #[derive(Clone, Copy, PartialEq, Eq, Debug)]
 enum AttemptError {
     Connect,
+    /// No connection within `proxy-connect-timeout`: nothing was sent.
+    ConnectTimeout,
     Timeout,
     /// Sent (or partly sent), then the connection failed.
     Send,
@@ -490,7 +518,8 @@ struct Attempt<'a> {
 /// never on an endpoint already tried, never a non-idempotent method unless allowed, never
 /// once the request body was streamed.
 async fn forward(
-    head: UpstreamHead,
+    method: &Method,
+    make_head: &(dyn Fn() -> Result<UpstreamHead, StatusCode> + Sync),
     body: Incoming,
     attempt: Attempt<'_>,
     shared: &Shared,
@@ -516,7 +545,7 @@ async fn forward(
         n => (n as usize).min(endpoints.len()),
     };
     let idempotent = matches!(
-        head.method,
+        *method,
         Method::GET | Method::HEAD | Method::OPTIONS | Method::PUT | Method::DELETE | Method::TRACE
     );
     let method_retryable = idempotent || next.non_idempotent;
@@ -557,7 +586,7 @@ async fn forward(
             Err(e) => {
                 tracing::debug!(%endpoint, "upstream connect failed: {e}");
                 match e {
-                    ConnectError::Timeout(_) => AttemptError::Timeout,
+                    ConnectError::Timeout(_) => AttemptError::ConnectTimeout,
                     _ => AttemptError::Connect,
                 }
             }
@@ -566,7 +595,17 @@ async fn forward(
                     Some(client) => UpstreamBody::Client(client),
                     None => UpstreamBody::Empty,
                 };
-                match send(checkout, build(&head, upstream_body), policy.read_timeout).await {
+                // Made anew per attempt: cheaper than keeping a copy for a rare retry.
+                let head = match make_head() {
+                    Ok(head) => head,
+                    Err(status) => {
+                        return Outcome::Failed {
+                            status,
+                            endpoint: None,
+                        }
+                    }
+                };
+                match send(checkout, build(head, upstream_body), policy.read_timeout).await {
                     Ok((response, connection)) => {
                         let status = response.status().as_u16();
                         let may_retry = next.retries_status(status)
@@ -599,6 +638,8 @@ async fn forward(
         last = (error, Some(endpoint));
         let allowed = match error {
             AttemptError::Connect => next.error,
+            // Nothing was sent: any method may go to the next endpoint (as nginx does).
+            AttemptError::ConnectTimeout => next.timeout,
             AttemptError::Timeout => next.timeout && method_retryable,
             AttemptError::Send => next.error && method_retryable,
             AttemptError::Status(_) => true,
@@ -613,7 +654,7 @@ async fn forward(
         return outcome;
     }
     let status = match last.0 {
-        AttemptError::Timeout => StatusCode::GATEWAY_TIMEOUT,
+        AttemptError::Timeout | AttemptError::ConnectTimeout => StatusCode::GATEWAY_TIMEOUT,
         _ => StatusCode::BAD_GATEWAY,
     };
     Outcome::Failed {
@@ -622,12 +663,13 @@ async fn forward(
     }
 }
 
-fn build(head: &UpstreamHead, body: UpstreamBody) -> Request<UpstreamBody> {
+/// The request for one attempt.
+fn build(head: UpstreamHead, body: UpstreamBody) -> Request<UpstreamBody> {
     let mut request = Request::new(body);
-    *request.method_mut() = head.method.clone();
-    *request.uri_mut() = head.uri.clone();
+    *request.method_mut() = head.method;
+    *request.uri_mut() = head.uri;
     *request.version_mut() = head.version;
-    *request.headers_mut() = head.headers.clone();
+    *request.headers_mut() = head.headers;
     request
 }
 
@@ -791,15 +833,18 @@ fn content_length(headers: &HeaderMap) -> Option<u64> {
         .and_then(|v| v.parse().ok())
 }
 
-/// The request's host, lowercase, without port: `:authority` (HTTP/2) or `Host`.
+/// The request's host, lowercase, without port. HTTP/1.1: an absolute-form target's host
+/// wins over `Host` (RFC 9112 3.2.2); HTTP/2: `Host` if sent, else `:authority`, as nginx
+/// reads them.
 fn request_host(req: &http::request::Parts) -> String {
-    let raw = req
-        .uri
-        .authority()
-        .map(|a| a.host())
-        .or_else(|| req.headers.get(header::HOST).and_then(|v| v.to_str().ok()))
-        .unwrap_or("");
-    strip_port(raw).to_ascii_lowercase()
+    let header = req.headers.get(header::HOST).and_then(|v| v.to_str().ok());
+    let authority = req.uri.authority().map(|a| a.host());
+    let raw = if req.version == Version::HTTP_2 {
+        header.or(authority)
+    } else {
+        authority.or(header)
+    };
+    strip_port(raw.unwrap_or("")).to_ascii_lowercase()
 }
 
 fn strip_port(host: &str) -> &str {
@@ -959,6 +1004,8 @@ struct Done {
     upstream_time: Option<Duration>,
     connect_time: Option<Duration>,
     slot: Option<ConnectionSlot>,
+    /// [`Completion::complete`] ran.
+    completed: bool,
 }
 
 impl Done {
@@ -983,6 +1030,7 @@ impl Done {
             upstream_time: None,
             connect_time: None,
             slot: None,
+            completed: false,
         }
     }
 
@@ -1035,8 +1083,21 @@ impl Done {
     }
 }
 
+/// The client went away before the response was handed over (the request's task was
+/// dropped, e.g. an HTTP/2 stream reset): completed as nginx's 499, so the connection is no
+/// longer counted busy (its keep-alive timer runs again) and the request is counted.
+impl Drop for Done {
+    fn drop(&mut self) {
+        if !self.completed {
+            self.status = 499;
+            self.complete(0, false);
+        }
+    }
+}
+
 impl Completion for Done {
     fn complete(&mut self, bytes_sent: u64, _finished: bool) {
+        self.completed = true;
         self.slot = None;
         self.conn.in_flight.fetch_sub(1, Ordering::AcqRel);
         let elapsed = self.info.start.elapsed();

@@ -1,0 +1,177 @@
+//! Request headers the backend receives: X-Request-ID, X-Forwarded-*, X-Real-IP, Host, and
+//! hop-by-hop headers dropped.
+
+mod common;
+
+use bytes::Bytes;
+use common::{path, rule, send_with, tls_get, Backend, Env, Manifests};
+use http::Method;
+
+async fn env(config: &[(&str, &str)]) -> (Env, Backend) {
+    let b = Backend::echo("web").await;
+    let mut m = Manifests::new();
+    for (k, v) in config {
+        m.config(k, v);
+    }
+    m.service("web", &[b.addr]).ingress(
+        "web",
+        &[],
+        &[rule(Some("h.example.com"), &[path("/", "Prefix", "web")])],
+        "",
+    );
+    (Env::start(&m).await, b)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn request_id_and_forwarded_headers() {
+    let (env, _b) = env(&[]).await;
+    let r = env.get("h.example.com:8080", "/x").await;
+    let id = r.upstream_header("x-request-id").expect("X-Request-ID");
+    assert_eq!(id.len(), 32, "{id}");
+    assert!(
+        id.bytes()
+            .all(|b| b.is_ascii_hexdigit() && !b.is_ascii_uppercase()),
+        "{id}"
+    );
+    let other = env.get("h.example.com", "/x").await;
+    assert_ne!(
+        other.upstream_header("x-request-id").unwrap(),
+        id,
+        "a new ID each request"
+    );
+    assert_eq!(r.upstream_header("x-real-ip").as_deref(), Some("127.0.0.1"));
+    assert_eq!(
+        r.upstream_header("x-forwarded-for").as_deref(),
+        Some("127.0.0.1")
+    );
+    assert_eq!(
+        r.upstream_header("x-forwarded-proto").as_deref(),
+        Some("http")
+    );
+    assert_eq!(
+        r.upstream_header("x-forwarded-host").as_deref(),
+        Some("h.example.com:8080")
+    );
+    assert_eq!(
+        r.upstream_header("x-forwarded-port"),
+        Some(env.http.port().to_string())
+    );
+    assert_eq!(
+        r.upstream_header("host").as_deref(),
+        Some("h.example.com:8080")
+    );
+
+    // A client's request ID goes through unchanged.
+    let r = env
+        .send(
+            Method::GET,
+            "h.example.com",
+            "/",
+            &[("x-request-id", "abc-123")],
+            Vec::new(),
+        )
+        .await;
+    assert_eq!(
+        r.upstream_header("x-request-id").as_deref(),
+        Some("abc-123")
+    );
+
+    // A client's X-Forwarded-* are not trusted (use-forwarded-headers is off by default).
+    let from = Env::client_from("127.0.0.3".parse().unwrap());
+    let r = send_with(
+        &from,
+        env.http,
+        Method::GET,
+        "h.example.com",
+        "/",
+        &[
+            ("x-forwarded-for", "1.2.3.4"),
+            ("x-forwarded-proto", "https"),
+            ("x-forwarded-host", "evil.example.com"),
+        ],
+        Bytes::new(),
+    )
+    .await;
+    assert_eq!(
+        r.upstream_header("x-forwarded-for").as_deref(),
+        Some("127.0.0.3")
+    );
+    assert_eq!(r.upstream_header("x-real-ip").as_deref(), Some("127.0.0.3"));
+    assert_eq!(
+        r.upstream_header("x-forwarded-proto").as_deref(),
+        Some("http")
+    );
+    assert_eq!(
+        r.upstream_header("x-forwarded-host").as_deref(),
+        Some("h.example.com")
+    );
+
+    // Over TLS the scheme is https.
+    let t = tls_get(
+        env.https,
+        "h.example.com",
+        &[b"http/1.1"],
+        "h.example.com",
+        "/",
+    )
+    .await;
+    assert_eq!(
+        t.response.upstream_header("x-forwarded-proto").as_deref(),
+        Some("https")
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn forwarded_headers_trusted_when_configured() {
+    let (env, _b) = env(&[
+        ("use-forwarded-headers", "true"),
+        ("compute-full-forwarded-for", "true"),
+        ("generate-request-id", "false"),
+    ])
+    .await;
+    let r = env
+        .send(
+            Method::GET,
+            "h.example.com",
+            "/",
+            &[
+                ("x-forwarded-for", "1.2.3.4"),
+                ("x-forwarded-proto", "https"),
+            ],
+            Vec::new(),
+        )
+        .await;
+    assert_eq!(
+        r.upstream_header("x-forwarded-for").as_deref(),
+        Some("1.2.3.4, 127.0.0.1")
+    );
+    assert_eq!(
+        r.upstream_header("x-forwarded-proto").as_deref(),
+        Some("https")
+    );
+    assert_eq!(r.upstream_header("x-request-id"), None);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn hop_by_hop_headers_are_dropped() {
+    let (env, _b) = env(&[]).await;
+    let r = env
+        .send(
+            Method::GET,
+            "h.example.com",
+            "/",
+            &[
+                ("connection", "x-private, keep-alive"),
+                ("x-private", "secret"),
+                ("keep-alive", "timeout=5"),
+                ("proxy-authorization", "Basic Zm9v"),
+                ("x-kept", "yes"),
+            ],
+            Vec::new(),
+        )
+        .await;
+    assert_eq!(r.upstream_header("x-private"), None);
+    assert_eq!(r.upstream_header("keep-alive"), None);
+    assert_eq!(r.upstream_header("proxy-authorization"), None);
+    assert_eq!(r.upstream_header("x-kept").as_deref(), Some("yes"));
+}

@@ -1,0 +1,169 @@
+//! ConfigMap settings and smaller annotations: client keep-alive limits, status codes of
+//! the limits, app-root, upstream-vhost, x-forwarded-prefix, backend-protocol HTTP2.
+
+mod common;
+
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use common::{path, rule, Backend, Env, Manifests, Resp};
+use http::{Request, StatusCode};
+use http_body_util::Full;
+use hyper_util::rt::TokioIo;
+use tokio::io::AsyncReadExt;
+use tokio::net::TcpStream;
+
+async fn env(config: &[(&str, &str)], annotations: &[(&str, &str)]) -> (Env, Backend) {
+    let b = Backend::echo("web").await;
+    let mut m = Manifests::new();
+    for (k, v) in config {
+        m.config(k, v);
+    }
+    m.service("web", &[b.addr]).ingress(
+        "web",
+        annotations,
+        &[rule(Some("s.example.com"), &[path("/", "Prefix", "web")])],
+        "",
+    );
+    (Env::start(&m).await, b)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn idle_client_connection_closes_after_keep_alive() {
+    let (env, _b) = env(&[("keep-alive", "1")], &[]).await;
+    let mut tcp = TcpStream::connect(env.http).await.unwrap();
+    tokio::io::AsyncWriteExt::write_all(&mut tcp, b"GET / HTTP/1.1\r\nHost: s.example.com\r\n\r\n")
+        .await
+        .unwrap();
+    let start = Instant::now();
+    let mut buf = Vec::new();
+    let read = tokio::time::timeout(Duration::from_secs(5), tcp.read_to_end(&mut buf)).await;
+    let took = start.elapsed();
+    assert!(read.is_ok(), "the idle connection stayed open");
+    let text = String::from_utf8_lossy(&buf);
+    assert!(text.starts_with("HTTP/1.1 200"), "{text}");
+    assert!(
+        took >= Duration::from_millis(800) && took < Duration::from_secs(3),
+        "closed after {took:?}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn keep_alive_requests_closes_after_the_last() {
+    let (env, _b) = env(&[("keep-alive-requests", "3")], &[]).await;
+    let tcp = TcpStream::connect(env.http).await.unwrap();
+    let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(tcp))
+        .await
+        .unwrap();
+    let conn = tokio::spawn(conn);
+    for i in 1..=3 {
+        sender.ready().await.unwrap();
+        let request = Request::builder()
+            .uri("/")
+            .header("host", "s.example.com")
+            .body(Full::new(Bytes::new()))
+            .unwrap();
+        let r = Resp::read(sender.send_request(request).await.unwrap()).await;
+        assert_eq!(r.status, StatusCode::OK);
+        let close = r.header("connection").is_some_and(|c| c == "close");
+        assert_eq!(close, i == 3, "request {i}");
+    }
+    tokio::time::timeout(Duration::from_secs(3), conn)
+        .await
+        .expect("the connection ended after the third response")
+        .unwrap()
+        .unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn limit_status_code_from_the_configmap() {
+    let (env, _b) = env(
+        &[("limit-req-status-code", "429")],
+        &[("limit-rps", "1"), ("limit-burst-multiplier", "1")],
+    )
+    .await;
+    assert_eq!(env.get("s.example.com", "/").await.status, StatusCode::OK);
+    assert_eq!(
+        env.get("s.example.com", "/").await.status,
+        StatusCode::TOO_MANY_REQUESTS
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn app_root_vhost_and_prefix() {
+    let (env, _b) = env(
+        &[],
+        &[
+            ("app-root", "/app"),
+            ("upstream-vhost", "internal.svc"),
+            ("x-forwarded-prefix", "/shop"),
+        ],
+    )
+    .await;
+    let r = env.get("s.example.com", "/").await;
+    assert_eq!(r.status, StatusCode::FOUND);
+    assert_eq!(r.header("location").as_deref(), Some("/app"));
+    let r = env.get("s.example.com", "/app").await;
+    assert_eq!(r.status, StatusCode::OK);
+    assert_eq!(r.upstream_header("host").as_deref(), Some("internal.svc"));
+    assert_eq!(
+        r.upstream_header("x-forwarded-host").as_deref(),
+        Some("s.example.com")
+    );
+    assert_eq!(
+        r.upstream_header("x-forwarded-prefix").as_deref(),
+        Some("/shop")
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn backend_protocol_http2_speaks_h2c_upstream() {
+    let (env, b) = env(&[], &[("backend-protocol", "HTTP2")]).await;
+    for i in 0..5 {
+        let r = env.get("s.example.com", &format!("/h2/{i}")).await;
+        assert_eq!(r.status, StatusCode::OK);
+        assert_eq!(r.json()["version"], "HTTP/2.0");
+        assert_eq!(r.upstream_path(), format!("/h2/{i}"));
+    }
+    assert_eq!(b.connections(), 1, "one shared HTTP/2 connection");
+}
+
+/// A request the client gives up on (HTTP/2 stream reset) must not keep the connection
+/// counted busy: the keep-alive idle timer still closes it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cancelled_h2_stream_does_not_pin_the_connection() {
+    let (env, _b) = env(&[("keep-alive", "1")], &[]).await;
+    let tcp = TcpStream::connect(env.http).await.unwrap();
+    let (mut sender, conn) = hyper::client::conn::http2::handshake(
+        hyper_util::rt::TokioExecutor::new(),
+        TokioIo::new(tcp),
+    )
+    .await
+    .unwrap();
+    let conn = tokio::spawn(conn);
+    let request = Request::builder()
+        .uri("http://s.example.com/slow")
+        .header("x-delay-ms", "1000")
+        .body(Full::new(Bytes::new()))
+        .unwrap();
+    // Give up after 200 ms: the stream is reset.
+    let given_up =
+        tokio::time::timeout(Duration::from_millis(200), sender.send_request(request)).await;
+    assert!(given_up.is_err());
+    let start = Instant::now();
+    let ended = tokio::time::timeout(Duration::from_secs(5), conn).await;
+    assert!(
+        ended.is_ok(),
+        "the idle HTTP/2 connection was not closed (in-flight count leaked?)"
+    );
+    assert!(start.elapsed() < Duration::from_secs(4));
+    // Counted as nginx counts a request whose client went away.
+    let text = env.metrics_text();
+    assert!(
+        text.lines()
+            .any(|l| l.starts_with("nginx_ingress_controller_requests{")
+                && l.contains("status=\"499\"")
+                && l.ends_with(" 1")),
+        "{text}"
+    );
+}
