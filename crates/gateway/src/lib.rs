@@ -10,6 +10,7 @@
 mod access_log;
 mod balancer;
 mod body;
+mod framing;
 mod io;
 mod limits;
 mod metrics;

@@ -109,6 +109,14 @@ pub async fn handle(
     };
     let routed = route(&table, &info.host, parts.uri.path());
     let done = Done::new(&shared, &conn, info, routed.as_ref(), &table);
+    if conn.conflicting_framing.swap(false, Ordering::AcqRel) {
+        // Request smuggling: both Content-Length and Transfer-Encoding (RFC 9112 6.3).
+        let mut response = finish(error_response(StatusCode::BAD_REQUEST, false), done);
+        response
+            .headers_mut()
+            .insert(header::CONNECTION, HeaderValue::from_static("close"));
+        return Ok(response);
+    }
     let mut response = match routed {
         None => finish(
             error_response(StatusCode::NOT_FOUND, is_grpc(&parts.headers)),

@@ -6,7 +6,7 @@ use std::future::Future;
 use std::io;
 use std::net::SocketAddr;
 use std::pin::Pin;
-use std::sync::atomic::{AtomicU32, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::Duration;
@@ -21,6 +21,7 @@ use tokio::sync::Notify;
 use tokio::time::{Instant, Sleep};
 use tokio_rustls::TlsAcceptor;
 
+use crate::framing::HeadScanner;
 use crate::Shared;
 
 pub fn bind(addr: SocketAddr) -> io::Result<TcpListener> {
@@ -88,6 +89,9 @@ pub struct ClientConn {
     pub requests: AtomicU32,
     /// Requests in flight: the keep-alive idle timer runs only at zero.
     pub in_flight: Arc<AtomicUsize>,
+    /// The request head just read declared both Content-Length and Transfer-Encoding: the
+    /// handler answers 400 and closes (see [`crate::framing`]).
+    pub conflicting_framing: Arc<AtomicBool>,
 }
 
 pub async fn accept_loop(
@@ -134,16 +138,23 @@ async fn serve(
     let local = stream.local_addr().unwrap_or(peer);
     let settings = shared.table.load().snapshot.settings.clone();
     let in_flight = Arc::new(AtomicUsize::new(0));
+    let conflicting_framing = Arc::new(AtomicBool::new(false));
     let conn = Arc::new(ClientConn {
         peer,
         local,
         tls: acceptor.is_some(),
         requests: AtomicU32::new(0),
         in_flight: in_flight.clone(),
+        conflicting_framing: conflicting_framing.clone(),
     });
+    let guard = FramingGuard {
+        scanner: HeadScanner::default(),
+        flag: conflicting_framing,
+        http2: false,
+    };
     match acceptor {
         None => {
-            let io = ClientIo::new(stream, in_flight, settings.keep_alive);
+            let io = ClientIo::new(stream, in_flight, settings.keep_alive, guard);
             drive(io, conn, shared, &settings).await;
         }
         Some(acceptor) => {
@@ -151,7 +162,9 @@ async fn serve(
                 tokio::time::timeout(settings.client_header_timeout, acceptor.accept(stream));
             match handshake.await {
                 Ok(Ok(tls)) => {
-                    let io = ClientIo::new(tls, in_flight, settings.keep_alive);
+                    let http2 = tls.get_ref().1.alpn_protocol() == Some(b"h2");
+                    let guard = FramingGuard { http2, ..guard };
+                    let io = ClientIo::new(tls, in_flight, settings.keep_alive, guard);
                     drive(io, conn, shared, &settings).await;
                 }
                 Ok(Err(e)) => tracing::debug!(%peer, "TLS handshake failed: {e}"),
@@ -217,16 +230,53 @@ pub struct ClientIo<T> {
     idle: Option<Pin<Box<Sleep>>>,
     /// The idle timer is running for the current quiet period.
     armed: bool,
+    framing: FramingGuard,
+    /// Bytes were read before (the HTTP/2 preface can only be at the very start).
+    seen_bytes: bool,
+}
+
+/// Watches HTTP/1.1 request heads for conflicting framing.
+struct FramingGuard {
+    scanner: HeadScanner,
+    flag: Arc<AtomicBool>,
+    /// HTTP/2 (ALPN or the connection preface): binary frames, nothing to scan.
+    http2: bool,
+}
+
+impl FramingGuard {
+    fn observe(&mut self, read: &[u8], idle: bool, first: bool) {
+        if self.http2 || read.is_empty() {
+            return;
+        }
+        if first && read.starts_with(b"PRI * HTTP/2.0") {
+            self.http2 = true;
+            return;
+        }
+        // A read while no request is in flight starts the next head.
+        if idle && !self.scanner.in_head() {
+            self.scanner.start_head();
+        }
+        if self.scanner.feed(read) {
+            self.flag.store(true, Ordering::Release);
+        }
+    }
 }
 
 impl<T> ClientIo<T> {
-    fn new(inner: T, in_flight: Arc<AtomicUsize>, keep_alive: Duration) -> Self {
+    fn new(
+        inner: T,
+        in_flight: Arc<AtomicUsize>,
+        keep_alive: Duration,
+        framing: FramingGuard,
+    ) -> Self {
         ClientIo {
             inner,
             in_flight,
             keep_alive,
             idle: None,
             armed: false,
+            framing,
+            seen_bytes: false,
         }
     }
 }
@@ -243,6 +293,13 @@ impl<T: AsyncRead + Unpin> AsyncRead for ClientIo<T> {
             Poll::Ready(r) => {
                 if buf.filled().len() > before {
                     this.armed = false;
+                    let idle = this.in_flight.load(Ordering::Acquire) == 0;
+                    this.framing.observe(
+                        &buf.filled()[before..],
+                        idle,
+                        before == 0 && !this.seen_bytes,
+                    );
+                    this.seen_bytes = true;
                 }
                 Poll::Ready(r)
             }

@@ -62,10 +62,9 @@ async fn content_length_with_transfer_encoding_cannot_smuggle() {
     );
 }
 
-/// nginx answers such a request with 400; rvs cannot yet: hyper removes the Content-Length
-/// before the handler sees the request, so the gateway cannot tell.
+/// nginx answers such a request with 400, and so does rvs (its read side sees both headers,
+/// though hyper drops the Content-Length before the handler).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-#[ignore = "hyper accepts Content-Length with Transfer-Encoding (TE wins, connection closed); the handler cannot see the Content-Length"]
 async fn content_length_with_transfer_encoding_is_400() {
     let (env, b) = env(&[]).await;
     for request in SMUGGLING {
