@@ -14,10 +14,12 @@ mod framing;
 mod io;
 mod limits;
 mod metrics;
+mod path;
 mod pool;
 mod proxy;
 mod server;
 mod tls;
+mod tunnel;
 
 use std::collections::HashMap;
 use std::net::SocketAddr;

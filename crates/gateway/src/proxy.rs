@@ -50,6 +50,8 @@ struct Routed {
     server_name: usize,
     /// The host has TLS: plain requests are redirected.
     host_tls: bool,
+    /// The path routing matched, when normalising changed it (regex captures use it).
+    normalized_path: Option<String>,
 }
 
 /// The final outcome of the upstream attempts.
@@ -89,7 +91,10 @@ pub async fn handle(
 ) -> Result<Response<ProxyBody>, Infallible> {
     let table = shared.table.load_full();
     conn.in_flight.fetch_add(1, Ordering::AcqRel);
-    let served = conn.requests.fetch_add(1, Ordering::Relaxed) + 1;
+    let served = conn
+        .requests
+        .fetch_add(1, Ordering::Relaxed)
+        .wrapping_add(1);
     let settings = table.snapshot.settings.clone();
     // Taken before the request is split: the client side of a WebSocket or other upgrade.
     let client_upgrade = is_upgrade(&req).then(|| hyper::upgrade::on(&mut req));
@@ -107,7 +112,22 @@ pub async fn handle(
         head_length: head_length(&parts),
         host,
     };
-    let routed = route(&table, &info.host, parts.uri.path());
+    let path = match crate::path::normalize(parts.uri.path()) {
+        Ok(path) => path,
+        Err(e) => {
+            tracing::debug!(peer = %conn.peer, "bad request path ({e:?})");
+            let done = Done::new(&shared, &conn, info, None, &table);
+            let response = error_response(StatusCode::BAD_REQUEST, is_grpc(&parts.headers));
+            return Ok(finish(response, done));
+        }
+    };
+    // Routed by the normalised path (nginx's `$uri`); sent upstream as the client wrote it.
+    let routed = route(&table, &info.host, &path).map(|mut r| {
+        if let std::borrow::Cow::Owned(normalized) = path {
+            r.normalized_path = Some(normalized);
+        }
+        r
+    });
     let done = Done::new(&shared, &conn, info, routed.as_ref(), &table);
     if conn.conflicting_framing.swap(false, Ordering::AcqRel) {
         // Request smuggling: both Content-Length and Transfer-Encoding (RFC 9112 6.3).
@@ -160,6 +180,7 @@ fn route(table: &RoutingTable, host: &str, path: &str) -> Option<Routed> {
         path: path_rule.cloned(),
         server_name: vh as *const VirtualHost as usize,
         host_tls: vh.tls,
+        normalized_path: None,
     })
 }
 
@@ -252,7 +273,7 @@ async fn proxy(
             let upgraded = status == StatusCode::SWITCHING_PROTOCOLS;
             if upgraded {
                 if let Some(client) = upgrade {
-                    tunnel_upgrade(client, &mut response);
+                    tunnel_upgrade(client, &mut response, conn, policy.read_timeout);
                 }
             }
             let set_cookie = affinity
@@ -343,7 +364,9 @@ fn choose_backend(
     if canary.backend.endpoints.is_empty() {
         return main;
     }
-    let to_canary = (canary.backend.clone(), canary.policy.clone(), true);
+    // As ingress-nginx: a canary Ingress contributes its backend; every other setting is the
+    // main Ingress's.
+    let to_canary = (canary.backend.clone(), target.policy.clone(), true);
     let rule = &canary.rule;
     if let Some(name) = &rule.by_header {
         if let Some(value) = req.headers.get(name.as_str()).and_then(|v| v.to_str().ok()) {
@@ -394,12 +417,8 @@ fn upstream_request(
     let mut headers = req.headers.clone();
     let upgrade = is_upgrade_head(&req.version, &req.headers);
     strip_hop_by_hop(&mut headers, upgrade);
-    let original_host = req
-        .headers
-        .get(header::HOST)
-        .and_then(|v| v.to_str().ok())
+    let original_host = request_authority(req)
         .map(str::to_string)
-        .or_else(|| req.uri.authority().map(|a| a.to_string()))
         .unwrap_or_else(|| request_host.to_string());
     let host = policy
         .upstream_vhost
@@ -444,8 +463,10 @@ fn upstream_request(
     if let Some(prefix) = &policy.forwarded_prefix {
         set(&mut headers, &X_FORWARDED_PREFIX, prefix);
     }
+    let request_path = routed.normalized_path.as_deref().unwrap_or(req.uri.path());
     let path_and_query = rewrite(
         &req.uri,
+        request_path,
         routed.path.as_ref(),
         policy.rewrite_target.as_deref(),
     );
@@ -476,12 +497,16 @@ fn upstream_request(
 }
 
 /// `rewrite-target` with the path regex's captures (`$1`), keeping the query string.
-fn rewrite(uri: &Uri, path: Option<&PathMatch>, target: Option<&str>) -> String {
+fn rewrite(
+    uri: &Uri,
+    request_path: &str,
+    path: Option<&PathMatch>,
+    target: Option<&str>,
+) -> String {
     let original = uri.path_and_query().map_or("/", |p| p.as_str());
     let (Some(target), Some(path_rule)) = (target, path) else {
         return original.to_string();
     };
-    let request_path = uri.path();
     let mut rewritten = String::new();
     match path_rule {
         PathMatch::Regex(r) => match r.regex.captures(request_path) {
@@ -723,19 +748,29 @@ async fn send(
 
 /// WebSocket and other upgrades: once the upstream said 101, the two connections are joined
 /// byte for byte.
-fn tunnel_upgrade(client: hyper::upgrade::OnUpgrade, response: &mut Response<Incoming>) {
+fn tunnel_upgrade(
+    client: hyper::upgrade::OnUpgrade,
+    response: &mut Response<Incoming>,
+    conn: &Arc<ClientConn>,
+    idle_timeout: Duration,
+) {
     let upstream = hyper::upgrade::on(response);
+    // The tunnel counts as a request in flight, so the client connection's keep-alive timer
+    // does not cut a quiet WebSocket; `proxy-read-timeout` of silence both ways ends it.
+    conn.in_flight.fetch_add(1, Ordering::AcqRel);
+    let conn = conn.clone();
     tokio::spawn(async move {
         match tokio::try_join!(client, upstream) {
             Ok((client, upstream)) => {
-                let mut client = TokioIo::new(client);
-                let mut upstream = TokioIo::new(upstream);
-                if let Err(e) = tokio::io::copy_bidirectional(&mut client, &mut upstream).await {
+                let client = TokioIo::new(client);
+                let upstream = TokioIo::new(upstream);
+                if let Err(e) = crate::tunnel::join(client, upstream, idle_timeout).await {
                     tracing::debug!("upgraded connection ended: {e}");
                 }
             }
             Err(e) => tracing::debug!("upgrade failed: {e}"),
         }
+        conn.in_flight.fetch_sub(1, Ordering::AcqRel);
     });
 }
 
@@ -845,14 +880,19 @@ fn content_length(headers: &HeaderMap) -> Option<u64> {
 /// wins over `Host` (RFC 9112 3.2.2); HTTP/2: `Host` if sent, else `:authority`, as nginx
 /// reads them.
 fn request_host(req: &http::request::Parts) -> String {
+    strip_port(request_authority(req).unwrap_or("")).to_ascii_lowercase()
+}
+
+/// The host and port the request is for, as sent (see [`request_host`]): routing, the
+/// upstream `Host`, `X-Forwarded-Host` and redirects all use this one.
+fn request_authority(req: &http::request::Parts) -> Option<&str> {
     let header = req.headers.get(header::HOST).and_then(|v| v.to_str().ok());
-    let authority = req.uri.authority().map(|a| a.host());
-    let raw = if req.version == Version::HTTP_2 {
+    let authority = req.uri.authority().map(|a| a.as_str());
+    if req.version == Version::HTTP_2 {
         header.or(authority)
     } else {
         authority.or(header)
-    };
-    strip_port(raw.unwrap_or("")).to_ascii_lowercase()
+    }
 }
 
 fn strip_port(host: &str) -> &str {
@@ -866,13 +906,10 @@ fn strip_port(host: &str) -> &str {
 }
 
 fn https_location(req: &http::request::Parts) -> String {
-    let host = req
-        .headers
-        .get(header::HOST)
-        .and_then(|v| v.to_str().ok())
+    let host = request_authority(req)
         .map(strip_port)
         .map(str::to_string)
-        .unwrap_or_else(|| request_host(req));
+        .unwrap_or_default();
     let path = req.uri.path_and_query().map_or("/", |p| p.as_str());
     format!("https://{host}{path}")
 }
@@ -972,7 +1009,8 @@ fn close_if_due(
     settings: &rvs_model::ingress::GlobalSettings,
     served: u32,
 ) -> Response<ProxyBody> {
-    if settings.keep_alive_requests > 0 && served >= settings.keep_alive_requests {
+    let upgraded = response.status() == StatusCode::SWITCHING_PROTOCOLS;
+    if !upgraded && settings.keep_alive_requests > 0 && served >= settings.keep_alive_requests {
         response
             .headers_mut()
             .insert(header::CONNECTION, HeaderValue::from_static("close"));

@@ -216,3 +216,47 @@ async fn proxy_body_size() {
     assert_eq!(statuses(&raw), [200], "{raw}");
     assert!(raw.contains("\"body_len\":5"), "{raw}");
 }
+
+/// Routing sees the normalised path, as nginx's locations see `$uri`: encodings, doubled
+/// slashes and dot-segments cannot reach `/admin` through the open `/` route.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn allowlisted_path_cannot_be_reached_by_another_spelling() {
+    let b = Backend::echo("web").await;
+    let mut m = Manifests::new();
+    m.service("web", &[b.addr])
+        .ingress(
+            "open",
+            &[],
+            &[rule(
+                Some("limit.example.com"),
+                &[path("/", "Prefix", "web")],
+            )],
+            "",
+        )
+        .ingress(
+            "admin",
+            &[("allowlist-source-range", "10.0.0.0/8")],
+            &[rule(
+                Some("limit.example.com"),
+                &[path("/admin", "Prefix", "web")],
+            )],
+            "",
+        );
+    let env = Env::start(&m).await;
+    assert_eq!(
+        env.get("limit.example.com", "/public").await.status,
+        StatusCode::OK
+    );
+    for spelling in ["/admin", "/%61dmin", "//admin", "/x/../admin/y", "/./admin"] {
+        let r = env.get("limit.example.com", spelling).await;
+        assert_eq!(r.status, StatusCode::FORBIDDEN, "{spelling}");
+    }
+    let raw = raw_exchange(
+        env.http,
+        b"GET /../admin HTTP/1.1\r\nHost: limit.example.com\r\nConnection: close\r\n\r\n",
+        Duration::from_secs(3),
+    )
+    .await;
+    assert_eq!(statuses(&raw), [400], "{raw}");
+    assert_eq!(b.hits(), 1, "only /public reached the backend");
+}

@@ -864,19 +864,12 @@ fn default_backend_of_the_oldest_ingress() {
             "b.test",
             "  exact /only -> default/web:80 [10.1.0.1:8080 10.1.0.2:8080] by default/b",
             "  default -> default/web:80 [10.1.0.1:8080 10.1.0.2:8080] by default/b",
+            // Only an Ingress without rules sets the catch-all's default (ingress-nginx).
             "_",
             "  prefix /x -> default/web:80 [10.1.0.1:8080 10.1.0.2:8080] by default/c",
-            "  default -> default/api:80 [10.2.0.1:8080] by default/a",
         ]
     );
-    assert_eq!(
-        s.virtual_host("nowhere.test")
-            .route("/z")
-            .unwrap()
-            .ingress
-            .name,
-        "a"
-    );
+    assert!(s.virtual_host("nowhere.test").route("/z").is_none());
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -1037,13 +1030,15 @@ fn tls_secrets() {
     ]
     .concat();
     let built = build(&yaml);
+    // Served with the default certificate until the Secret is right (as ingress-nginx).
+    assert_eq!(texts(&built.problems), NONE);
     assert_eq!(
-        texts(&built.problems),
+        texts(&built.warnings),
         [
-            "manifests.yaml (document 11): Ingress default/missing: spec.tls[0].secretName: Secret default/nope not found",
-            "manifests.yaml (document 12): Ingress default/opaque: spec.tls[0].secretName: Secret default/opaque is of type \"Opaque\", not kubernetes.io/tls",
-            "manifests.yaml (document 13): Ingress default/nokey: spec.tls[0].secretName: Secret default/nokey has no tls.key",
-            "manifests.yaml (document 14): Ingress default/notpem: spec.tls[0].secretName: Secret default/notpem: tls.crt is not PEM (no -----BEGIN ...CERTIFICATE----- block)",
+            "manifests.yaml (document 11): Ingress default/missing: spec.tls[0].secretName: Secret default/nope not found; the default certificate serves its hosts",
+            "manifests.yaml (document 12): Ingress default/opaque: spec.tls[0].secretName: Secret default/opaque is of type \"Opaque\", not kubernetes.io/tls; the default certificate serves its hosts",
+            "manifests.yaml (document 13): Ingress default/nokey: spec.tls[0].secretName: Secret default/nokey has no tls.key; the default certificate serves its hosts",
+            "manifests.yaml (document 14): Ingress default/notpem: spec.tls[0].secretName: Secret default/notpem: tls.crt is not PEM (no -----BEGIN ...CERTIFICATE----- block); the default certificate serves its hosts",
         ]
     );
     let s = &built.snapshot;
@@ -1054,14 +1049,23 @@ fn tls_secrets() {
         .collect();
     assert_eq!(
         hosts,
-        ["a.test tls", "b.test tls", "plain.test", "*.wild.test tls"]
+        [
+            "a.test tls",
+            "b.test tls",
+            "k.test tls",
+            "m.test tls",
+            "o.test tls",
+            "p.test tls",
+            "plain.test",
+            "*.wild.test tls"
+        ]
     );
     assert_eq!(s.certificates.len(), 1);
     let cert = &s.certificates[0];
     assert_eq!(cert.secret.to_string(), "Secret default/good");
     assert_eq!(cert.hosts, ["*.wild.test", "a.test", "b.test"]);
     assert!(cert.key_pem.starts_with(b"-----BEGIN EC PRIVATE KEY-----"));
-    assert!(matches!(s.hosts[3].host.get(), HostMatch::Wildcard(w) if w == ".wild.test"));
+    assert!(matches!(s.hosts[7].host.get(), HostMatch::Wildcard(w) if w == ".wild.test"));
 }
 
 #[test]
@@ -1076,13 +1080,14 @@ fn a_kept_ingress_keeps_its_certificate() {
         .concat(),
     );
     assert_eq!(first.snapshot.certificates.len(), 1);
-    // The Secret is gone: the Ingress is refused, its last good version and certificate stay.
+    // The Secret is gone: a warning, and the last good certificate stays.
     let second = build_with(
         &[SERVICES, &tls_ingress("a", &["a.test"], "good")].concat(),
         &classless(),
         Some(&first.snapshot),
     );
-    assert_eq!(second.problems.len(), 1);
+    assert_eq!(texts(&second.problems), NONE);
+    assert_eq!(second.warnings.len(), 1);
     assert_eq!(second.snapshot.certificates, first.snapshot.certificates);
     assert!(second.snapshot.virtual_host("a.test").tls);
 }
@@ -1238,4 +1243,42 @@ proptest! {
             .cloned();
         prop_assert_eq!(chosen, expected);
     }
+}
+
+#[test]
+fn tls_and_defaults_only_from_the_owner_of_a_host() {
+    let good = [("tls.crt", CERT), ("tls.key", KEY)];
+    // Ingress "zz" (newer) names a.test in spec.tls without a rule for it, and adds a rule
+    // plus a defaultBackend to b.test, which "a" (older) created.
+    let hijack = format!(
+        "---\napiVersion: networking.k8s.io/v1\nkind: Ingress\nmetadata: {{name: zz, creationTimestamp: \"2026-02-01T00:00:00Z\"}}\n\
+         spec:\n  defaultBackend: {{service: {{name: api, port: {{number: 80}}}}}}\n  \
+         tls:\n    - hosts: [a.test]\n      secretName: other\n  \
+         rules:\n    - host: b.test\n      http:\n        paths:\n          - \
+         {{path: /zz, pathType: Exact, backend: {{service: {{name: api, port: {{number: 80}}}}}}}}\n"
+    );
+    // Older than zz by name order (no timestamp sorts first).
+    let owner = tls_ingress("a", &["a.test", "b.test"], "good");
+    let yaml = [
+        SERVICES,
+        &secret("good", "kubernetes.io/tls", &good),
+        &secret("other", "kubernetes.io/tls", &good),
+        &owner,
+        &hijack,
+    ]
+    .concat();
+    let built = build(&yaml);
+    assert_eq!(texts(&built.problems), NONE);
+    let s = &built.snapshot;
+    let secrets: Vec<String> = s
+        .certificates
+        .iter()
+        .map(|c| format!("{} {:?}", c.secret, c.hosts))
+        .collect();
+    assert_eq!(secrets, ["Secret default/good [\"a.test\", \"b.test\"]"]);
+    assert!(
+        s.virtual_host("b.test").default_route.is_none(),
+        "zz cannot take over b.test's unmatched paths"
+    );
+    assert!(s.default_host.default_route.is_none());
 }

@@ -52,9 +52,14 @@ fn eventually(what: &str, timeout: Duration, mut check: impl FnMut() -> bool) {
 
 /// GET over HTTP/1.0; the status and body, or None if the connection failed.
 fn http_get(addr: SocketAddr, path: &str) -> Option<(u16, String)> {
+    http_get_host(addr, path, "test")
+}
+
+/// GET over HTTP/1.0 with a Host header.
+fn http_get_host(addr: SocketAddr, path: &str, host: &str) -> Option<(u16, String)> {
     let mut stream = TcpStream::connect_timeout(&addr, Duration::from_secs(2)).ok()?;
     stream.set_read_timeout(Some(Duration::from_secs(5))).ok()?;
-    write!(stream, "GET {path} HTTP/1.0\r\nHost: test\r\n\r\n").ok()?;
+    write!(stream, "GET {path} HTTP/1.0\r\nHost: {host}\r\n\r\n").ok()?;
     let mut raw = String::new();
     stream.read_to_string(&mut raw).ok()?;
     let status = raw.split_whitespace().nth(1)?.parse().ok()?;
@@ -110,6 +115,8 @@ fn quickstart_serves_two_backends_and_shows_the_table() {
         "127.0.0.1:18092",
     ]);
     let admin: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
+    let gateway: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
+    let gateway_tls = format!("127.0.0.1:{}", free_port());
     let dir = root.join("examples/quickstart");
     let _rvs = spawn(&[
         "run",
@@ -119,6 +126,12 @@ fn quickstart_serves_two_backends_and_shows_the_table() {
         &admin.to_string(),
         "--nodeport-addresses",
         "127.0.0.1/32",
+        "--http-listen",
+        &gateway.to_string(),
+        "--https-listen",
+        &gateway_tls,
+        "--access-log",
+        "off",
     ]);
     wait_ready(admin);
     let vip: SocketAddr = "127.10.0.1:8080".parse().unwrap();
@@ -175,8 +188,29 @@ fn quickstart_serves_two_backends_and_shows_the_table() {
     let table: serde_json::Value = serde_json::from_slice(&json.stdout).unwrap();
     assert_eq!(table["services"].as_array().unwrap().len(), 4);
 
+    // The L7 gateway serves the quickstart's Ingress (host hello.local) on the same pods.
+    eventually("gateway up", Duration::from_secs(10), || {
+        http_get_host(gateway, "/x", "hello.local").is_some_and(|(s, _)| s == 200)
+    });
+    let mut seen: Vec<String> = (0..6)
+        .filter_map(|_| http_get_host(gateway, "/x", "hello.local"))
+        .filter_map(|(_, body)| body.split_whitespace().next().map(str::to_string))
+        .collect();
+    seen.sort();
+    seen.dedup();
+    assert_eq!(seen, vec!["hello-a", "hello-b"], "gateway: both pods");
+    assert_eq!(
+        http_get_host(gateway, "/x", "other.local").map(|(s, _)| s),
+        Some(404),
+        "unknown host"
+    );
+
     let (status, metrics) = http_get(admin, "/metrics").unwrap();
     assert_eq!(status, 200);
+    assert!(
+        metrics.contains("nginx_ingress_controller_requests{host=\"hello.local\",status=\"200\",method=\"GET\",path=\"/\",namespace=\"default\",ingress=\"hello\",service=\"hello\",canary=\"\"}"),
+        "{metrics}"
+    );
     assert!(metrics.contains("node_ipvs_backend_connections_active{local_address=\"127.10.0.1\",local_port=\"8080\",remote_address=\"127.0.0.1\",remote_port=\"18081\",proto=\"TCP\",local_mark=\"\"}"), "{metrics}");
     assert!(metrics.contains("rvs_config_last_reload_successful 1"));
 }
@@ -553,4 +587,166 @@ fn manage_vips_adds_and_removes_addresses_in_a_namespace() {
     assert!(sh(&["kill", "-TERM", &rvs.0.id().to_string()]));
     let _ = rvs.0.wait();
     assert!(!addrs().contains("10.77.0.1"), "VIP removed on shutdown");
+}
+
+fn ingress(paths: &[(&str, &str)], annotations: &str) -> String {
+    let mut yaml = format!(
+        r#"
+apiVersion: networking.k8s.io/v1
+kind: IngressClass
+metadata: {{name: rvs}}
+spec: {{controller: rvs.io/ingress-controller}}
+---
+apiVersion: networking.k8s.io/v1
+kind: Ingress
+metadata:
+  name: shop
+  namespace: default
+  annotations: {{{annotations}}}
+spec:
+  ingressClassName: rvs
+  rules:
+    - host: shop.example.com
+      http:
+        paths:
+"#
+    );
+    for (path, service) in paths {
+        yaml.push_str(&format!(
+            "          - {{path: {path}, pathType: Prefix, backend: {{service: {{name: {service}, port: {{name: http}}}}}}}}\n"
+        ));
+    }
+    yaml
+}
+
+fn web_service(name: &str, ip: &str, port: u16) -> String {
+    format!(
+        r#"
+apiVersion: v1
+kind: Service
+metadata: {{name: {name}, namespace: default}}
+spec:
+  clusterIP: {ip}
+  ports: [{{name: http, port: 80, targetPort: web}}]
+---
+apiVersion: discovery.k8s.io/v1
+kind: EndpointSlice
+metadata: {{name: {name}-1, namespace: default, labels: {{kubernetes.io/service-name: {name}}}}}
+addressType: IPv4
+ports: [{{name: http, port: {port}}}]
+endpoints:
+  - addresses: [127.0.0.1]
+"#
+    )
+}
+
+/// `rvs run` with Ingresses: routes follow edits of the files, a bad edit keeps the last good
+/// version, SIGHUP reopens the access log, SIGTERM drains.
+#[test]
+fn gateway_follows_edits_and_rotates_its_log() {
+    let (pa, pb) = (free_port(), free_port());
+    let _a = echo_backend("shop-a", &format!("127.0.0.1:{pa}"));
+    let _b = echo_backend("cart-b", &format!("127.0.0.1:{pb}"));
+    let dir = tempfile::tempdir().unwrap();
+    let logs = tempfile::tempdir().unwrap();
+    let log = logs.path().join("access.log");
+    write_file(
+        &dir.path().join("svc.yaml"),
+        &format!(
+            "{}---{}",
+            web_service("shop", "10.96.7.1", pa),
+            web_service("cart", "10.96.7.2", pb)
+        ),
+    );
+    let ing = dir.path().join("ingress.yaml");
+    write_file(&ing, &ingress(&[("/", "shop")], ""));
+    let admin: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
+    let gateway: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
+    let mut rvs = spawn(&[
+        "run",
+        "-f",
+        dir.path().to_str().unwrap(),
+        "--admin",
+        &admin.to_string(),
+        "--http-listen",
+        &gateway.to_string(),
+        "--https-listen",
+        &format!("127.0.0.1:{}", free_port()),
+        "--access-log",
+        log.to_str().unwrap(),
+    ]);
+    wait_ready(admin);
+    let first_word = |path: &str| {
+        http_get_host(gateway, path, "shop.example.com")
+            .filter(|(s, _)| *s == 200)
+            .and_then(|(_, body)| body.split_whitespace().next().map(str::to_string))
+    };
+    eventually("gateway serves /", Duration::from_secs(10), || {
+        first_word("/cart/1").as_deref() == Some("shop-a")
+    });
+
+    // A new path to another Service.
+    write_file(&ing, &ingress(&[("/", "shop"), ("/cart", "cart")], ""));
+    eventually("/cart goes to cart", Duration::from_secs(10), || {
+        first_word("/cart/1").as_deref() == Some("cart-b")
+    });
+    assert_eq!(first_word("/").as_deref(), Some("shop-a"));
+
+    // A bad value is refused; the last good version keeps serving both paths.
+    write_file(
+        &ing,
+        &ingress(
+            &[("/", "cart")],
+            r#"nginx.ingress.kubernetes.io/proxy-read-timeout: "3x""#,
+        ),
+    );
+    eventually("the refusal is reported", Duration::from_secs(10), || {
+        http_get(admin, "/api/v1/config")
+            .is_some_and(|(_, body)| body.contains("proxy-read-timeout") && body.contains("3x"))
+    });
+    assert_eq!(first_word("/").as_deref(), Some("shop-a"));
+    assert_eq!(first_word("/cart/1").as_deref(), Some("cart-b"));
+    let (_, metrics) = http_get(admin, "/metrics").unwrap();
+    assert!(
+        metrics.contains("nginx_ingress_controller_config_last_reload_successful 0"),
+        "{metrics}"
+    );
+
+    // Rotation: move the log away, SIGHUP, and new lines go to a new file.
+    eventually("access log written", Duration::from_secs(5), || {
+        std::fs::read_to_string(&log).is_ok_and(|t| t.lines().count() >= 3)
+    });
+    let rotated = logs.path().join("access.log.1");
+    std::fs::rename(&log, &rotated).unwrap();
+    let pid = rvs.0.id().to_string();
+    assert!(Command::new("kill")
+        .args(["-HUP", &pid])
+        .status()
+        .unwrap()
+        .success());
+    eventually(
+        "a new log file after SIGHUP",
+        Duration::from_secs(10),
+        || {
+            let _ = first_word("/after-rotation");
+            std::fs::read_to_string(&log).is_ok_and(|t| t.contains("/after-rotation"))
+        },
+    );
+    let line = std::fs::read_to_string(&log).unwrap();
+    let record: serde_json::Value = serde_json::from_str(line.lines().last().unwrap()).unwrap();
+    assert_eq!(record["ingress"], "shop");
+    assert_eq!(record["host"], "shop.example.com");
+    assert_eq!(record["status"], 200);
+    assert_eq!(record["request_id"].as_str().unwrap().len(), 32);
+
+    assert!(Command::new("kill")
+        .args(["-TERM", &pid])
+        .status()
+        .unwrap()
+        .success());
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while rvs.0.try_wait().unwrap().is_none() {
+        assert!(Instant::now() < deadline, "rvs exits on SIGTERM");
+        std::thread::sleep(Duration::from_millis(50));
+    }
 }

@@ -302,6 +302,7 @@ fn parse_ingress(
     }
 
     let mut tls = Vec::new();
+    let mut tls_warnings = Vec::new();
     for (i, entry) in spec.tls.iter().flatten().enumerate() {
         let mut hosts = Vec::new();
         for (k, raw) in entry.hosts.iter().flatten().enumerate() {
@@ -311,10 +312,16 @@ fn parse_ingress(
         }
         let secret = entry.secret_name.clone().unwrap_or_default();
         if !secret.is_empty() {
-            ctx.check(
-                format!("spec.tls[{i}].secretName"),
-                tls_secret(secrets, &iref.namespace, &secret).map(|_| ()),
-            );
+            // As ingress-nginx: the Ingress is served, its hosts get the default
+            // certificate until the Secret is there (cert-manager creates it later).
+            if let Err(message) = tls_secret(secrets, &iref.namespace, &secret) {
+                tls_warnings.push(Problem {
+                    origin: sourced.origin.clone(),
+                    object: Some(object.clone()),
+                    field: format!("spec.tls[{i}].secretName"),
+                    message: format!("{message}; the default certificate serves its hosts"),
+                });
+            }
         }
         tls.push((hosts, secret));
     }
@@ -328,11 +335,13 @@ fn parse_ingress(
         canary: annotations.canary,
         created: created(ingress, &iref),
     });
+    let mut warnings = annotations.warnings;
+    warnings.extend(tls_warnings);
     IngressParse {
         ingress: iref,
         parsed,
         problems: ctx.problems,
-        warnings: annotations.warnings,
+        warnings,
     }
 }
 
@@ -629,9 +638,21 @@ impl Assembly<'_> {
                 }),
             }
         }
-        // The catch-all's default: the oldest Ingress's `defaultBackend`; a named host's: the
-        // oldest of its Ingresses with one (ingress-nginx's `/` location for it).
+        // The catch-all's default: the oldest rule-less Ingress's `defaultBackend`; a named
+        // host's: the `defaultBackend` of the oldest Ingress with a rule for it (the one that
+        // creates the server in ingress-nginx), if it has one. Later Ingresses cannot take
+        // over either.
+        let mut decided: Vec<bool> = vec![false; named.len()];
         for ingress in served.iter().filter(|i| i.canary.is_none()) {
+            for (vh, done) in named.iter().zip(decided.iter_mut()) {
+                let has_rule = ingress
+                    .rules
+                    .iter()
+                    .any(|r| r.host.as_deref().map(host_match).as_ref() == vh.host.0.as_ref());
+                if has_rule && !*done && ingress.default_backend.is_none() {
+                    *done = true;
+                }
+            }
             let Some(service) = &ingress.default_backend else {
                 continue;
             };
@@ -644,26 +665,28 @@ impl Assembly<'_> {
                     policy: ingress.policy.clone(),
                 })
             };
-            if default_host.default_route.is_none() {
+            if default_host.default_route.is_none() && ingress.rules.is_empty() {
                 default_host.default_route = Some(target(self));
             }
-            for vh in named.iter_mut().filter(|vh| vh.default_route.is_none()) {
+            for (vh, done) in named.iter_mut().zip(decided.iter_mut()) {
                 let has_rule = ingress
                     .rules
                     .iter()
                     .any(|r| r.host.as_deref().map(host_match).as_ref() == vh.host.0.as_ref());
-                if has_rule {
+                if has_rule && !*done {
                     vh.default_route = Some(target(self));
+                    *done = true;
                 }
             }
         }
-        // TLS hosts (a `spec.tls` entry without hosts is for the catch-all).
+        // TLS hosts (a `spec.tls` entry without hosts is for the catch-all); only hosts the
+        // Ingress has rules for, so no Ingress can put TLS on another's host.
         for ingress in served.iter().filter(|i| i.canary.is_none()) {
             for (tls_hosts, _) in &ingress.tls {
                 if tls_hosts.is_empty() {
                     default_host.tls = true;
                 }
-                for h in tls_hosts {
+                for h in tls_hosts.iter().filter(|h| has_rule_for(ingress, h)) {
                     let wanted = host_match(h);
                     for vh in named
                         .iter_mut()
@@ -858,6 +881,14 @@ fn host_order(host: &HostMatch) -> (u8, std::cmp::Reverse<usize>, &str) {
     }
 }
 
+/// Whether the Ingress has a rule for `host` (exact spelling, wildcards included).
+fn has_rule_for(ingress: &ParsedIngress, host: &str) -> bool {
+    ingress
+        .rules
+        .iter()
+        .any(|r| r.host.as_deref() == Some(host))
+}
+
 /// One certificate per Secret, for every host that lists it; the PEM from the current
 /// Secret, or (an Ingress kept at its last good version) the previous snapshot's.
 fn certificates(
@@ -866,6 +897,9 @@ fn certificates(
     previous: Option<&IngressSnapshot>,
 ) -> Vec<Arc<Certificate>> {
     let mut by_secret: BTreeMap<ObjectRef, BTreeSet<String>> = BTreeMap::new();
+    // A host's certificate comes from the oldest Ingress that has a rule for it and lists it
+    // in `spec.tls` (as ingress-nginx decides): another namespace cannot replace it.
+    let mut claimed: BTreeSet<&str> = BTreeSet::new();
     for ingress in served.iter().filter(|i| i.canary.is_none()) {
         for (hosts, secret) in &ingress.tls {
             if secret.is_empty() {
@@ -876,10 +910,14 @@ fn certificates(
                 namespace: ingress.ingress.namespace.clone(),
                 name: secret.clone(),
             };
-            by_secret
-                .entry(key)
-                .or_default()
-                .extend(hosts.iter().cloned());
+            for host in hosts {
+                if has_rule_for(ingress, host) && claimed.insert(host.as_str()) {
+                    by_secret
+                        .entry(key.clone())
+                        .or_default()
+                        .insert(host.clone());
+                }
+            }
         }
     }
     let mut out = Vec::new();
