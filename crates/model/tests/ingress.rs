@@ -1250,13 +1250,11 @@ fn tls_and_defaults_only_from_the_owner_of_a_host() {
     let good = [("tls.crt", CERT), ("tls.key", KEY)];
     // Ingress "zz" (newer) names a.test in spec.tls without a rule for it, and adds a rule
     // plus a defaultBackend to b.test, which "a" (older) created.
-    let hijack = format!(
-        "---\napiVersion: networking.k8s.io/v1\nkind: Ingress\nmetadata: {{name: zz, creationTimestamp: \"2026-02-01T00:00:00Z\"}}\n\
-         spec:\n  defaultBackend: {{service: {{name: api, port: {{number: 80}}}}}}\n  \
+    let hijack = "---\napiVersion: networking.k8s.io/v1\nkind: Ingress\nmetadata: {name: zz, creationTimestamp: \"2026-02-01T00:00:00Z\"}\n\
+         spec:\n  defaultBackend: {service: {name: api, port: {number: 80}}}\n  \
          tls:\n    - hosts: [a.test]\n      secretName: other\n  \
          rules:\n    - host: b.test\n      http:\n        paths:\n          - \
-         {{path: /zz, pathType: Exact, backend: {{service: {{name: api, port: {{number: 80}}}}}}}}\n"
-    );
+         {path: /zz, pathType: Exact, backend: {service: {name: api, port: {number: 80}}}}\n";
     // Older than zz by name order (no timestamp sorts first).
     let owner = tls_ingress("a", &["a.test", "b.test"], "good");
     let yaml = [
@@ -1264,7 +1262,7 @@ fn tls_and_defaults_only_from_the_owner_of_a_host() {
         &secret("good", "kubernetes.io/tls", &good),
         &secret("other", "kubernetes.io/tls", &good),
         &owner,
-        &hijack,
+        hijack,
     ]
     .concat();
     let built = build(&yaml);
