@@ -328,7 +328,7 @@ run_h2load() { # REP CONFIG PROXY ADDR PID
     quiet_gap 20
     local t0 t1
     t0=$(ticks_of "$pid" $(pgrep -P "$pid" || true))
-    pinned h2load -c 64 -m 10 -t 1 -D "$DURATION" --warm-up-time=1 -H "host: $HOST" "http://$addr/" >"$out" 2>&1 || true
+    pinned h2load -c 64 -m 10 -t 1 -D "$DURATION" --warm-up-time=1 -H ":authority: $HOST" "http://$addr/" >"$out" 2>&1 || true
     t1=$(ticks_of "$pid" $(pgrep -P "$pid" || true))
     awk -v rep="$rep" -v c="$config" -v p="$proxy" -v dt="$((t1 - t0))" -v tick="$(getconf CLK_TCK)" -v secs="$DURATION" '
         /^finished in/ { rps = $4 }

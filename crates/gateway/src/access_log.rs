@@ -8,7 +8,9 @@ use std::sync::Arc;
 use std::time::SystemTime;
 
 use serde::Serialize;
-use tokio::sync::{mpsc, Notify};
+use std::sync::atomic::{AtomicBool, Ordering};
+
+use tokio::sync::mpsc;
 
 /// Where the lines go.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -73,7 +75,7 @@ fn format_rfc3339(secs: u64, millis: u32) -> String {
 #[derive(Clone)]
 pub struct AccessLog {
     sender: Option<mpsc::Sender<AccessRecord>>,
-    reopen: Arc<Notify>,
+    reopen: Arc<AtomicBool>,
 }
 
 /// How many records may wait for the writer before new ones are dropped (and counted).
@@ -82,7 +84,7 @@ const QUEUE: usize = 65_536;
 impl AccessLog {
     /// Starts the writer task for `target`.
     pub fn start(target: AccessLogTarget) -> std::io::Result<AccessLog> {
-        let reopen = Arc::new(Notify::new());
+        let reopen = Arc::new(AtomicBool::new(false));
         let writer = match &target {
             AccessLogTarget::Off => {
                 return Ok(AccessLog {
@@ -94,7 +96,11 @@ impl AccessLog {
             AccessLogTarget::File(path) => Sink::File(path.clone(), open(path)?),
         };
         let (sender, receiver) = mpsc::channel(QUEUE);
-        tokio::spawn(write_loop(receiver, writer, reopen.clone()));
+        // A thread of its own: file writes block, and must not stall the request workers.
+        let flag = reopen.clone();
+        std::thread::Builder::new()
+            .name("rvs-access-log".into())
+            .spawn(move || write_loop(receiver, writer, &flag))?;
         Ok(AccessLog {
             sender: Some(sender),
             reopen,
@@ -113,9 +119,9 @@ impl AccessLog {
         }
     }
 
-    /// Reopens the file (after `SIGHUP`).
+    /// Reopens the file (after `SIGHUP`) before the next line is written.
     pub fn reopen(&self) {
-        self.reopen.notify_one();
+        self.reopen.store(true, Ordering::Release);
     }
 }
 
@@ -131,43 +137,38 @@ fn open(path: &PathBuf) -> std::io::Result<std::fs::File> {
         .open(path)
 }
 
-async fn write_loop(
-    mut receiver: mpsc::Receiver<AccessRecord>,
-    mut sink: Sink,
-    reopen: Arc<Notify>,
-) {
-    let mut batch = Vec::with_capacity(256);
+fn write_loop(mut receiver: mpsc::Receiver<AccessRecord>, mut sink: Sink, reopen: &AtomicBool) {
     let mut buffer = Vec::with_capacity(64 * 1024);
-    loop {
-        tokio::select! {
-            n = receiver.recv_many(&mut batch, 256) => {
-                if n == 0 {
-                    return;
-                }
-                buffer.clear();
-                for record in batch.drain(..) {
-                    if serde_json::to_writer(&mut buffer, &record).is_ok() {
-                        buffer.push(b'\n');
-                    }
-                }
-                // Small appends of whole lines; a blocking write here is acceptable because
-                // this task is the only one doing it.
-                let result = match &mut sink {
-                    Sink::Stdout => std::io::stdout().lock().write_all(&buffer),
-                    Sink::File(_, file) => file.write_all(&buffer),
-                };
-                if let Err(e) = result {
-                    tracing::warn!("access log write failed: {e}");
-                }
+    // Blocks until a record comes; None once every sender is gone (the gateway stopped).
+    while let Some(first) = receiver.blocking_recv() {
+        buffer.clear();
+        let mut record = Some(first);
+        let mut batched = 0;
+        while let Some(r) = record.take() {
+            if serde_json::to_writer(&mut buffer, &r).is_ok() {
+                buffer.push(b'\n');
             }
-            () = reopen.notified() => {
-                if let Sink::File(path, file) = &mut sink {
-                    match open(path) {
-                        Ok(reopened) => *file = reopened,
-                        Err(e) => tracing::warn!(path = %path.display(), "cannot reopen the access log: {e}"),
+            batched += 1;
+            if batched < 256 {
+                record = receiver.try_recv().ok();
+            }
+        }
+        if reopen.swap(false, Ordering::AcqRel) {
+            if let Sink::File(path, file) = &mut sink {
+                match open(path) {
+                    Ok(reopened) => *file = reopened,
+                    Err(e) => {
+                        tracing::warn!(path = %path.display(), "cannot reopen the access log: {e}")
                     }
                 }
             }
+        }
+        let result = match &mut sink {
+            Sink::Stdout => std::io::stdout().lock().write_all(&buffer),
+            Sink::File(_, file) => file.write_all(&buffer),
+        };
+        if let Err(e) = result {
+            tracing::warn!("access log write failed: {e}");
         }
     }
 }
