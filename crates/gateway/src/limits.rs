@@ -51,6 +51,10 @@ pub enum Refusal {
 }
 
 const SHARDS: usize = 16;
+/// Clients tracked per shard and limit (nginx sizes its zones in memory; 16 x 65536 keys
+/// here). A full shard refuses new clients until the sweep frees room, as a full
+/// `limit_req_zone` does.
+const MAX_CLIENTS_PER_SHARD: usize = 65_536;
 
 type ClientKey = (IngressRef, IpAddr);
 
@@ -122,6 +126,13 @@ impl LimitState {
         let mut shard = self.shards[shard_of(&key)]
             .lock()
             .map_err(|_| Refusal::Rate)?;
+        let full = |len: usize| len >= MAX_CLIENTS_PER_SHARD;
+        if full(shard.rps.len()) && !shard.rps.contains_key(&key)
+            || full(shard.rpm.len()) && !shard.rpm.contains_key(&key)
+            || full(shard.connections.len()) && !shard.connections.contains_key(&key)
+        {
+            return Err(Refusal::Rate);
+        }
         if let Some(rps) = limits.rps {
             let burst = f64::from(rps) * multiplier;
             let bucket = shard

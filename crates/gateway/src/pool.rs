@@ -205,19 +205,26 @@ impl Pools {
         }
     }
 
-    /// A connection to `addr` speaking `protocol`: a kept-alive one if there is one, else a
-    /// new one (within `connect_timeout`). `send_timeout` bounds a stalled write.
+    /// A connection to `addr` speaking `protocol`: a kept-alive one if there is one (and
+    /// not `fresh`), else a new one (within `connect_timeout`). `send_timeout` bounds a
+    /// stalled write. Also says whether the connection was reused.
     pub async fn checkout(
         &self,
         addr: SocketAddr,
         protocol: BackendProtocol,
         connect_timeout: Duration,
         send_timeout: Duration,
+        fresh: bool,
     ) -> Result<(Checkout, bool), ConnectError> {
         let key = PoolKey { addr, protocol };
         let pool = self.endpoint(key);
         let limits = self.limits();
         if protocol.is_http2() {
+            if fresh {
+                if let Ok(mut shared) = pool.h2.lock() {
+                    *shared = None;
+                }
+            }
             return self
                 .checkout_h2(&pool, key, limits, connect_timeout, send_timeout)
                 .await
@@ -226,7 +233,8 @@ impl Pools {
         let now = Instant::now();
         let reused = {
             let mut found = None;
-            if let Ok(mut idle) = pool.idle.lock() {
+            let idle = if fresh { None } else { pool.idle.lock().ok() };
+            if let Some(mut idle) = idle {
                 while let Some(conn) = idle.pop() {
                     self.stats.idle.fetch_sub(1, Ordering::Relaxed);
                     let fresh = now.duration_since(conn.idle_since) < limits.idle_timeout

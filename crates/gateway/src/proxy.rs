@@ -27,6 +27,7 @@ use crate::pool::{Checkout, ConnectError};
 use crate::server::ClientConn;
 use crate::{RoutingTable, Shared};
 
+static HOST: HeaderName = HeaderName::from_static("host");
 static X_REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
 static X_REAL_IP: HeaderName = HeaderName::from_static("x-real-ip");
 static X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
@@ -417,21 +418,17 @@ fn upstream_request(
     let mut headers = req.headers.clone();
     let upgrade = is_upgrade_head(&req.version, &req.headers);
     strip_hop_by_hop(&mut headers, upgrade);
-    let original_host = request_authority(req)
-        .map(str::to_string)
-        .unwrap_or_else(|| request_host.to_string());
-    let host = policy
-        .upstream_vhost
-        .clone()
-        .unwrap_or(original_host.clone());
-    let scheme = if conn.tls { "https" } else { "http" };
+    let original_host = request_authority(req).unwrap_or(request_host);
+    let host = policy.upstream_vhost.as_deref().unwrap_or(original_host);
+    let scheme = HeaderValue::from_static(if conn.tls { "https" } else { "http" });
     let client_ip = canonical(conn.peer.ip()).to_string();
+    let trusted = settings.use_forwarded_headers;
     let forwarded_for = match headers.get(&X_FORWARDED_FOR).and_then(|v| v.to_str().ok()) {
-        Some(previous) if settings.use_forwarded_headers && settings.compute_full_forwarded_for => {
-            format!("{previous}, {client_ip}")
+        Some(previous) if trusted && settings.compute_full_forwarded_for => {
+            HeaderValue::from_str(&format!("{previous}, {client_ip}")).ok()
         }
-        Some(previous) if settings.use_forwarded_headers => previous.to_string(),
-        _ => client_ip.clone(),
+        Some(_) if trusted => None,
+        _ => HeaderValue::from_str(&client_ip).ok(),
     };
     let set = |headers: &mut HeaderMap, name: &HeaderName, value: &str| {
         if let Ok(v) = HeaderValue::from_str(value) {
@@ -444,33 +441,28 @@ fn upstream_request(
         set(&mut headers, &X_REQUEST_ID, request_id);
     }
     set(&mut headers, &X_REAL_IP, &client_ip);
-    set(&mut headers, &X_FORWARDED_FOR, &forwarded_for);
-    if !(settings.use_forwarded_headers && headers.contains_key(&X_FORWARDED_HOST)) {
-        set(&mut headers, &X_FORWARDED_HOST, &original_host);
+    if let Some(value) = forwarded_for {
+        headers.insert(X_FORWARDED_FOR.clone(), value);
     }
-    if !(settings.use_forwarded_headers && headers.contains_key(&X_FORWARDED_PORT)) {
-        set(
-            &mut headers,
-            &X_FORWARDED_PORT,
-            &conn.local.port().to_string(),
+    if !(trusted && headers.contains_key(&X_FORWARDED_HOST)) {
+        set(&mut headers, &X_FORWARDED_HOST, original_host);
+    }
+    if !(trusted && headers.contains_key(&X_FORWARDED_PORT)) {
+        headers.insert(
+            X_FORWARDED_PORT.clone(),
+            HeaderValue::from(conn.local.port()),
         );
     }
-    if !(settings.use_forwarded_headers && headers.contains_key(&X_FORWARDED_PROTO)) {
-        set(&mut headers, &X_FORWARDED_PROTO, scheme);
+    if !(trusted && headers.contains_key(&X_FORWARDED_PROTO)) {
+        headers.insert(X_FORWARDED_PROTO.clone(), scheme.clone());
     }
-    set(&mut headers, &X_FORWARDED_SCHEME, scheme);
-    set(&mut headers, &X_SCHEME, scheme);
+    headers.insert(X_FORWARDED_SCHEME.clone(), scheme.clone());
+    headers.insert(X_SCHEME.clone(), scheme);
     if let Some(prefix) = &policy.forwarded_prefix {
         set(&mut headers, &X_FORWARDED_PREFIX, prefix);
     }
-    let request_path = routed.normalized_path.as_deref().unwrap_or(req.uri.path());
-    let path_and_query = rewrite(
-        &req.uri,
-        request_path,
-        routed.path.as_ref(),
-        policy.rewrite_target.as_deref(),
-    );
     let http2 = policy.backend_protocol.is_http2();
+    let rewriting = policy.rewrite_target.is_some() && routed.path.is_some();
     let uri = if http2 {
         headers.remove(header::HOST);
         let scheme = if policy.backend_protocol.is_tls() {
@@ -478,12 +470,18 @@ fn upstream_request(
         } else {
             "http"
         };
+        let path_and_query = upstream_target(req, routed, policy);
         Uri::try_from(format!("{scheme}://{host}{path_and_query}"))
+            .map_err(|_| StatusCode::BAD_REQUEST)?
     } else {
-        set(&mut headers, &HeaderName::from_static("host"), &host);
-        Uri::try_from(path_and_query)
-    }
-    .map_err(|_| StatusCode::BAD_REQUEST)?;
+        set(&mut headers, &HOST, host);
+        match (rewriting, req.uri.path_and_query()) {
+            // The common case: the target as the client sent it (cheap to clone).
+            (false, Some(pq)) if req.uri.scheme().is_none() => Uri::from(pq.clone()),
+            _ => Uri::try_from(upstream_target(req, routed, policy))
+                .map_err(|_| StatusCode::BAD_REQUEST)?,
+        }
+    };
     Ok(UpstreamHead {
         method: req.method.clone(),
         uri,
@@ -494,6 +492,17 @@ fn upstream_request(
         },
         headers,
     })
+}
+
+/// The path and query sent upstream: rewritten by `rewrite-target`, else the client's.
+fn upstream_target(req: &http::request::Parts, routed: &Routed, policy: &RoutePolicy) -> String {
+    let request_path = routed.normalized_path.as_deref().unwrap_or(req.uri.path());
+    rewrite(
+        &req.uri,
+        request_path,
+        routed.path.as_ref(),
+        policy.rewrite_target.as_deref(),
+    )
 }
 
 /// `rewrite-target` with the path regex's captures (`$1`), keeping the query string.
@@ -595,12 +604,23 @@ async fn forward(
     });
     let has_body = body.is_some();
     let mut tried: Vec<SocketAddr> = Vec::with_capacity(max_tries);
+    // A kept-alive connection the backend closed meanwhile (its keep-alive timeout shorter
+    // than ours, e.g. Node's 5 s) fails a request that never got there: it is tried once
+    // more on a new connection to the same endpoint, without counting as a try (nginx does
+    // the same for its cached connections).
+    let mut stale_retry = true;
+    let mut fresh = false;
     let mut last = (AttemptError::Connect, None);
     let mut kept: Option<Outcome> = None;
-    while tried.len() < max_tries {
-        let pick = match pinned.filter(|p| tried.is_empty() && endpoints.contains(p)) {
-            Some(p) => Some(p),
-            None => balancer::round_robin(endpoints, state, &tried),
+    while tried.len() < max_tries || fresh {
+        let pick = if fresh {
+            // The same endpoint again, on a new connection.
+            tried.pop()
+        } else {
+            match pinned.filter(|p| tried.is_empty() && endpoints.contains(p)) {
+                Some(p) => Some(p),
+                None => balancer::round_robin(endpoints, state, &tried),
+            }
         };
         let Some(endpoint) = pick else { break };
         tried.push(endpoint);
@@ -612,6 +632,7 @@ async fn forward(
                 policy.backend_protocol,
                 policy.connect_timeout,
                 policy.send_timeout,
+                std::mem::take(&mut fresh),
             )
             .await;
         done.connect_time = Some(connect_start.elapsed());
@@ -623,7 +644,7 @@ async fn forward(
                     _ => AttemptError::Connect,
                 }
             }
-            Ok((checkout, _reused)) => {
+            Ok((checkout, reused)) => {
                 let upstream_body = match body.take() {
                     Some(client) => UpstreamBody::Client(client),
                     None => UpstreamBody::Empty,
@@ -638,7 +659,8 @@ async fn forward(
                         }
                     }
                 };
-                match send(checkout, build(head, upstream_body), policy.read_timeout).await {
+                let request = build(head, upstream_body);
+                match send(checkout, request, policy.read_timeout, &progress).await {
                     Ok((response, connection)) => {
                         let status = response.status().as_u16();
                         let may_retry = next.retries_status(status)
@@ -659,9 +681,16 @@ async fn forward(
                         AttemptError::Status(status)
                     }
                     Err((error, unsent)) => {
+                        let returned = unsent.is_some();
                         if let Some(UpstreamBody::Client(client)) = unsent {
                             // The connection never took it: the next attempt sends it.
                             body = Some(client);
+                        }
+                        let replayable = returned || (!has_body && method_retryable);
+                        if error == AttemptError::Send && reused && stale_retry && replayable {
+                            stale_retry = false;
+                            fresh = true;
+                            continue;
                         }
                         error
                     }
@@ -717,10 +746,11 @@ async fn send(
     checkout: Checkout,
     request: Request<UpstreamBody>,
     read_timeout: Duration,
+    upload: &BodyProgress,
 ) -> SendResult {
     match checkout {
         Checkout::Http1(mut pooled) => {
-            let sent = tokio::time::timeout(read_timeout, pooled.try_send_request(request));
+            let sent = until_response(read_timeout, upload, pooled.try_send_request(request));
             match sent.await {
                 Ok(Ok(response)) => Ok((response, Some(pooled))),
                 Ok(Err(mut e)) => {
@@ -732,7 +762,7 @@ async fn send(
             }
         }
         Checkout::Http2(mut sender) => {
-            let sent = tokio::time::timeout(read_timeout, sender.try_send_request(request));
+            let sent = until_response(read_timeout, upload, sender.try_send_request(request));
             match sent.await {
                 Ok(Ok(response)) => Ok((response, None)),
                 Ok(Err(mut e)) => {
@@ -741,6 +771,30 @@ async fn send(
                     Err((AttemptError::Send, unsent))
                 }
                 Err(_) => Err((AttemptError::Timeout, None)),
+            }
+        }
+    }
+}
+
+/// Waits for the response head: `proxy-read-timeout` counts from the last request body
+/// bytes sent, not from the start, so a long upload is not cut (nginx times the read only
+/// once the request went out).
+async fn until_response<F: std::future::Future>(
+    read_timeout: Duration,
+    upload: &BodyProgress,
+    response: F,
+) -> Result<F::Output, tokio::time::error::Elapsed> {
+    tokio::pin!(response);
+    let mut sent = upload.bytes.load(Ordering::Relaxed);
+    loop {
+        match tokio::time::timeout(read_timeout, &mut response).await {
+            Ok(output) => return Ok(output),
+            Err(elapsed) => {
+                let now = upload.bytes.load(Ordering::Relaxed);
+                if now == sent {
+                    return Err(elapsed);
+                }
+                sent = now;
             }
         }
     }

@@ -233,6 +233,39 @@ pub struct ClientIo<T> {
     framing: FramingGuard,
     /// Bytes were read before (the HTTP/2 preface can only be at the very start).
     seen_bytes: bool,
+    /// Armed while a write to the client makes no progress (nginx `send_timeout`): a client
+    /// that stops reading cannot hold its upstream connection and limit slots forever.
+    write_stall: Option<Pin<Box<Sleep>>>,
+}
+
+/// nginx's `send_timeout` default.
+const CLIENT_SEND_TIMEOUT: Duration = Duration::from_secs(60);
+
+impl<T> ClientIo<T> {
+    fn after_write<R>(
+        &mut self,
+        cx: &mut Context<'_>,
+        r: Poll<io::Result<R>>,
+    ) -> Poll<io::Result<R>> {
+        match r {
+            Poll::Pending => {
+                let stall = self
+                    .write_stall
+                    .get_or_insert_with(|| Box::pin(tokio::time::sleep(CLIENT_SEND_TIMEOUT)));
+                match stall.as_mut().poll(cx) {
+                    Poll::Ready(()) => Poll::Ready(Err(io::Error::new(
+                        io::ErrorKind::TimedOut,
+                        "client did not read for send_timeout",
+                    ))),
+                    Poll::Pending => Poll::Pending,
+                }
+            }
+            done => {
+                self.write_stall = None;
+                done
+            }
+        }
+    }
 }
 
 /// Watches HTTP/1.1 request heads for conflicting framing.
@@ -277,6 +310,7 @@ impl<T> ClientIo<T> {
             armed: false,
             framing,
             seen_bytes: false,
+            write_stall: None,
         }
     }
 }
@@ -332,7 +366,9 @@ impl<T: AsyncWrite + Unpin> AsyncWrite for ClientIo<T> {
         cx: &mut Context<'_>,
         buf: &[u8],
     ) -> Poll<io::Result<usize>> {
-        Pin::new(&mut self.get_mut().inner).poll_write(cx, buf)
+        let this = self.get_mut();
+        let r = Pin::new(&mut this.inner).poll_write(cx, buf);
+        this.after_write(cx, r)
     }
 
     fn poll_write_vectored(
@@ -340,7 +376,9 @@ impl<T: AsyncWrite + Unpin> AsyncWrite for ClientIo<T> {
         cx: &mut Context<'_>,
         bufs: &[io::IoSlice<'_>],
     ) -> Poll<io::Result<usize>> {
-        Pin::new(&mut self.get_mut().inner).poll_write_vectored(cx, bufs)
+        let this = self.get_mut();
+        let r = Pin::new(&mut this.inner).poll_write_vectored(cx, bufs);
+        this.after_write(cx, r)
     }
 
     fn is_write_vectored(&self) -> bool {

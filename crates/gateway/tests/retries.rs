@@ -259,3 +259,76 @@ async fn connect_timeout_is_retried_then_504() {
     let (ok, _, codes) = run(&env, 2, Method::POST, b"payload").await;
     assert_eq!(ok, 2, "POST: {codes:?}");
 }
+
+/// A backend whose keep-alive is shorter than the gateway's: it answers the first request
+/// on each connection, then drops the connection when the next request arrives (as a
+/// server does whose idle timeout fired just then). Requests to its only endpoint still
+/// succeed: a request that failed on a reused connection goes again on a new one.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn stale_kept_alive_connection_is_retried_on_a_new_one() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let accepted = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let count = accepted.clone();
+    tokio::spawn(async move {
+        while let Ok((mut stream, _)) = listener.accept().await {
+            count.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+            tokio::spawn(async move {
+                let mut buf = vec![0u8; 4096];
+                let mut head = Vec::new();
+                while !head.windows(4).any(|w| w == b"\r\n\r\n") {
+                    let Ok(n) = stream.read(&mut buf).await else {
+                        return;
+                    };
+                    if n == 0 {
+                        return;
+                    }
+                    head.extend_from_slice(&buf[..n]);
+                }
+                let _ = stream
+                    .write_all(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok")
+                    .await;
+                // The next request: closed unanswered.
+                let _ = stream.read(&mut buf).await;
+            });
+        }
+    });
+    let env = env_with(&[addr], &[]).await;
+    for i in 0..5 {
+        let r = env.get("retry.example.com", &format!("/{i}")).await;
+        assert_eq!(r.status, StatusCode::OK, "request {i}");
+    }
+    assert!(accepted.load(std::sync::atomic::Ordering::SeqCst) >= 5);
+}
+
+/// `proxy-read-timeout` counts from the end of the upload, not from its start.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn slow_upload_is_not_cut_by_the_read_timeout() {
+    let b = Backend::echo("slow").await;
+    let env = env_with(&[b.addr], &[("proxy-read-timeout", "1")]).await;
+    // 2.5 s of upload in 10 chunks, each well within the timeout.
+    let chunks = futures_util::stream::unfold(0u32, |i| async move {
+        if i == 10 {
+            return None;
+        }
+        tokio::time::sleep(Duration::from_millis(250)).await;
+        let frame = hyper::body::Frame::data(Bytes::from_static(&[b'x'; 100]));
+        Some((Ok::<_, std::convert::Infallible>(frame), i + 1))
+    });
+    let body = http_body_util::StreamBody::new(chunks);
+    let stream = tokio::net::TcpStream::connect(env.http).await.unwrap();
+    let (mut sender, conn) =
+        hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(stream))
+            .await
+            .unwrap();
+    tokio::spawn(conn);
+    let request = http::Request::post("/upload")
+        .header("host", "retry.example.com")
+        .body(body)
+        .unwrap();
+    let started = Instant::now();
+    let response = sender.send_request(request).await.unwrap();
+    assert_eq!(response.status(), StatusCode::OK);
+    assert!(started.elapsed() >= Duration::from_secs(2));
+}
