@@ -158,7 +158,7 @@ $(for listen in "$HTTP_PORT" "$((HTTP_PORT + 1)) http2"; do cat <<EOS
         server_name $HOST;
         listen $NGINX_ADDR:$listen backlog=4096;
         # h2load does not reconnect: the h2c port lifts the per-connection request limit
-        # (rvs does not apply keep-alive-requests to HTTP/2 connections).
+        # (rvs' h2 step does the same with its ConfigMap).
         $([[ $listen == *http2 ]] && echo "keepalive_requests 100000000;")
         location / {
             proxy_http_version 1.1;
@@ -221,6 +221,15 @@ spec:
           - {path: /, pathType: Prefix, backend: {service: {name: bench, port: {name: http}}}}
 EOF
 
+mkdir -p "$WORK/manifests-h2"
+cp "$WORK/manifests/bench.yaml" "$WORK/manifests-h2/"
+cat >"$WORK/manifests-h2/configmap.yaml" <<EOF
+apiVersion: v1
+kind: ConfigMap
+metadata: {name: bench-h2, namespace: default}
+data: {keep-alive-requests: "100000000"}
+EOF
+
 cat >"$WORK/report.lua" <<'EOF'
 done = function(summary, latency, requests)
   local e = summary.errors
@@ -268,11 +277,13 @@ start_peer() { # ACCESS_LOG
     PEER_PID=$STARTED_PID
     wait_until 10 curl -sf -H "Host: $HOST" "http://$NGINX_ADDR:$HTTP_PORT/" || die "peer nginx did not start (see $WORK/peer-$1.log)"
 }
-start_rvs() { # ACCESS_LOG
-    local target=off
+start_rvs() { # ACCESS_LOG [h2]
+    local target=off dir=$WORK/manifests extra=()
     [[ $1 == on ]] && target=$WORK/rvs-access.log
-    RVS_LOG=warn start_bg "rvs-$1" "$CPU_PROXY" "$RVS" run -f "$WORK/manifests" --admin "$RVS_ADMIN" \
-        --http-listen "$RVS_ADDR:$HTTP_PORT" --https-listen "$RVS_ADDR:$TLS_PORT" --access-log "$target"
+    # The h2 step: the same raised request limit per connection as the peer's h2c port.
+    [[ ${2:-} == h2 ]] && dir=$WORK/manifests-h2 extra=(--configmap default/bench-h2)
+    RVS_LOG=warn start_bg "rvs-$1${2:+-$2}" "$CPU_PROXY" "$RVS" run -f "$dir" --admin "$RVS_ADMIN" \
+        --http-listen "$RVS_ADDR:$HTTP_PORT" --https-listen "$RVS_ADDR:$TLS_PORT" --access-log "$target" "${extra[@]}"
     RVS_PID=$STARTED_PID
     wait_until 10 curl -sf -H "Host: $HOST" "http://$RVS_ADDR:$HTTP_PORT/" || die "rvs did not start (see $WORK/rvs-$1.log)"
 }
@@ -362,11 +373,14 @@ for config in log-off log-on; do
             pinned wrk -t1 -c64 -d2s -H "Host: $HOST" "http://$addr:$HTTP_PORT/" >/dev/null 2>&1 || true
             run_wrk "$rep" "$config" ka64 "$proxy" "$addr:$HTTP_PORT" 64 "$pid"
             run_wrk "$rep" "$config" ka256 "$proxy" "$addr:$HTTP_PORT" 256 "$pid"
-            run_h2load "$rep" "$config" "$proxy" "$h2addr" "$pid"
             if [[ $proxy == rvs ]]; then
                 curl -s "http://$RVS_ADMIN/metrics" | grep -E '^rvs_gateway_upstream_(reuse_ratio|connections_opened|requests_reused)' \
                     >"$WORK/runs/$rep-$config-rvs-pool.txt" || true
+                stop_pid "$pid"
+                start_rvs "$logmode" h2
+                pid=$RVS_PID
             fi
+            run_h2load "$rep" "$config" "$proxy" "$h2addr" "$pid"
             stop_pid "$pid"
         done
     done
@@ -410,7 +424,7 @@ SECTION=$WORK/section.md
     echo "- CPUs: the proxy under test (nginx with \`worker_processes 1\`, or rvs whose Tokio runtime sizes itself from its CPU affinity: one worker) is pinned to CPU 1; wrk/h2load and the backend nginx to CPU 0. One proxy runs at a time."
     echo "- Configuration, the same in both: the peer is nginx configured as ingress-nginx's template renders an Ingress (upstream \`keepalive 320\`, \`keepalive_timeout 60s\`, \`keepalive_requests 10000\`, \`keepalive_time 1h\`; HTTP/1.1 upstream with \`Connection\` cleared; ingress-nginx's \`proxy_set_header\` list incl. \`X-Request-ID \$request_id\`; client \`keepalive_timeout 75s\`, \`keepalive_requests 1000\`; \`proxy_next_upstream error timeout\`, 3 tries); rvs serves an Ingress with no annotations (the same defaults). Backends: one nginx, two addresses, \`return 200\` with 100 bytes."
     echo "- Access log: **log-on** = one JSON line per request to a file in both (nginx \`log_format ... escape=json\` with the same fields as rvs' log); **log-off** = none in both."
-    echo "- Steps: ${DURATION} s each, $REPS repetition$( ((REPS > 1)) && echo s) (median), a 2 s warm-up per proxy start, whole run ${ELAPSED} s. wrk \`-t1\` (p50/p99 from its histogram); h2load \`-c 64 -m 10 -t 1 -D ${DURATION}\` over h2c prior knowledge (nginx: a \`listen ... http2\` port; rvs: its one plain port, which detects HTTP/2 per connection); h2load reports mean latency, not percentiles."
+    echo "- Steps: ${DURATION} s each, $REPS repetition$( ((REPS > 1)) && echo s) (median), a 2 s warm-up per proxy start, whole run ${ELAPSED} s. wrk \`-t1\` (p50/p99 from its histogram); h2load \`-c 64 -m 10 -t 1 -D ${DURATION}\` over h2c prior knowledge (nginx: a \`listen ... http2\` port; rvs: its one plain port, which detects HTTP/2 per connection); h2load reports mean latency, not percentiles; h2load does not reconnect, so for this step both lift the per-connection request limit (\`keepalive_requests\` on nginx's h2c port, \`keep-alive-requests\` in rvs' ConfigMap)."
     echo "- Proxy CPU: utime+stime of the proxy (with its children) per request. Upstream reuse: 1 - connections the backend accepted during the step (its \`stub_status\`) / requests."
     echo
     for config in log-off log-on; do

@@ -100,6 +100,7 @@ pub async fn handle(
     // Taken before the request is split: the client side of a WebSocket or other upgrade.
     let client_upgrade = is_upgrade(&req).then(|| hyper::upgrade::on(&mut req));
     let (parts, body) = req.into_parts();
+    let version = parts.version;
     let host = request_host(&parts);
     let info = RequestInfo {
         start: Instant::now(),
@@ -161,7 +162,7 @@ pub async fn handle(
             }
         }
     }
-    Ok(close_if_due(response, &settings, served))
+    Ok(close_if_due(response, &settings, served, &conn, version))
 }
 
 /// The client's request, split: the head is read by every phase, the body goes upstream
@@ -1057,17 +1058,23 @@ fn finish(response: Response<ProxyBody>, mut done: Done) -> Response<ProxyBody> 
 }
 
 /// `keep-alive-requests`: the last request a connection may carry is answered with
-/// `Connection: close` (HTTP/1.1).
+/// `Connection: close` (HTTP/1.1), or its connection is retired with GOAWAY (HTTP/2).
 fn close_if_due(
     mut response: Response<ProxyBody>,
     settings: &rvs_model::ingress::GlobalSettings,
     served: u32,
+    conn: &ClientConn,
+    version: Version,
 ) -> Response<ProxyBody> {
     let upgraded = response.status() == StatusCode::SWITCHING_PROTOCOLS;
     if !upgraded && settings.keep_alive_requests > 0 && served >= settings.keep_alive_requests {
-        response
-            .headers_mut()
-            .insert(header::CONNECTION, HeaderValue::from_static("close"));
+        if version == Version::HTTP_2 {
+            conn.retire.notify_one();
+        } else {
+            response
+                .headers_mut()
+                .insert(header::CONNECTION, HeaderValue::from_static("close"));
+        }
     }
     response
 }

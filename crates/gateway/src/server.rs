@@ -92,6 +92,9 @@ pub struct ClientConn {
     /// The request head just read declared both Content-Length and Transfer-Encoding: the
     /// handler answers 400 and closes (see [`crate::framing`]).
     pub conflicting_framing: Arc<AtomicBool>,
+    /// Notified when an HTTP/2 connection served `keep-alive-requests` streams: it is
+    /// closed gracefully (GOAWAY; streams in flight finish), as nginx does.
+    pub retire: Notify,
 }
 
 pub async fn accept_loop(
@@ -146,6 +149,7 @@ async fn serve(
         requests: AtomicU32::new(0),
         in_flight: in_flight.clone(),
         conflicting_framing: conflicting_framing.clone(),
+        retire: Notify::new(),
     });
     let guard = FramingGuard {
         scanner: HeadScanner::default(),
@@ -196,13 +200,17 @@ async fn drive<T>(
         .max_header_list_size(u32::try_from(settings.max_header_bytes).unwrap_or(u32::MAX))
         .max_concurrent_streams(128);
     let service_shared = shared.clone();
+    let retiring = conn.clone();
     let service =
         service_fn(move |req| crate::proxy::handle(req, conn.clone(), service_shared.clone()));
     let connection = builder.serve_connection_with_upgrades(TokioIo::new(io), service);
     tokio::pin!(connection);
     let mut shutdown = shared.shutdown.clone();
     let stopping = async move {
-        let _ = shutdown.wait_for(|stop| *stop).await;
+        tokio::select! {
+            _ = shutdown.wait_for(|stop| *stop) => {}
+            () = retiring.retire.notified() => {}
+        }
     };
     tokio::select! {
         result = connection.as_mut() => {

@@ -167,3 +167,33 @@ async fn cancelled_h2_stream_does_not_pin_the_connection() {
         "{text}"
     );
 }
+
+/// HTTP/2 connections are retired too: after `keep-alive-requests` streams a GOAWAY, and the
+/// connection ends once its streams are done.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn keep_alive_requests_retires_http2_connections() {
+    let (env, _b) = env(&[("keep-alive-requests", "3")], &[]).await;
+    let tcp = TcpStream::connect(env.http).await.unwrap();
+    let (mut sender, conn) = hyper::client::conn::http2::handshake(
+        hyper_util::rt::TokioExecutor::new(),
+        TokioIo::new(tcp),
+    )
+    .await
+    .unwrap();
+    let conn = tokio::spawn(conn);
+    for i in 1..=3 {
+        sender.ready().await.unwrap();
+        let request = Request::builder()
+            .uri(format!("http://{}/", env.http))
+            .header("host", "s.example.com")
+            .body(Full::new(Bytes::new()))
+            .unwrap();
+        let r = Resp::read(sender.send_request(request).await.unwrap()).await;
+        assert_eq!(r.status, StatusCode::OK, "request {i}");
+    }
+    tokio::time::timeout(Duration::from_secs(3), conn)
+        .await
+        .expect("the connection ended after the third stream")
+        .unwrap()
+        .unwrap();
+}
