@@ -1,11 +1,15 @@
-//! The access log: one JSON line per request, formatted and written by a task of its own so
-//! requests only pay for handing over a record. `SIGHUP` reopens the file (log rotation).
+//! The access log: one JSON line per request, formatted and written by a thread of its own so
+//! requests only pay for handing over an entry (no formatting, no copies of the route's
+//! names). The writer wakes on a short timer and writes what queued meanwhile in one go, so
+//! a busy gateway does not pay a thread wake-up per request. `SIGHUP` reopens the file.
 
 use std::io::Write;
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::Arc;
-use std::time::SystemTime;
+use std::time::{Duration, SystemTime};
+
+use rvs_model::ingress::{Backend, RouteTarget};
 
 use serde::Serialize;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -20,15 +24,15 @@ pub enum AccessLogTarget {
     Off,
 }
 
-/// One request, as logged (field names as ingress-nginx's JSON log format users write).
-#[derive(Debug, Serialize)]
-pub struct AccessRecord {
-    #[serde(serialize_with = "rfc3339")]
+/// One request as the request path hands it over: owned values it had anyway, and the route
+/// by reference.
+#[derive(Debug)]
+pub struct AccessEntry {
     pub time: SystemTime,
     pub remote_addr: std::net::IpAddr,
-    pub method: String,
+    pub method: http::Method,
     pub host: String,
-    pub path: String,
+    pub uri: http::Uri,
     pub protocol: &'static str,
     pub status: u16,
     pub bytes_sent: u64,
@@ -37,10 +41,63 @@ pub struct AccessRecord {
     pub upstream_addr: Option<SocketAddr>,
     pub upstream_status: Option<u16>,
     pub upstream_response_time: Option<f64>,
-    pub namespace: String,
-    pub ingress: String,
-    pub service: String,
+    pub route: Option<Arc<RouteTarget>>,
+    /// The canary's backend when the canary served the request.
+    pub canary: Option<Arc<Backend>>,
     pub request_id: String,
+}
+
+/// One request, as logged (field names as ingress-nginx's JSON log format users write).
+#[derive(Debug, Serialize)]
+pub struct AccessRecord<'a> {
+    #[serde(serialize_with = "rfc3339")]
+    pub time: SystemTime,
+    pub remote_addr: std::net::IpAddr,
+    pub method: &'a str,
+    pub host: &'a str,
+    pub path: &'a str,
+    pub protocol: &'static str,
+    pub status: u16,
+    pub bytes_sent: u64,
+    pub request_length: u64,
+    pub request_time: f64,
+    pub upstream_addr: Option<SocketAddr>,
+    pub upstream_status: Option<u16>,
+    pub upstream_response_time: Option<f64>,
+    pub namespace: &'a str,
+    pub ingress: &'a str,
+    pub service: &'a str,
+    pub request_id: &'a str,
+}
+
+impl<'a> From<&'a AccessEntry> for AccessRecord<'a> {
+    fn from(e: &'a AccessEntry) -> Self {
+        let route = e.route.as_deref();
+        let service = match (&e.canary, route) {
+            (Some(canary), _) => canary.service.name.as_str(),
+            (None, Some(r)) => r.backend.service.name.as_str(),
+            (None, None) => "",
+        };
+        AccessRecord {
+            time: e.time,
+            remote_addr: e.remote_addr,
+            method: e.method.as_str(),
+            host: &e.host,
+            path: e.uri.path_and_query().map_or("/", |p| p.as_str()),
+            protocol: e.protocol,
+            status: e.status,
+            bytes_sent: e.bytes_sent,
+            request_length: e.request_length,
+            request_time: e.request_time,
+            upstream_addr: e.upstream_addr,
+            upstream_status: e.upstream_status,
+            upstream_response_time: e.upstream_response_time,
+            namespace: route.map_or("", |r| r.ingress.namespace.as_str()),
+            ingress: route.map_or("", |r| r.ingress.name.as_str()),
+            service,
+            request_id: &e.request_id,
+        }
+    }
 }
 
 fn rfc3339<S: serde::Serializer>(time: &SystemTime, s: S) -> Result<S::Ok, S::Error> {
@@ -74,7 +131,7 @@ fn format_rfc3339(secs: u64, millis: u32) -> String {
 /// Hands records to the writer; never blocks a request.
 #[derive(Clone)]
 pub struct AccessLog {
-    sender: Option<mpsc::Sender<AccessRecord>>,
+    sender: Option<mpsc::Sender<AccessEntry>>,
     reopen: Arc<AtomicBool>,
 }
 
@@ -112,7 +169,7 @@ impl AccessLog {
     }
 
     /// Queues a record; false when the queue was full (the record is dropped).
-    pub fn log(&self, record: AccessRecord) -> bool {
+    pub fn log(&self, record: AccessEntry) -> bool {
         match &self.sender {
             Some(sender) => sender.try_send(record).is_ok(),
             None => true,
@@ -137,21 +194,22 @@ fn open(path: &PathBuf) -> std::io::Result<std::fs::File> {
         .open(path)
 }
 
-fn write_loop(mut receiver: mpsc::Receiver<AccessRecord>, mut sink: Sink, reopen: &AtomicBool) {
+/// How long entries may wait for the writer: short enough for `tail -f`, long enough that a
+/// busy gateway wakes the writer ~50 times a second, not once per request.
+const FLUSH_EVERY: Duration = Duration::from_millis(20);
+
+fn write_loop(mut receiver: mpsc::Receiver<AccessEntry>, mut sink: Sink, reopen: &AtomicBool) {
     let mut buffer = Vec::with_capacity(64 * 1024);
-    // Blocks until a record comes; None once every sender is gone (the gateway stopped).
+    // Blocks until an entry comes; None once every sender is gone (the gateway stopped).
     while let Some(first) = receiver.blocking_recv() {
+        std::thread::sleep(FLUSH_EVERY);
         buffer.clear();
-        let mut record = Some(first);
-        let mut batched = 0;
-        while let Some(r) = record.take() {
-            if serde_json::to_writer(&mut buffer, &r).is_ok() {
+        let mut entry = Some(first);
+        while let Some(e) = entry.take() {
+            if serde_json::to_writer(&mut buffer, &AccessRecord::from(&e)).is_ok() {
                 buffer.push(b'\n');
             }
-            batched += 1;
-            if batched < 256 {
-                record = receiver.try_recv().ok();
-            }
+            entry = receiver.try_recv().ok();
         }
         if reopen.swap(false, Ordering::AcqRel) {
             if let Sink::File(path, file) = &mut sink {

@@ -33,7 +33,7 @@ use rvs_model::ingress::{BackendService, IngressSnapshot};
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
 
-pub use access_log::{AccessLogTarget, AccessRecord};
+pub use access_log::{AccessEntry, AccessLogTarget, AccessRecord};
 pub use limits::{Bucket, LimitState, Refusal};
 pub use metrics::Metrics;
 pub use pool::PoolLimits;

@@ -18,7 +18,7 @@ use rvs_model::ingress::{
     Backend, CookieAffinity, PathMatch, RoutePolicy, RouteTarget, VirtualHost,
 };
 
-use crate::access_log::AccessRecord;
+use crate::access_log::AccessEntry;
 use crate::balancer;
 use crate::body::{BodyProgress, ClientBody, Completion, ProxyBody, UpstreamBody};
 use crate::limits::{ConnectionSlot, Refusal};
@@ -1225,17 +1225,12 @@ impl Completion for Done {
         if !logged || !self.shared.access_log.enabled() {
             return;
         }
-        let target = self.target.as_deref();
-        let record = AccessRecord {
+        let record = AccessEntry {
             time: self.info.time,
             remote_addr: canonical(self.info.client),
-            method: self.info.method.to_string(),
+            method: self.info.method.clone(),
             host: std::mem::take(&mut self.info.host),
-            path: self
-                .info
-                .uri
-                .path_and_query()
-                .map_or_else(|| "/".to_string(), |p| p.as_str().to_string()),
+            uri: self.info.uri.clone(),
             protocol: self.info.protocol,
             status: self.status,
             bytes_sent,
@@ -1244,11 +1239,8 @@ impl Completion for Done {
             upstream_addr: self.upstream,
             upstream_status: self.upstream_status,
             upstream_response_time: self.upstream_time.map(|t| t.as_secs_f64()),
-            namespace: target
-                .map(|t| t.ingress.namespace.clone())
-                .unwrap_or_default(),
-            ingress: target.map(|t| t.ingress.name.clone()).unwrap_or_default(),
-            service: self.service().to_string(),
+            route: self.target.clone(),
+            canary: self.canary.clone(),
             request_id: std::mem::take(&mut self.info.request_id),
         };
         if !self.shared.access_log.log(record) {
