@@ -11,9 +11,9 @@ use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::Duration;
 
+use hyper::server::conn::{http1, http2};
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
-use hyper_util::server::conn::auto;
 use rustls::ServerConfig;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::{TcpListener, TcpStream};
@@ -151,15 +151,21 @@ async fn serve(
         conflicting_framing: conflicting_framing.clone(),
         retire: Notify::new(),
     });
-    let guard = FramingGuard {
+    let guard = |http2| FramingGuard {
         scanner: HeadScanner::default(),
-        flag: conflicting_framing,
-        http2: false,
+        flag: conflicting_framing.clone(),
+        http2,
     };
     match acceptor {
         None => {
-            let io = ClientIo::new(stream, in_flight, settings.keep_alive, guard);
-            drive(io, conn, shared, &settings).await;
+            // HTTP/2 prior knowledge or HTTP/1.1, by the first bytes (nothing sent within
+            // client-header-timeout: closed, as nginx does).
+            let first = tokio::time::timeout(settings.client_header_timeout, starts_http2(&stream));
+            let Ok(Ok(http2)) = first.await else {
+                return;
+            };
+            let io = ClientIo::new(stream, in_flight, settings.keep_alive, guard(http2));
+            drive(io, http2, conn, shared, &settings).await;
         }
         Some(acceptor) => {
             let handshake =
@@ -167,9 +173,8 @@ async fn serve(
             match handshake.await {
                 Ok(Ok(tls)) => {
                     let http2 = tls.get_ref().1.alpn_protocol() == Some(b"h2");
-                    let guard = FramingGuard { http2, ..guard };
-                    let io = ClientIo::new(tls, in_flight, settings.keep_alive, guard);
-                    drive(io, conn, shared, &settings).await;
+                    let io = ClientIo::new(tls, in_flight, settings.keep_alive, guard(http2));
+                    drive(io, http2, conn, shared, &settings).await;
                 }
                 Ok(Err(e)) => tracing::debug!(%peer, "TLS handshake failed: {e}"),
                 Err(_) => tracing::debug!(%peer, "TLS handshake timed out"),
@@ -178,33 +183,63 @@ async fn serve(
     }
 }
 
+/// Whether a plain-text connection starts with the HTTP/2 preface (`PRI * HTTP/2.0`), read
+/// with `peek` so the bytes stay for the protocol's own parser.
+async fn starts_http2(stream: &TcpStream) -> io::Result<bool> {
+    const PREFACE: &[u8] = b"PRI * HTTP/2.0";
+    let mut buf = [0u8; 14];
+    loop {
+        let n = stream.peek(&mut buf).await?;
+        if n == 0 {
+            return Err(io::ErrorKind::UnexpectedEof.into());
+        }
+        if buf[..n] != PREFACE[..n] {
+            return Ok(false);
+        }
+        if n == PREFACE.len() {
+            return Ok(true);
+        }
+        // A partial preface: wait for more (peek returns what is there).
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+}
+
+/// Serves a pinned connection until it ends; when `stopping` fires first (shutdown, or an
+/// HTTP/2 connection's last allowed stream), it finishes what is in flight and closes
+/// (HTTP/1.1: after the response; HTTP/2: GOAWAY). A macro: hyper's two connection types
+/// share no trait for graceful shutdown.
+macro_rules! until_done {
+    ($connection:expr, $stopping:expr) => {{
+        let mut connection = $connection;
+        tokio::select! {
+            result = connection.as_mut() => {
+                if let Err(e) = result {
+                    tracing::debug!("client connection ended: {e}");
+                }
+            }
+            () = $stopping => {
+                connection.as_mut().graceful_shutdown();
+                if let Err(e) = connection.await {
+                    tracing::debug!("client connection ended during shutdown: {e}");
+                }
+            }
+        }
+    }};
+}
+
 async fn drive<T>(
     io: ClientIo<T>,
+    http2: bool,
     conn: Arc<ClientConn>,
     shared: &Arc<Shared>,
     settings: &rvs_model::ingress::GlobalSettings,
 ) where
     T: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
-    let mut builder = auto::Builder::new(TokioExecutor::new());
-    builder
-        .http1()
-        .timer(TokioTimer::new())
-        .keep_alive(!settings.keep_alive.is_zero())
-        .header_read_timeout(settings.client_header_timeout)
-        // The whole request head must fit: above it hyper answers 431.
-        .max_buf_size(settings.max_header_bytes.max(8192));
-    builder
-        .http2()
-        .timer(TokioTimer::new())
-        .max_header_list_size(u32::try_from(settings.max_header_bytes).unwrap_or(u32::MAX))
-        .max_concurrent_streams(128);
     let service_shared = shared.clone();
     let retiring = conn.clone();
     let service =
         service_fn(move |req| crate::proxy::handle(req, conn.clone(), service_shared.clone()));
-    let connection = builder.serve_connection_with_upgrades(TokioIo::new(io), service);
-    tokio::pin!(connection);
     let mut shutdown = shared.shutdown.clone();
     let stopping = async move {
         tokio::select! {
@@ -212,20 +247,27 @@ async fn drive<T>(
             () = retiring.retire.notified() => {}
         }
     };
-    tokio::select! {
-        result = connection.as_mut() => {
-            if let Err(e) = result {
-                tracing::debug!("client connection ended: {e}");
-            }
-        }
-        () = stopping => {
-            // Finish what is in flight, then close (HTTP/1.1: after the response;
-            // HTTP/2: GOAWAY).
-            connection.as_mut().graceful_shutdown();
-            if let Err(e) = connection.await {
-                tracing::debug!("client connection ended during shutdown: {e}");
-            }
-        }
+    let io = TokioIo::new(io);
+    if http2 {
+        let mut builder = http2::Builder::new(TokioExecutor::new());
+        builder
+            .timer(TokioTimer::new())
+            .max_header_list_size(u32::try_from(settings.max_header_bytes).unwrap_or(u32::MAX))
+            .max_concurrent_streams(128);
+        // Boxed: an HTTP/2 connection's state is large, and every HTTP/1.1 connection's task
+        // would otherwise carry room for it.
+        let mut connection = Box::pin(builder.serve_connection(io, service));
+        until_done!(connection.as_mut(), stopping);
+    } else {
+        let mut builder = http1::Builder::new();
+        builder
+            .timer(TokioTimer::new())
+            .keep_alive(!settings.keep_alive.is_zero())
+            .header_read_timeout(settings.client_header_timeout)
+            // The whole request head must fit: above it hyper answers 431.
+            .max_header_size(settings.max_header_bytes);
+        let mut connection = std::pin::pin!(builder.serve_connection(io, service).with_upgrades());
+        until_done!(connection.as_mut(), stopping);
     }
 }
 
