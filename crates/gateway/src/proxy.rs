@@ -85,7 +85,19 @@ struct RequestInfo {
     head_length: u64,
 }
 
-pub async fn handle(
+/// The request handler hyper calls. Its future is boxed: hyper keeps one slot per connection
+/// for it, alive while the connection idles, so a small one keeps idle connections small.
+pub fn handle(
+    req: Request<Incoming>,
+    conn: Arc<ClientConn>,
+    shared: Arc<Shared>,
+) -> std::pin::Pin<
+    Box<dyn std::future::Future<Output = Result<Response<ProxyBody>, Infallible>> + Send>,
+> {
+    Box::pin(handle_request(req, conn, shared))
+}
+
+async fn handle_request(
     mut req: Request<Incoming>,
     conn: Arc<ClientConn>,
     shared: Arc<Shared>,

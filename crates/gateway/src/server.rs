@@ -168,17 +168,22 @@ async fn serve(
             drive(io, http2, conn, shared, &settings).await;
         }
         Some(acceptor) => {
-            let handshake =
-                tokio::time::timeout(settings.client_header_timeout, acceptor.accept(stream));
-            match handshake.await {
-                Ok(Ok(tls)) => {
-                    let http2 = tls.get_ref().1.alpn_protocol() == Some(b"h2");
-                    let io = ClientIo::new(tls, in_flight, settings.keep_alive, guard(http2));
-                    drive(io, http2, conn, shared, &settings).await;
+            // Boxed: TLS state is large, and plain connections' tasks must not carry room
+            // for it.
+            Box::pin(async move {
+                let handshake =
+                    tokio::time::timeout(settings.client_header_timeout, acceptor.accept(stream));
+                match handshake.await {
+                    Ok(Ok(tls)) => {
+                        let http2 = tls.get_ref().1.alpn_protocol() == Some(b"h2");
+                        let io = ClientIo::new(tls, in_flight, settings.keep_alive, guard(http2));
+                        drive(io, http2, conn, shared, &settings).await;
+                    }
+                    Ok(Err(e)) => tracing::debug!(%peer, "TLS handshake failed: {e}"),
+                    Err(_) => tracing::debug!(%peer, "TLS handshake timed out"),
                 }
-                Ok(Err(e)) => tracing::debug!(%peer, "TLS handshake failed: {e}"),
-                Err(_) => tracing::debug!(%peer, "TLS handshake timed out"),
-            }
+            })
+            .await
         }
     }
 }
