@@ -418,8 +418,8 @@ fn backends_resolve_through_the_l4_snapshot() {
         texts(&built.warnings),
         [
             "manifests.yaml (document 5): Ingress default/web: backend default/nope:80: Service default/nope not found; requests get 503",
-            "manifests.yaml (document 5): Ingress default/web: backend default/web:81: Service default/web has no ClusterIP TCP port 81 (or is headless, or refused); requests get 503",
-            "manifests.yaml (document 5): Ingress default/web: backend default/web:grpc: Service default/web has no ClusterIP TCP port grpc (or is headless, or refused); requests get 503",
+            "manifests.yaml (document 5): Ingress default/web: backend default/web:81: Service default/web has no TCP port 81 (or was refused); requests get 503",
+            "manifests.yaml (document 5): Ingress default/web: backend default/web:grpc: Service default/web has no TCP port grpc (or was refused); requests get 503",
         ]
     );
     assert_eq!(
@@ -1279,4 +1279,77 @@ fn tls_and_defaults_only_from_the_owner_of_a_host() {
         "zz cannot take over b.test's unmatched paths"
     );
     assert!(s.default_host.default_route.is_none());
+}
+
+#[test]
+fn headless_service_backends_come_from_its_slices() {
+    let headless = r#"
+---
+apiVersion: v1
+kind: Service
+metadata: {name: db}
+spec:
+  clusterIP: None
+  ports: [{name: pg, port: 5432, targetPort: 5432}]
+---
+apiVersion: discovery.k8s.io/v1
+kind: EndpointSlice
+metadata: {name: db-a, labels: {kubernetes.io/service-name: db}}
+addressType: IPv4
+ports: [{name: pg, port: 5432}]
+endpoints:
+  - addresses: [10.3.0.2]
+  - addresses: [10.3.0.1]
+  - addresses: [10.3.0.9]
+    conditions: {ready: false, serving: true, terminating: true}
+"#;
+    let yaml = [
+        SERVICES,
+        headless,
+        &ingress("db", &[], &[("db.test", "/", "Prefix", "db:pg")]),
+    ]
+    .concat();
+    let built = build(&yaml);
+    assert_eq!(texts(&built.problems), NONE);
+    assert_eq!(texts(&built.warnings), NONE);
+    let route = built
+        .snapshot
+        .virtual_host("db.test")
+        .route("/")
+        .unwrap()
+        .clone();
+    let endpoints: Vec<String> = route
+        .backend
+        .endpoints
+        .iter()
+        .map(|e| e.to_string())
+        .collect();
+    assert_eq!(
+        endpoints,
+        ["10.3.0.1:5432", "10.3.0.2:5432"],
+        "ready ones only"
+    );
+    // With none ready, the serving terminating one takes the traffic.
+    let only_terminating =
+        headless.replace("  - addresses: [10.3.0.2]\n  - addresses: [10.3.0.1]\n", "");
+    let yaml = [
+        SERVICES,
+        &only_terminating,
+        &ingress("db", &[], &[("db.test", "/", "Prefix", "db:5432")]),
+    ]
+    .concat();
+    let built = build(&yaml);
+    let route = built
+        .snapshot
+        .virtual_host("db.test")
+        .route("/")
+        .unwrap()
+        .clone();
+    let endpoints: Vec<String> = route
+        .backend
+        .endpoints
+        .iter()
+        .map(|e| e.to_string())
+        .collect();
+    assert_eq!(endpoints, ["10.3.0.9:5432"]);
 }

@@ -23,6 +23,7 @@ use crate::{Frontend, FrontendKind, Protocol, Snapshot};
 const CLASS_ANNOTATION: &str = "kubernetes.io/ingress.class";
 const DEFAULT_CLASS_ANNOTATION: &str = "ingressclass.kubernetes.io/is-default-class";
 const TLS_SECRET_TYPE: &str = "kubernetes.io/tls";
+const SERVICE_NAME_LABEL: &str = "kubernetes.io/service-name";
 
 impl IngressSnapshot {
     /// Builds the gateway's snapshot. An Ingress with a problem is refused; if `previous`
@@ -744,7 +745,10 @@ impl Assembly<'_> {
         let (backend, found) = match self.backends.get(service) {
             Some(known) => known.clone(),
             None => {
-                let (endpoints, found) = resolve(self.services, service);
+                let (endpoints, found) = match resolve_headless(self.objects, service) {
+                    Some(endpoints) => (endpoints, true),
+                    None => resolve(self.services, service),
+                };
                 let backend = Arc::new(Backend {
                     service: service.clone(),
                     endpoints,
@@ -761,7 +765,7 @@ impl Assembly<'_> {
             });
             let why = if exists {
                 format!(
-                    "Service {}/{} has no ClusterIP TCP port {} (or is headless, or refused)",
+                    "Service {}/{} has no TCP port {} (or was refused)",
                     service.namespace, service.name, service.port
                 )
             } else {
@@ -808,6 +812,78 @@ fn resolve(services: &Snapshot, wanted: &BackendService) -> (Vec<SocketAddr>, bo
     endpoints.sort();
     endpoints.dedup();
     (endpoints, found)
+}
+
+/// Endpoints of a headless Service's port (`clusterIP: None`), straight from its
+/// EndpointSlices, since it has no virtual service: ready ones, or, with none ready, the
+/// serving terminating ones. None when the Service is not headless or has no such port.
+fn resolve_headless(objects: &ObjectSet, wanted: &BackendService) -> Option<Vec<SocketAddr>> {
+    let service = objects.services.iter().map(|s| &s.object).find(|s| {
+        s.metadata.name.as_deref() == Some(wanted.name.as_str())
+            && namespace_of(s.metadata.namespace.as_deref()) == wanted.namespace
+    })?;
+    let spec = service.spec.as_ref()?;
+    if spec.cluster_ip.as_deref() != Some("None") {
+        return None;
+    }
+    let port = spec.ports.iter().flatten().find(|p| {
+        p.protocol.as_deref().unwrap_or("TCP") == "TCP"
+            && match &wanted.port {
+                ServicePortRef::Name(n) => p.name.as_deref() == Some(n.as_str()),
+                ServicePortRef::Number(n) => p.port == i32::from(*n),
+            }
+    })?;
+    let port_name = port.name.as_deref().unwrap_or("");
+    let numeric_target = match &port.target_port {
+        Some(k8s_openapi::apimachinery::pkg::util::intstr::IntOrString::Int(n)) => {
+            u16::try_from(*n).ok()
+        }
+        None => u16::try_from(port.port).ok(),
+        Some(_) => None,
+    };
+    let (mut ready, mut terminating) = (Vec::new(), Vec::new());
+    for slice in objects.endpoint_slices.iter().map(|s| &s.object) {
+        let owned = slice
+            .metadata
+            .labels
+            .as_ref()
+            .and_then(|l| l.get(SERVICE_NAME_LABEL));
+        if owned.map(String::as_str) != Some(wanted.name.as_str())
+            || namespace_of(slice.metadata.namespace.as_deref()) != wanted.namespace
+        {
+            continue;
+        }
+        let target = match slice.ports.as_deref() {
+            None | Some([]) => numeric_target,
+            Some(ports) => ports
+                .iter()
+                .find(|p| p.name.as_deref().unwrap_or("") == port_name)
+                .and_then(|p| p.port)
+                .and_then(|p| u16::try_from(p).ok()),
+        };
+        let Some(target) = target.filter(|p| *p > 0) else {
+            continue;
+        };
+        for endpoint in &slice.endpoints {
+            let Some(ip) = endpoint.addresses.first().and_then(|a| a.parse().ok()) else {
+                continue;
+            };
+            let conditions = endpoint.conditions.as_ref();
+            let is_ready = conditions.and_then(|c| c.ready).unwrap_or(true);
+            let is_serving = conditions.and_then(|c| c.serving).unwrap_or(is_ready);
+            let is_terminating = conditions.and_then(|c| c.terminating).unwrap_or(false);
+            let addr = SocketAddr::new(ip, target);
+            if is_ready && !is_terminating {
+                ready.push(addr);
+            } else if is_serving && is_terminating {
+                terminating.push(addr);
+            }
+        }
+    }
+    let mut endpoints = if ready.is_empty() { terminating } else { ready };
+    endpoints.sort();
+    endpoints.dedup();
+    Some(endpoints)
 }
 
 /// Path kind for conflicts: the same host, kind and string is the same nginx location.
