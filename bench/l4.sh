@@ -76,25 +76,8 @@ RESULTS=$WORK/results.tsv
 : >"$RESULTS"
 mkdir -p "$WORK/runs" "$WORK/nginx" "$WORK/manifests"
 
-on_exit() {
-    local rc=$?
-    bench_cleanup
-    if [[ ${KEEP:-0} == 1 || $rc != 0 ]]; then
-        log "raw outputs and logs kept in $WORK"
-    else
-        rm -rf "$WORK"
-    fi
-    exit "$rc"
-}
-trap on_exit EXIT
-trap 'exit 130' INT TERM
-
-if [[ ${SKIP_BUILD:-0} != 1 ]]; then
-    log "building rvs (release)"
-    (cd "$ROOT" && env -u CARGO_TARGET_DIR cargo build --release -p rvs >&2)
-fi
-RVS=$ROOT/target/release/rvs
-[[ -x $RVS ]] || die "$RVS not found (build it or unset SKIP_BUILD)"
+bench_exit_trap
+build_rvs
 
 for a in "$BACKEND_A:$HTTP_PORT" "$BACKEND_B:$HTTP_PORT" "$IPERF_SERVER:$IPERF_PORT" \
     "$RVS_HTTP:$VIP_PORT" "$RVS_IPERF:$IPERF_PORT" "$RVS_ADMIN" "$HAP_HTTP:$VIP_PORT" \
@@ -198,16 +181,7 @@ endpoints:
   - addresses: [$IPERF_SERVER]
 EOF
 
-# wrk prints one machine-readable line at the end.
-cat >"$WORK/report.lua" <<'EOF'
-done = function(summary, latency, requests)
-  local e = summary.errors
-  io.write(string.format(
-    "RESULT requests=%d duration_us=%d p50_us=%d p99_us=%d errors=%d non2xx=%d\n",
-    summary.requests, summary.duration, latency:percentile(50), latency:percentile(99),
-    e.connect + e.read + e.write + e.timeout, e.status))
-end
-EOF
+write_wrk_report "$WORK/report.lua"
 
 start_bg nginx "$CPU_REST" nginx -c "$WORK/nginx/nginx.conf" -g 'daemon off;'
 NGINX_PID=$STARTED_PID

@@ -60,25 +60,8 @@ RESULTS=$WORK/results.tsv
 : >"$RESULTS"
 mkdir -p "$WORK/runs" "$WORK/backend" "$WORK/peer" "$WORK/manifests"
 
-on_exit() {
-    local rc=$?
-    bench_cleanup
-    if [[ ${KEEP:-0} == 1 || $rc != 0 ]]; then
-        log "raw outputs and logs kept in $WORK"
-    else
-        rm -rf "$WORK"
-    fi
-    exit "$rc"
-}
-trap on_exit EXIT
-trap 'exit 130' INT TERM
-
-if [[ ${SKIP_BUILD:-0} != 1 ]]; then
-    log "building rvs (release)"
-    (cd "$ROOT" && env -u CARGO_TARGET_DIR cargo build --release -p rvs >&2)
-fi
-RVS=$ROOT/target/release/rvs
-[[ -x $RVS ]] || die "$RVS not found (build it or unset SKIP_BUILD)"
+bench_exit_trap
+build_rvs
 
 for a in "$BACKEND_A:$BACKEND_PORT" "$BACKEND_B:$BACKEND_PORT" "$STATUS" "$NGINX_ADDR:$HTTP_PORT" \
     "$RVS_ADDR:$HTTP_PORT" "$RVS_ADDR:$TLS_PORT" "$RVS_ADMIN"; do
@@ -230,15 +213,7 @@ metadata: {name: bench-h2, namespace: default}
 data: {keep-alive-requests: "100000000"}
 EOF
 
-cat >"$WORK/report.lua" <<'EOF'
-done = function(summary, latency, requests)
-  local e = summary.errors
-  io.write(string.format(
-    "RESULT requests=%d duration_us=%d p50_us=%d p99_us=%d errors=%d non2xx=%d\n",
-    summary.requests, summary.duration, latency:percentile(50), latency:percentile(99),
-    e.connect + e.read + e.write + e.timeout, e.status))
-end
-EOF
+write_wrk_report "$WORK/report.lua"
 
 # Holds N idle HTTP/1.1 keep-alive connections (one request each, then quiet) until stdin
 # closes; prints "ready N" once they are all open.

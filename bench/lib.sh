@@ -216,3 +216,47 @@ run_logged() {
     forget_pid "$pid"
     return "$rc"
 }
+
+# bench_exit_trap [CLEANUP_FN]: on exit (or INT/TERM), stop what the script started, run
+# CLEANUP_FN if given, and remove $WORK, unless KEEP=1 or the script failed (then it stays
+# for a look).
+bench_exit_trap() {
+    BENCH_EXTRA_CLEANUP=${1:-}
+    trap bench_on_exit EXIT
+    trap 'exit 130' INT TERM
+}
+bench_on_exit() {
+    local rc=$?
+    bench_cleanup
+    if [[ -n ${BENCH_EXTRA_CLEANUP:-} ]]; then "$BENCH_EXTRA_CLEANUP"; fi
+    if [[ ${KEEP:-0} == 1 || $rc != 0 ]]; then
+        log "raw outputs and logs kept in $WORK"
+    else
+        rm -rf "$WORK"
+    fi
+    exit "$rc"
+}
+
+# build_rvs: builds rvs (release) unless SKIP_BUILD=1, and sets RVS to the binary.
+build_rvs() {
+    if [[ ${SKIP_BUILD:-0} != 1 ]]; then
+        log "building rvs (release)"
+        (cd "$ROOT" && env -u CARGO_TARGET_DIR cargo build --release -p rvs >&2)
+    fi
+    RVS=$ROOT/target/release/rvs
+    [[ -x $RVS ]] || die "$RVS not found (build it or unset SKIP_BUILD)"
+}
+
+# write_wrk_report FILE: a wrk Lua hook printing one machine-readable line at the end:
+# RESULT requests= duration_us= p50_us= p99_us= errors= non2xx=
+write_wrk_report() {
+    cat >"$1" <<'LUA'
+done = function(summary, latency, requests)
+  local e = summary.errors
+  io.write(string.format(
+    "RESULT requests=%d duration_us=%d p50_us=%d p99_us=%d errors=%d non2xx=%d\n",
+    summary.requests, summary.duration, latency:percentile(50), latency:percentile(99),
+    e.connect + e.read + e.write + e.timeout, e.status))
+end
+LUA
+}

@@ -98,19 +98,7 @@ remove_namespaces() {
     done <"$LAB_STATE"
 }
 
-on_exit() {
-    local rc=$?
-    bench_cleanup
-    remove_namespaces
-    if [[ ${KEEP:-0} == 1 || $rc != 0 ]]; then
-        log "raw outputs and logs kept in $WORK"
-    else
-        rm -rf "$WORK"
-    fi
-    exit "$rc"
-}
-trap on_exit EXIT
-trap 'exit 130' INT TERM
+bench_exit_trap remove_namespaces
 
 cargo_() { (cd "$ROOT" && env -u CARGO_TARGET_DIR cargo "$@"); }
 if [[ ${SKIP_BUILD:-0} != 1 ]]; then

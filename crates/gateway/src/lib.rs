@@ -33,14 +33,12 @@ use rvs_model::ingress::{BackendService, IngressSnapshot};
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
 
-pub use access_log::{AccessEntry, AccessLogTarget, AccessRecord};
-pub use limits::{Bucket, LimitState, Refusal};
+pub use access_log::AccessLogTarget;
 pub use metrics::Metrics;
-pub use pool::PoolLimits;
 
 use crate::access_log::AccessLog;
-use crate::limits::LimitState as Limits;
-use crate::pool::Pools;
+use crate::limits::LimitState;
+use crate::pool::{PoolLimits, Pools};
 use crate::tls::{BackendTls, ServerCerts};
 
 /// Where the gateway listens and logs.
@@ -133,7 +131,7 @@ impl RoutingTable {
 pub(crate) struct Shared {
     pub table: ArcSwap<RoutingTable>,
     pub pools: Pools,
-    pub limits: Limits,
+    pub limits: LimitState,
     pub metrics: Metrics,
     pub access_log: AccessLog,
     pub certs: Arc<ServerCerts>,
@@ -166,7 +164,7 @@ impl Gateway {
         let shared = Arc::new(Shared {
             table: ArcSwap::from_pointee(RoutingTable::new(snapshot, None)),
             pools,
-            limits: Limits::default(),
+            limits: LimitState::default(),
             metrics,
             access_log,
             certs,

@@ -340,14 +340,22 @@ impl FramingGuard {
             self.http2 = true;
             return;
         }
-        // A read while no request is in flight starts the next head.
-        if idle && !self.scanner.in_head() {
+        // A read while no request is in flight starts the next head, if it looks like one
+        // (a method token): hyper also reads the rest of an unread body then, and that is not
+        // a head.
+        if idle && !self.scanner.in_head() && starts_with_method(read) {
             self.scanner.start_head();
         }
         if self.scanner.feed(read) {
             self.flag.store(true, Ordering::Release);
         }
     }
+}
+
+/// `GET /`, `POST /`...: upper-case letters, then a space.
+fn starts_with_method(read: &[u8]) -> bool {
+    let token = read.iter().take_while(|b| b.is_ascii_uppercase()).count();
+    token > 0 && read.get(token) == Some(&b' ')
 }
 
 impl<T> ClientIo<T> {
