@@ -465,12 +465,14 @@ impl Reloader {
         };
         let (mut snapshot, built) = Snapshot::build(&objects, options, self.previous.as_deref());
         problems.extend(built);
+        let known = self.gateway.errors.clone();
         let (gateway_problems, gateway_errors) = self
             .gateway
             .reload(&objects, &snapshot, &state.gateway_metrics)
             .await;
         problems.extend(gateway_problems);
-        for e in &gateway_errors {
+        // While something fails (a port taken), every poll retries: log each failure once.
+        for e in gateway_errors.iter().filter(|e| !known.contains(e)) {
             tracing::error!("{e}");
         }
         self.report(&problems);
