@@ -69,6 +69,8 @@ pub enum GatewayError {
 pub(crate) struct BackendState {
     /// Round-robin position.
     pub next: AtomicUsize,
+    /// `load-balance: ewma`: response-time averages and requests in flight per endpoint.
+    pub ewma: std::sync::Mutex<HashMap<SocketAddr, balancer::Ewma>>,
 }
 
 /// The snapshot being served and the state that goes with it.
@@ -80,11 +82,12 @@ pub(crate) struct RoutingTable {
 impl RoutingTable {
     fn new(snapshot: Arc<IngressSnapshot>, previous: Option<&RoutingTable>) -> Self {
         let mut backends = HashMap::new();
-        let mut keep = |service: &BackendService| {
+        let mut keep = |backend: &rvs_model::ingress::Backend| {
             let state = previous
-                .and_then(|p| p.backends.get(service).cloned())
+                .and_then(|p| p.backends.get(&backend.service).cloned())
                 .unwrap_or_default();
-            backends.entry(service.clone()).or_insert(state);
+            balancer::ewma_retain(&state, &backend.endpoints);
+            backends.entry(backend.service.clone()).or_insert(state);
         };
         let hosts = snapshot.hosts.iter().chain(Some(&snapshot.default_host));
         for vh in hosts {
@@ -94,9 +97,9 @@ impl RoutingTable {
                 .map(|r| &r.target)
                 .chain(vh.default_route.as_ref());
             for target in targets {
-                keep(&target.backend.service);
+                keep(&target.backend);
                 if let Some(canary) = &target.canary {
-                    keep(&canary.backend.service);
+                    keep(&canary.backend);
                 }
             }
         }

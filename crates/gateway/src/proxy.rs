@@ -15,7 +15,8 @@ use http::{Method, Request, Response, StatusCode, Uri, Version};
 use hyper::body::{Body, Incoming};
 use hyper_util::rt::TokioIo;
 use rvs_model::ingress::{
-    Backend, CookieAffinity, PathMatch, RoutePolicy, RouteTarget, VirtualHost,
+    Backend, Balancing, CookieAffinity, HashKey, HashKeyPart, PathMatch, RoutePolicy, RouteTarget,
+    VirtualHost,
 };
 
 use crate::access_log::AccessEntry;
@@ -246,11 +247,16 @@ async fn proxy(
         .cloned()
         .unwrap_or_default();
     // Phase 4: upstream attempts.
+    let hash_key = match &policy.balancing {
+        Balancing::Hash(key) => Some(hash_key_value(key, &parts, conn, &done.info.host)),
+        _ => None,
+    };
     let attempt = Attempt {
         backend: &backend,
         policy: &policy,
         state: &state,
         pinned,
+        hash_key: hash_key.as_deref(),
         client_body_timeout: settings.client_body_timeout,
     };
     // Boxed: an idle keep-alive connection keeps its handler's future allocation, so the
@@ -559,6 +565,55 @@ enum AttemptError {
     Status(u16),
 }
 
+/// The response time an EWMA endpoint is charged for a failed attempt.
+const EWMA_FAILURE: Duration = Duration::from_secs(1);
+
+/// `upstream-hash-by`: the key's value for this request, from its nginx variables.
+fn hash_key_value(
+    key: &HashKey,
+    req: &http::request::Parts,
+    conn: &ClientConn,
+    host: &str,
+) -> String {
+    let mut out = String::new();
+    for part in &key.parts {
+        match part {
+            HashKeyPart::Literal(text) => out.push_str(text),
+            HashKeyPart::RequestUri => {
+                out.push_str(req.uri.path_and_query().map_or("/", |p| p.as_str()))
+            }
+            HashKeyPart::Uri => out.push_str(req.uri.path()),
+            HashKeyPart::Args => out.push_str(req.uri.query().unwrap_or("")),
+            HashKeyPart::Host => out.push_str(host),
+            HashKeyPart::RemoteAddr => out.push_str(&canonical(conn.peer.ip()).to_string()),
+            HashKeyPart::Scheme => out.push_str(if conn.tls { "https" } else { "http" }),
+            HashKeyPart::Method => out.push_str(req.method.as_str()),
+            HashKeyPart::Header(name) => {
+                if let Some(v) = req.headers.get(name.as_str()).and_then(|v| v.to_str().ok()) {
+                    out.push_str(v);
+                }
+            }
+            HashKeyPart::Cookie(name) => {
+                let value = req
+                    .headers
+                    .get_all(header::COOKIE)
+                    .iter()
+                    .filter_map(|v| v.to_str().ok())
+                    .find_map(|h| balancer::cookie(h, name));
+                out.push_str(value.unwrap_or(""));
+            }
+            HashKeyPart::Arg(name) => {
+                let value = req.uri.query().and_then(|q| {
+                    q.split('&')
+                        .find_map(|pair| pair.strip_prefix(name.as_str())?.strip_prefix('='))
+                });
+                out.push_str(value.unwrap_or(""));
+            }
+        }
+    }
+    out
+}
+
 /// What an attempt needs besides the request.
 struct Attempt<'a> {
     backend: &'a Backend,
@@ -566,6 +621,8 @@ struct Attempt<'a> {
     state: &'a crate::BackendState,
     /// The endpoint the affinity cookie names, tried first.
     pinned: Option<SocketAddr>,
+    /// `upstream-hash-by`'s key for this request.
+    hash_key: Option<&'a str>,
     client_body_timeout: Duration,
 }
 
@@ -585,6 +642,7 @@ async fn forward(
         policy,
         state,
         pinned,
+        hash_key,
         client_body_timeout,
     } = attempt;
     let next = &policy.next_upstream;
@@ -623,6 +681,8 @@ async fn forward(
     // the same for its cached connections).
     let mut stale_retry = true;
     let mut fresh = false;
+    // An EWMA pick waiting for its response time.
+    let mut ewma_open: Option<SocketAddr> = None;
     let mut last = (AttemptError::Connect, None);
     let mut kept: Option<Outcome> = None;
     while tried.len() < max_tries || fresh {
@@ -632,7 +692,17 @@ async fn forward(
         } else {
             match pinned.filter(|p| tried.is_empty() && endpoints.contains(p)) {
                 Some(p) => Some(p),
-                None => balancer::round_robin(endpoints, state, &tried),
+                None => match &policy.balancing {
+                    Balancing::RoundRobin => balancer::round_robin(endpoints, state, &tried),
+                    Balancing::Ewma => {
+                        let pick = balancer::ewma_pick(endpoints, state, &tried);
+                        ewma_open = pick;
+                        pick
+                    }
+                    Balancing::Hash(_) => {
+                        balancer::rendezvous(endpoints, hash_key.unwrap_or(""), &tried)
+                    }
+                },
             }
         };
         let Some(endpoint) = pick else { break };
@@ -651,6 +721,9 @@ async fn forward(
         done.connect_time = Some(connect_start.elapsed());
         let error = match checkout {
             Err(e) => {
+                if let Some(ep) = ewma_open.take() {
+                    balancer::ewma_done(state, ep, EWMA_FAILURE);
+                }
                 tracing::debug!(%endpoint, "upstream connect failed: {e}");
                 match e {
                     ConnectError::Timeout(_) => AttemptError::ConnectTimeout,
@@ -673,7 +746,18 @@ async fn forward(
                     }
                 };
                 let request = build(head, upstream_body);
-                match send(checkout, request, policy.read_timeout, &progress).await {
+                let sent = send(checkout, request, policy.read_timeout, &progress).await;
+                if let Some(ep) = ewma_open.take() {
+                    // A failure counts as slow, so the next picks go elsewhere for a while.
+                    let took = connect_start.elapsed();
+                    let sample = if sent.is_ok() {
+                        took
+                    } else {
+                        took.max(EWMA_FAILURE)
+                    };
+                    balancer::ewma_done(state, ep, sample);
+                }
+                match sent {
                     Ok((response, connection)) => {
                         let status = response.status().as_u16();
                         let may_retry = next.retries_status(status)

@@ -253,3 +253,77 @@ async fn round_robin_spreads_evenly() {
         assert_eq!(b.hits(), 10, "{}", b.name);
     }
 }
+
+/// `upstream-hash-by`: one key always reaches the same endpoint; keys spread over all.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn upstream_hash_by_keeps_a_key_on_one_endpoint() {
+    let backends = [
+        Backend::echo("a").await,
+        Backend::echo("b").await,
+        Backend::echo("c").await,
+    ];
+    let mut m = Manifests::new();
+    let addrs: Vec<_> = backends.iter().map(|b| b.addr).collect();
+    m.service("web", &addrs).ingress(
+        "web",
+        &[("upstream-hash-by", "$arg_user")],
+        &[rule(
+            Some("hash.example.com"),
+            &[path("/", "Prefix", "web")],
+        )],
+        "",
+    );
+    let env = Env::start(&m).await;
+    let mut owner: BTreeMap<u32, String> = BTreeMap::new();
+    for round in 0..3 {
+        for user in 0..30u32 {
+            let r = env
+                .get("hash.example.com", &format!("/x?user={user}&round={round}"))
+                .await;
+            assert_eq!(r.status, StatusCode::OK);
+            let who = r.header("x-backend").unwrap_or_default().to_string();
+            let first = owner.entry(user).or_insert_with(|| who.clone());
+            assert_eq!(*first, who, "user {user} moved");
+        }
+    }
+    for b in &backends {
+        assert!(b.hits() >= 9, "{} got {} of 90", b.name, b.hits());
+    }
+}
+
+/// `load-balance: ewma`: a slow endpoint gets few requests once the balancer has seen it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ewma_steers_away_from_a_slow_endpoint() {
+    let fast = Backend::echo("fast").await;
+    let slow = Backend::start(
+        "slow",
+        common::EchoOptions {
+            delay: std::time::Duration::from_millis(60),
+            ..Default::default()
+        },
+    )
+    .await;
+    let mut m = Manifests::new();
+    m.service("web", &[fast.addr, slow.addr]).ingress(
+        "web",
+        &[("load-balance", "ewma")],
+        &[rule(
+            Some("ewma.example.com"),
+            &[path("/", "Prefix", "web")],
+        )],
+        "",
+    );
+    let env = Env::start(&m).await;
+    for _ in 0..60 {
+        assert_eq!(
+            env.get("ewma.example.com", "/").await.status,
+            StatusCode::OK
+        );
+    }
+    assert!(
+        slow.hits() <= 6,
+        "slow endpoint got {} of 60 (fast {})",
+        slow.hits(),
+        fast.hits()
+    );
+}

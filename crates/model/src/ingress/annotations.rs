@@ -4,7 +4,7 @@
 use std::collections::BTreeMap;
 
 use super::configmap::REFUSED_SNIPPET;
-use super::types::{BackendProtocol, CanaryRule, CookieAffinity, RoutePolicy};
+use super::types::{BackendProtocol, Balancing, CanaryRule, CookieAffinity, RoutePolicy};
 use super::values;
 use crate::objects::{ObjectRef, Origin, Problem};
 
@@ -102,6 +102,8 @@ const HONOURED: &[&str] = &[
     "upstream-vhost",
     "x-forwarded-prefix",
     "enable-access-log",
+    "load-balance",
+    "upstream-hash-by",
 ];
 
 /// The `rvs.io/` annotations an Ingress may carry.
@@ -314,6 +316,10 @@ impl Parser<'_> {
             backend_protocol,
             &mut policy.backend_protocol,
         );
+        self.set("load-balance", values::load_balance, &mut policy.balancing);
+        if let Some(key) = self.get("upstream-hash-by", values::hash_key) {
+            policy.balancing = Balancing::Hash(key);
+        }
         policy.upstream_vhost = self.string("upstream-vhost");
         policy.forwarded_prefix = self.string("x-forwarded-prefix");
     }

@@ -3,7 +3,7 @@
 
 use std::collections::BTreeMap;
 
-use super::types::GlobalSettings;
+use super::types::{Balancing, GlobalSettings};
 use super::values;
 use crate::objects::{ObjectRef, Origin, Problem};
 
@@ -120,6 +120,13 @@ fn apply(s: &mut GlobalSettings, key: &str, raw: &str) -> Result<Applied, String
         "proxy-body-size" => d.body_size_limit = Some(nginx_size(raw)?).filter(|n| *n > 0),
         "whitelist-source-range" | "allowlist-source-range" => d.allowlist = cidr_list(raw)?,
         "denylist-source-range" => d.denylist = cidr_list(raw)?,
+        // upstream-hash-by wins over load-balance whatever the order of the keys.
+        "load-balance" => {
+            if !matches!(d.balancing, Balancing::Hash(_)) {
+                d.balancing = values::load_balance(raw)?;
+            }
+        }
+        "upstream-hash-by" => d.balancing = Balancing::Hash(values::hash_key(raw)?),
         _ => return Ok(Applied::Unsupported),
     }
     Ok(Applied::Yes)

@@ -443,6 +443,54 @@ impl Limits {
     }
 }
 
+/// How an endpoint is chosen (`load-balance`, `upstream-hash-by`).
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub enum Balancing {
+    /// `load-balance: round_robin` (the default).
+    #[default]
+    RoundRobin,
+    /// `load-balance: ewma`: the better of two random endpoints by their response-time EWMA
+    /// times their requests in flight, as ingress-nginx's balancer does.
+    Ewma,
+    /// `upstream-hash-by`: a key made of request variables picks the endpoint, consistently
+    /// (rendezvous hashing: an endpoint change moves only the keys it served).
+    Hash(HashKey),
+}
+
+/// An `upstream-hash-by` key such as `$request_uri` or `$host$http_x_user`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct HashKey {
+    /// As written.
+    pub template: String,
+    pub parts: Vec<HashKeyPart>,
+}
+
+/// One piece of a hash key: literal text or an nginx variable.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum HashKeyPart {
+    Literal(String),
+    /// `$request_uri`: path and query as sent.
+    RequestUri,
+    /// `$uri`: the path.
+    Uri,
+    /// `$args` / `$query_string`.
+    Args,
+    /// `$host`: lowercase, no port.
+    Host,
+    /// `$remote_addr` / `$binary_remote_addr`.
+    RemoteAddr,
+    /// `$scheme`.
+    Scheme,
+    /// `$request_method`.
+    Method,
+    /// `$http_NAME`: a request header (name lowercase, `_` as `-`).
+    Header(String),
+    /// `$cookie_NAME`.
+    Cookie(String),
+    /// `$arg_NAME`: a query parameter.
+    Arg(String),
+}
+
 /// `affinity: cookie`.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct CookieAffinity {
@@ -492,6 +540,8 @@ pub struct RoutePolicy {
     pub forwarded_prefix: Option<String>,
     /// `enable-access-log` (default: the ConfigMap's `disable-access-log` negated).
     pub access_log: bool,
+    /// `load-balance` / `upstream-hash-by`.
+    pub balancing: Balancing,
 }
 
 impl Default for RoutePolicy {
@@ -517,6 +567,7 @@ impl Default for RoutePolicy {
             upstream_vhost: None,
             forwarded_prefix: None,
             access_log: true,
+            balancing: Balancing::RoundRobin,
         }
     }
 }

@@ -4,7 +4,7 @@
 
 use std::time::Duration;
 
-use super::types::NextUpstream;
+use super::types::{Balancing, HashKey, HashKeyPart, NextUpstream};
 
 /// nginx time syntax: `60`, `60s`, `500ms`, `1h`, `1h30m`, `2d` (units ms s m h d w M y;
 /// none = seconds).
@@ -320,5 +320,126 @@ mod tests {
             prop_assert_eq!(nets[0].prefix_len(), 32);
             prop_assert!(nets[0].contains(&std::net::IpAddr::V4(ip)));
         }
+    }
+}
+
+/// `load-balance`: `round_robin` or `ewma` (not `upstream-hash-by`, which has its own key).
+pub fn load_balance(raw: &str) -> Result<Balancing, String> {
+    match raw.trim() {
+        "round_robin" => Ok(Balancing::RoundRobin),
+        "ewma" => Ok(Balancing::Ewma),
+        other => Err(format!(
+            "{other:?} is not a load-balance rvs knows (round_robin, ewma; for hashing use upstream-hash-by)"
+        )),
+    }
+}
+
+/// An `upstream-hash-by` key: literal text and nginx variables (`$request_uri`, `$uri`,
+/// `$args`, `$host`, `$remote_addr`, `$scheme`, `$request_method`, `$http_NAME`,
+/// `$cookie_NAME`, `$arg_NAME`; `${name}` too).
+pub fn hash_key(raw: &str) -> Result<HashKey, String> {
+    let template = raw.trim();
+    if template.is_empty() {
+        return Err("empty hash key".into());
+    }
+    let mut parts = Vec::new();
+    let mut literal = String::new();
+    let mut rest = template;
+    while let Some(dollar) = rest.find('$') {
+        literal.push_str(&rest[..dollar]);
+        rest = &rest[dollar + 1..];
+        let (name, after) = if let Some(braced) = rest.strip_prefix('{') {
+            let end = braced
+                .find('}')
+                .ok_or_else(|| format!("{template:?}: unclosed ${{"))?;
+            (&braced[..end], &braced[end + 1..])
+        } else {
+            let end = rest
+                .find(|c: char| !(c.is_ascii_alphanumeric() || c == '_'))
+                .unwrap_or(rest.len());
+            (&rest[..end], &rest[end..])
+        };
+        if !literal.is_empty() {
+            parts.push(HashKeyPart::Literal(std::mem::take(&mut literal)));
+        }
+        parts.push(
+            variable(name).ok_or_else(|| {
+                format!("{template:?}: ${name} is not a variable rvs can hash by")
+            })?,
+        );
+        rest = after;
+    }
+    literal.push_str(rest);
+    if !literal.is_empty() {
+        parts.push(HashKeyPart::Literal(literal));
+    }
+    Ok(HashKey {
+        template: template.to_string(),
+        parts,
+    })
+}
+
+fn variable(name: &str) -> Option<HashKeyPart> {
+    let named = |prefix: &str| {
+        name.strip_prefix(prefix)
+            .filter(|n| !n.is_empty())
+            .map(str::to_ascii_lowercase)
+    };
+    Some(match name {
+        "request_uri" => HashKeyPart::RequestUri,
+        "uri" | "document_uri" => HashKeyPart::Uri,
+        "args" | "query_string" => HashKeyPart::Args,
+        "host" => HashKeyPart::Host,
+        "remote_addr" | "binary_remote_addr" => HashKeyPart::RemoteAddr,
+        "scheme" => HashKeyPart::Scheme,
+        "request_method" => HashKeyPart::Method,
+        _ => {
+            if let Some(h) = named("http_") {
+                HashKeyPart::Header(h.replace('_', "-"))
+            } else if let Some(c) = named("cookie_") {
+                HashKeyPart::Cookie(c)
+            } else if let Some(a) = named("arg_") {
+                HashKeyPart::Arg(a)
+            } else {
+                return None;
+            }
+        }
+    })
+}
+
+#[cfg(test)]
+mod hash_key_tests {
+    use super::*;
+
+    #[test]
+    fn parses_nginx_variables() {
+        let k = hash_key("$host${request_uri}-x$http_x_user_id$cookie_sid$arg_id").unwrap();
+        assert_eq!(
+            k.parts,
+            [
+                HashKeyPart::Host,
+                HashKeyPart::RequestUri,
+                HashKeyPart::Literal("-x".into()),
+                HashKeyPart::Header("x-user-id".into()),
+                HashKeyPart::Cookie("sid".into()),
+                HashKeyPart::Arg("id".into()),
+            ]
+        );
+        assert_eq!(
+            hash_key("$remote_addr").unwrap().parts,
+            [HashKeyPart::RemoteAddr]
+        );
+        assert!(hash_key("$nope")
+            .unwrap_err()
+            .contains("$nope is not a variable"));
+        assert!(hash_key("${uri").is_err());
+        assert!(hash_key("  ").is_err());
+    }
+
+    #[test]
+    fn load_balance_values() {
+        assert_eq!(load_balance("ewma"), Ok(Balancing::Ewma));
+        assert_eq!(load_balance("round_robin"), Ok(Balancing::RoundRobin));
+        assert!(load_balance("chash").is_err());
     }
 }
