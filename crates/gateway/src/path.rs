@@ -53,6 +53,10 @@ fn percent_decode(raw: &[u8]) -> Result<Vec<u8>, BadPath> {
     while i < raw.len() {
         if raw[i] == b'%' {
             let hex = raw.get(i + 1..i + 3).ok_or(BadPath::BadEncoding)?;
+            // Two hex digits exactly (from_str_radix alone would take a sign).
+            if !hex.iter().all(u8::is_ascii_hexdigit) {
+                return Err(BadPath::BadEncoding);
+            }
             let text = std::str::from_utf8(hex).map_err(|_| BadPath::BadEncoding)?;
             let byte = u8::from_str_radix(text, 16).map_err(|_| BadPath::BadEncoding)?;
             if byte == 0 {
@@ -101,5 +105,6 @@ mod tests {
         assert_eq!(normalize("/a%4"), Err(BadPath::BadEncoding));
         assert_eq!(normalize("/a%00b"), Err(BadPath::BadEncoding));
         assert_eq!(normalize("/%ff"), Err(BadPath::BadEncoding));
+        assert_eq!(normalize("/a%+f"), Err(BadPath::BadEncoding));
     }
 }
