@@ -57,6 +57,9 @@ pub struct PoolStats {
 struct PoolKey {
     addr: SocketAddr,
     protocol: BackendProtocol,
+    /// A connection's write timeout is fixed when it opens: routes to the same endpoint with
+    /// different `proxy-send-timeout`s keep separate pools.
+    send_timeout: Duration,
 }
 
 struct Idle {
@@ -216,7 +219,11 @@ impl Pools {
         send_timeout: Duration,
         fresh: bool,
     ) -> Result<(Checkout, bool), ConnectError> {
-        let key = PoolKey { addr, protocol };
+        let key = PoolKey {
+            addr,
+            protocol,
+            send_timeout,
+        };
         let pool = self.endpoint(key);
         let limits = self.limits();
         if protocol.is_http2() {

@@ -524,6 +524,8 @@ impl Reloader {
             snapshot.version = previous.version;
             status.problems = problems.iter().map(ToString::to_string).collect();
         }
+        // What the gateway could not do (a port taken, a certificate that does not load).
+        status.problems.extend(gateway_errors);
         let in_force = self.previous.is_some();
         if let Ok(mut c) = state.config.lock() {
             *c = status;

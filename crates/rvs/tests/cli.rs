@@ -750,3 +750,44 @@ fn gateway_follows_edits_and_rotates_its_log() {
         std::thread::sleep(Duration::from_millis(50));
     }
 }
+
+/// A gateway port already taken is reported (once in the log, and in /api/v1/config) while
+/// the L4 side serves; it is retried on every poll.
+#[test]
+fn gateway_port_taken_is_reported() {
+    let taken = TcpListener::bind("127.0.0.1:0").unwrap();
+    let taken_addr = taken.local_addr().unwrap();
+    let port = free_port();
+    let _backend = echo_backend("shop-a", &format!("127.0.0.1:{port}"));
+    let dir = tempfile::tempdir().unwrap();
+    write_file(
+        &dir.path().join("svc.yaml"),
+        &web_service("shop", "10.96.8.1", port),
+    );
+    write_file(
+        &dir.path().join("ingress.yaml"),
+        &ingress(&[("/", "shop")], ""),
+    );
+    let admin: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
+    let _rvs = spawn(&[
+        "run",
+        "-f",
+        dir.path().to_str().unwrap(),
+        "--admin",
+        &admin.to_string(),
+        "--http-listen",
+        &taken_addr.to_string(),
+        "--https-listen",
+        &format!("127.0.0.1:{}", free_port()),
+    ]);
+    wait_ready(admin);
+    eventually(
+        "the taken port is reported",
+        Duration::from_secs(10),
+        || {
+            http_get(admin, "/api/v1/config")
+                .is_some_and(|(_, body)| body.contains(&format!("cannot listen on {taken_addr}")))
+        },
+    );
+    drop(taken);
+}
