@@ -1,24 +1,11 @@
 //! `ManifestDir` reads the gateway's kinds: Ingress, IngressClass (cluster-scoped), Secret
 //! (`stringData` merged into `data`) and ConfigMap, keeping their last good versions.
 
-use std::path::Path;
+mod common;
 
-use rvs_model::{ObjectSet, Origin, Problem};
+use common::{texts, write};
+use rvs_model::{ObjectSet, Origin};
 use rvs_source::ManifestDir;
-
-fn write(root: &Path, rel: &str, text: &str) {
-    let path = root.join(rel);
-    std::fs::create_dir_all(path.parent().unwrap()).unwrap();
-    std::fs::write(path, text).unwrap();
-}
-
-fn texts(root: &Path, problems: &[Problem]) -> Vec<String> {
-    let prefix = format!("{}/", root.display());
-    problems
-        .iter()
-        .map(|p| p.to_string().replace(&prefix, ""))
-        .collect()
-}
 
 fn document(origin: &Origin) -> usize {
     match origin {

@@ -1,18 +1,15 @@
 //! `ManifestDir` on real directories: formats, layout, last good objects; `watch_dir`.
 
+mod common;
+
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
+use common::{texts, write};
 use rvs_model::{
-    BuildOptions, EndpointState, ObjectSet, Origin, Problem, RealServer, Snapshot, VirtualService,
+    BuildOptions, EndpointState, ObjectSet, Origin, RealServer, Snapshot, VirtualService,
 };
 use rvs_source::{watch_dir, ManifestDir};
-
-fn write(root: &Path, rel: &str, text: &str) {
-    let path = root.join(rel);
-    std::fs::create_dir_all(path.parent().unwrap()).unwrap();
-    std::fs::write(path, text).unwrap();
-}
 
 fn service(name: &str, ip: &str) -> String {
     format!(
@@ -81,15 +78,6 @@ fn listing(root: &Path, set: &ObjectSet) -> Vec<String> {
         ));
     }
     out
-}
-
-/// Problems as displayed, with the directory's path left off.
-fn texts(root: &Path, problems: &[Problem]) -> Vec<String> {
-    let prefix = format!("{}/", root.display());
-    problems
-        .iter()
-        .map(|p| p.to_string().replace(&prefix, ""))
-        .collect()
 }
 
 fn load(dir: &mut ManifestDir) -> (Vec<String>, Vec<String>) {
