@@ -107,25 +107,10 @@ fn rfc3339<S: serde::Serializer>(time: &SystemTime, s: S) -> Result<S::Ok, S::Er
     s.serialize_str(&format_rfc3339(since.as_secs(), since.subsec_millis()))
 }
 
-/// `2026-11-22T19:30:00.123Z` from Unix seconds (civil-from-days, Howard Hinnant's method).
+/// `2026-11-22T19:30:00.123Z` from Unix seconds and milliseconds.
 fn format_rfc3339(secs: u64, millis: u32) -> String {
-    let days = (secs / 86_400) as i64;
-    let rem = secs % 86_400;
-    let z = days + 719_468;
-    let era = z.div_euclid(146_097);
-    let doe = z - era * 146_097;
-    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
-    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
-    let mp = (5 * doy + 2) / 153;
-    let day = doy - (153 * mp + 2) / 5 + 1;
-    let month = if mp < 10 { mp + 3 } else { mp - 9 };
-    let year = yoe + era * 400 + i64::from(month <= 2);
-    format!(
-        "{year:04}-{month:02}-{day:02}T{:02}:{:02}:{:02}.{millis:03}Z",
-        rem / 3600,
-        rem / 60 % 60,
-        rem % 60
-    )
+    let time = SystemTime::UNIX_EPOCH + Duration::new(secs, millis * 1_000_000);
+    humantime::format_rfc3339_millis(time).to_string()
 }
 
 /// Hands records to the writer; never blocks a request.

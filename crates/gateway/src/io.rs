@@ -18,53 +18,68 @@ enum Transport {
 
 pub struct TimedIo {
     transport: Transport,
-    send_timeout: Duration,
-    /// Armed while a write is pending; cleared by any progress.
-    write_stall: Option<Pin<Box<Sleep>>>,
+    write_stall: WriteStall,
 }
 
 impl TimedIo {
     pub fn plain(stream: TcpStream, send_timeout: Duration) -> Self {
         TimedIo {
             transport: Transport::Plain(stream),
-            send_timeout,
-            write_stall: None,
+            write_stall: WriteStall::new(send_timeout, "upstream send timed out"),
         }
     }
 
     pub fn tls(stream: TlsStream<TcpStream>, send_timeout: Duration) -> Self {
         TimedIo {
             transport: Transport::Tls(Box::new(stream)),
-            send_timeout,
-            write_stall: None,
+            write_stall: WriteStall::new(send_timeout, "upstream send timed out"),
+        }
+    }
+}
+
+/// Fails a write that makes no progress for its timeout (nginx's `proxy_send_timeout` and
+/// `send_timeout`: the time between two successive writes). The timer is made on the first
+/// stall and re-armed on later ones.
+pub struct WriteStall {
+    timeout: Duration,
+    message: &'static str,
+    timer: Option<Pin<Box<Sleep>>>,
+    /// The timer runs for the current stall.
+    armed: bool,
+}
+
+impl WriteStall {
+    pub fn new(timeout: Duration, message: &'static str) -> Self {
+        WriteStall {
+            timeout,
+            message,
+            timer: None,
+            armed: false,
         }
     }
 
-    fn check_stall(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<usize>> {
-        let timeout = self.send_timeout;
-        let stall = self
-            .write_stall
-            .get_or_insert_with(|| Box::pin(tokio::time::sleep_until(Instant::now() + timeout)));
-        match stall.as_mut().poll(cx) {
-            Poll::Ready(()) => Poll::Ready(Err(io::Error::new(
-                io::ErrorKind::TimedOut,
-                "upstream send timed out",
-            ))),
-            Poll::Pending => Poll::Pending,
-        }
-    }
-
-    fn after_write(
+    /// Passes a write's result on; a pending write past the timeout becomes an error.
+    pub fn after<R>(
         &mut self,
         cx: &mut Context<'_>,
-        r: Poll<io::Result<usize>>,
-    ) -> Poll<io::Result<usize>> {
-        match r {
-            Poll::Pending => self.check_stall(cx),
-            done => {
-                self.write_stall = None;
-                done
+        r: Poll<io::Result<R>>,
+    ) -> Poll<io::Result<R>> {
+        if !r.is_pending() {
+            self.armed = false;
+            return r;
+        }
+        let timeout = self.timeout;
+        let timer = self
+            .timer
+            .get_or_insert_with(|| Box::pin(tokio::time::sleep(timeout)));
+        if !std::mem::replace(&mut self.armed, true) {
+            timer.as_mut().reset(Instant::now() + timeout);
+        }
+        match timer.as_mut().poll(cx) {
+            Poll::Ready(()) => {
+                Poll::Ready(Err(io::Error::new(io::ErrorKind::TimedOut, self.message)))
             }
+            Poll::Pending => Poll::Pending,
         }
     }
 }
@@ -95,7 +110,7 @@ impl AsyncWrite for TimedIo {
             Transport::Plain(s) => Pin::new(s).poll_write(cx, buf),
             Transport::Tls(s) => Pin::new(s.as_mut()).poll_write(cx, buf),
         };
-        this.after_write(cx, r)
+        this.write_stall.after(cx, r)
     }
 
     fn poll_write_vectored(
@@ -108,7 +123,7 @@ impl AsyncWrite for TimedIo {
             Transport::Plain(s) => Pin::new(s).poll_write_vectored(cx, bufs),
             Transport::Tls(s) => Pin::new(s.as_mut()).poll_write_vectored(cx, bufs),
         };
-        this.after_write(cx, r)
+        this.write_stall.after(cx, r)
     }
 
     fn is_write_vectored(&self) -> bool {

@@ -29,7 +29,7 @@ use std::time::{Duration, SystemTime};
 
 use arc_swap::ArcSwap;
 use prometheus_client::registry::Registry;
-use rvs_model::ingress::{BackendService, IngressSnapshot};
+use rvs_model::ingress::{Backend, BackendService, IngressSnapshot};
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
 
@@ -82,52 +82,39 @@ pub(crate) struct RoutingTable {
 impl RoutingTable {
     fn new(snapshot: Arc<IngressSnapshot>, previous: Option<&RoutingTable>) -> Self {
         let mut backends = HashMap::new();
-        let mut keep = |backend: &rvs_model::ingress::Backend| {
+        for backend in all_backends(&snapshot) {
             let state = previous
                 .and_then(|p| p.backends.get(&backend.service).cloned())
                 .unwrap_or_default();
             balancer::ewma_retain(&state, &backend.endpoints);
             backends.entry(backend.service.clone()).or_insert(state);
-        };
-        let hosts = snapshot.hosts.iter().chain(Some(&snapshot.default_host));
-        for vh in hosts {
-            let targets = vh
-                .routes
-                .iter()
-                .map(|r| &r.target)
-                .chain(vh.default_route.as_ref());
-            for target in targets {
-                keep(&target.backend);
-                if let Some(canary) = &target.canary {
-                    keep(&canary.backend);
-                }
-            }
         }
         RoutingTable { snapshot, backends }
     }
 
     fn endpoints(&self) -> std::collections::HashSet<SocketAddr> {
-        let mut all = std::collections::HashSet::new();
-        for vh in self
-            .snapshot
-            .hosts
-            .iter()
-            .chain(Some(&self.snapshot.default_host))
-        {
-            for target in vh
-                .routes
+        all_backends(&self.snapshot)
+            .flat_map(|b| b.endpoints.iter().copied())
+            .collect()
+    }
+}
+
+/// Every backend the snapshot's routes, default routes and canaries lead to (repeats
+/// included).
+fn all_backends(snapshot: &IngressSnapshot) -> impl Iterator<Item = &Backend> {
+    snapshot
+        .hosts
+        .iter()
+        .chain(Some(&snapshot.default_host))
+        .flat_map(|vh| {
+            vh.routes
                 .iter()
                 .map(|r| &r.target)
                 .chain(vh.default_route.as_ref())
-            {
-                all.extend(target.backend.endpoints.iter().copied());
-                if let Some(c) = &target.canary {
-                    all.extend(c.backend.endpoints.iter().copied());
-                }
-            }
-        }
-        all
-    }
+        })
+        .flat_map(|target| {
+            std::iter::once(&*target.backend).chain(target.canary.as_ref().map(|c| &*c.backend))
+        })
 }
 
 /// Everything requests share.

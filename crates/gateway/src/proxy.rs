@@ -9,7 +9,6 @@ use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};
 
-use bytes::Bytes;
 use http::header::{self, HeaderMap, HeaderName, HeaderValue};
 use http::{Method, Request, Response, StatusCode, Uri, Version};
 use hyper::body::{Body, Incoming};
@@ -1098,14 +1097,20 @@ fn head_length(req: &http::request::Parts) -> u64 {
 }
 
 fn redirect(status: StatusCode, location: &str) -> Response<ProxyBody> {
-    let body = format!(
-        "<html>\r\n<head><title>{status}</title></head>\r\n<body>\r\n<center><h1>{status}</h1></center>\r\n</body>\r\n</html>\r\n"
-    );
-    let mut response = Response::new(ProxyBody::full(body));
-    *response.status_mut() = status;
+    let mut response = html_page(status);
     if let Ok(v) = HeaderValue::from_str(location) {
         response.headers_mut().insert(header::LOCATION, v);
     }
+    response
+}
+
+/// The small HTML page nginx answers errors and redirects with.
+fn html_page(status: StatusCode) -> Response<ProxyBody> {
+    let body = format!(
+        "<html>\r\n<head><title>{status}</title></head>\r\n<body>\r\n<center><h1>{status}</h1></center>\r\n<hr><center>rvs</center>\r\n</body>\r\n</html>\r\n"
+    );
+    let mut response = Response::new(ProxyBody::full(body));
+    *response.status_mut() = status;
     response
         .headers_mut()
         .insert(header::CONTENT_TYPE, HeaderValue::from_static("text/html"));
@@ -1134,18 +1139,7 @@ pub fn error_response(status: StatusCode, grpc: bool) -> Response<ProxyBody> {
         headers.insert(GRPC_MESSAGE.clone(), HeaderValue::from_static(message));
         return response;
     }
-    let reason = status.canonical_reason().unwrap_or("");
-    let body = format!(
-        "<html>\r\n<head><title>{} {reason}</title></head>\r\n<body>\r\n<center><h1>{} {reason}</h1></center>\r\n<hr><center>rvs</center>\r\n</body>\r\n</html>\r\n",
-        status.as_u16(),
-        status.as_u16()
-    );
-    let mut response = Response::new(ProxyBody::full(Bytes::from(body)));
-    *response.status_mut() = status;
-    response
-        .headers_mut()
-        .insert(header::CONTENT_TYPE, HeaderValue::from_static("text/html"));
-    response
+    html_page(status)
 }
 
 fn finish(response: Response<ProxyBody>, mut done: Done) -> Response<ProxyBody> {

@@ -22,6 +22,7 @@ use tokio::time::{Instant, Sleep};
 use tokio_rustls::TlsAcceptor;
 
 use crate::framing::HeadScanner;
+use crate::io::WriteStall;
 use crate::Shared;
 
 pub fn bind(addr: SocketAddr) -> io::Result<TcpListener> {
@@ -290,38 +291,11 @@ pub struct ClientIo<T> {
     seen_bytes: bool,
     /// Armed while a write to the client makes no progress (nginx `send_timeout`): a client
     /// that stops reading cannot hold its upstream connection and limit slots forever.
-    write_stall: Option<Pin<Box<Sleep>>>,
+    write_stall: WriteStall,
 }
 
 /// nginx's `send_timeout` default.
 const CLIENT_SEND_TIMEOUT: Duration = Duration::from_secs(60);
-
-impl<T> ClientIo<T> {
-    fn after_write<R>(
-        &mut self,
-        cx: &mut Context<'_>,
-        r: Poll<io::Result<R>>,
-    ) -> Poll<io::Result<R>> {
-        match r {
-            Poll::Pending => {
-                let stall = self
-                    .write_stall
-                    .get_or_insert_with(|| Box::pin(tokio::time::sleep(CLIENT_SEND_TIMEOUT)));
-                match stall.as_mut().poll(cx) {
-                    Poll::Ready(()) => Poll::Ready(Err(io::Error::new(
-                        io::ErrorKind::TimedOut,
-                        "client did not read for send_timeout",
-                    ))),
-                    Poll::Pending => Poll::Pending,
-                }
-            }
-            done => {
-                self.write_stall = None;
-                done
-            }
-        }
-    }
-}
 
 /// Watches HTTP/1.1 request heads for conflicting framing.
 struct FramingGuard {
@@ -373,7 +347,10 @@ impl<T> ClientIo<T> {
             armed: false,
             framing,
             seen_bytes: false,
-            write_stall: None,
+            write_stall: WriteStall::new(
+                CLIENT_SEND_TIMEOUT,
+                "client did not read for send_timeout",
+            ),
         }
     }
 }
@@ -431,7 +408,7 @@ impl<T: AsyncWrite + Unpin> AsyncWrite for ClientIo<T> {
     ) -> Poll<io::Result<usize>> {
         let this = self.get_mut();
         let r = Pin::new(&mut this.inner).poll_write(cx, buf);
-        this.after_write(cx, r)
+        this.write_stall.after(cx, r)
     }
 
     fn poll_write_vectored(
@@ -441,7 +418,7 @@ impl<T: AsyncWrite + Unpin> AsyncWrite for ClientIo<T> {
     ) -> Poll<io::Result<usize>> {
         let this = self.get_mut();
         let r = Pin::new(&mut this.inner).poll_write_vectored(cx, bufs);
-        this.after_write(cx, r)
+        this.write_stall.after(cx, r)
     }
 
     fn is_write_vectored(&self) -> bool {
