@@ -92,21 +92,12 @@ HAP_MAXCONN=$(((NOFILE - 500) / 3 < 50000 ? (NOFILE - 500) / 3 : 50000))
 
 # A 100-byte body.
 BODY=$(printf 'rvs-bench %089d\n' 0)
-cat >"$WORK/nginx/nginx.conf" <<EOF
-worker_processes 1;
-worker_rlimit_nofile $NOFILE;
-pid $WORK/nginx/nginx.pid;
-error_log $WORK/nginx/error.log warn;
-events { worker_connections 16384; }
-http {
+{
+    nginx_conf_head "$WORK/nginx" "worker_connections 16384;"
+    cat <<EOF
     access_log off;
     keepalive_requests 10000000;
     keepalive_timeout 75s;
-    client_body_temp_path $WORK/nginx/body;
-    proxy_temp_path $WORK/nginx/proxy;
-    fastcgi_temp_path $WORK/nginx/fastcgi;
-    uwsgi_temp_path $WORK/nginx/uwsgi;
-    scgi_temp_path $WORK/nginx/scgi;
     server {
         listen $BACKEND_A:$HTTP_PORT backlog=4096;
         location / { default_type text/plain; return 200 "${BODY%$'\n'}\n"; }
@@ -117,6 +108,7 @@ http {
     }
 }
 EOF
+} >"$WORK/nginx/nginx.conf"
 
 cat >"$WORK/haproxy.cfg" <<EOF
 global

@@ -73,21 +73,12 @@ NOFILE=$(ulimit -n)
 # Backends: one nginx, two server blocks answering 100 bytes, and stub_status to count the
 # connections the proxies open to them (upstream reuse).
 BODY=$(printf 'rvs-bench %089d' 0)
-cat >"$WORK/backend/nginx.conf" <<EOF
-worker_processes 1;
-worker_rlimit_nofile $NOFILE;
-pid $WORK/backend/nginx.pid;
-error_log $WORK/backend/error.log warn;
-events { worker_connections 16384; }
-http {
+{
+    nginx_conf_head "$WORK/backend" "worker_connections 16384;"
+    cat <<EOF
     access_log off;
     keepalive_requests 10000000;
     keepalive_timeout 300s;
-    client_body_temp_path $WORK/backend/body;
-    proxy_temp_path $WORK/backend/proxy;
-    fastcgi_temp_path $WORK/backend/fastcgi;
-    uwsgi_temp_path $WORK/backend/uwsgi;
-    scgi_temp_path $WORK/backend/scgi;
     server {
         listen $BACKEND_A:$BACKEND_PORT backlog=4096;
         listen $BACKEND_B:$BACKEND_PORT backlog=4096;
@@ -99,6 +90,7 @@ http {
     }
 }
 EOF
+} >"$WORK/backend/nginx.conf"
 
 # The peer: nginx as ingress-nginx renders an Ingress (its nginx.tmpl defaults: upstream
 # keepalive 320 / 60 s / 10000 requests, HTTP/1.1 upstream with the Connection header
@@ -107,18 +99,8 @@ EOF
 peer_conf() { # ACCESS_LOG(on|off)
     local log_line="access_log off;"
     [[ $1 == on ]] && log_line="access_log $WORK/peer/access.log upstreaminfo;"
+    nginx_conf_head "$WORK/peer" "worker_connections 32768; multi_accept on;"
     cat <<EOF
-worker_processes 1;
-worker_rlimit_nofile $NOFILE;
-pid $WORK/peer/nginx.pid;
-error_log $WORK/peer/error.log warn;
-events { worker_connections 32768; multi_accept on; }
-http {
-    client_body_temp_path $WORK/peer/body;
-    proxy_temp_path $WORK/peer/proxy;
-    fastcgi_temp_path $WORK/peer/fastcgi;
-    uwsgi_temp_path $WORK/peer/uwsgi;
-    scgi_temp_path $WORK/peer/scgi;
     log_format upstreaminfo escape=json '{"time":"\$time_iso8601","remote_addr":"\$remote_addr","method":"\$request_method","host":"\$host","path":"\$request_uri","protocol":"\$server_protocol","status":\$status,"bytes_sent":\$bytes_sent,"request_length":\$request_length,"request_time":\$request_time,"upstream_addr":"\$upstream_addr","upstream_status":"\$upstream_status","upstream_response_time":"\$upstream_response_time","namespace":"default","ingress":"bench","service":"bench","request_id":"\$request_id"}';
     $log_line
     keepalive_timeout 75s;

@@ -260,3 +260,22 @@ done = function(summary, latency, requests)
 end
 LUA
 }
+
+# nginx_conf_head DIR EVENTS: the start of an nginx.conf (one worker) that keeps its pid,
+# error log and temporary files in DIR, up to and inside `http {`; the caller adds its
+# directives and server blocks and the closing `}`. EVENTS is the events block's content.
+nginx_conf_head() {
+    cat <<CONF
+worker_processes 1;
+worker_rlimit_nofile $NOFILE;
+pid $1/nginx.pid;
+error_log $1/error.log warn;
+events { $2 }
+http {
+    client_body_temp_path $1/body;
+    proxy_temp_path $1/proxy;
+    fastcgi_temp_path $1/fastcgi;
+    uwsgi_temp_path $1/uwsgi;
+    scgi_temp_path $1/scgi;
+CONF
+}

@@ -160,7 +160,7 @@ impl Gateway {
             certs,
             shutdown: shutdown_rx,
         });
-        let connections = server::ConnectionTracker::default();
+        let connections = server::ConnectionTracker::new(shared.metrics.client_connections.clone());
         let mut listeners = Vec::new();
         let http2 = defaults.use_http2;
         let tls_config = shared

@@ -14,6 +14,7 @@ use std::time::Duration;
 use hyper::server::conn::{http1, http2};
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use prometheus_client::metrics::gauge::Gauge;
 use rustls::ServerConfig;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::{TcpListener, TcpStream};
@@ -42,35 +43,46 @@ pub fn bind(addr: SocketAddr) -> io::Result<TcpListener> {
     TcpListener::from_std(socket.into())
 }
 
-/// Counts open client connections; shutdown waits for zero.
-#[derive(Clone, Default)]
-pub struct ConnectionTracker(Arc<(AtomicUsize, Notify)>);
+/// Counts open client connections in the metrics' gauge; shutdown waits for zero.
+#[derive(Clone)]
+pub struct ConnectionTracker {
+    open: Gauge,
+    closed_all: Arc<Notify>,
+}
 
 struct Tracked(ConnectionTracker);
 
 impl Drop for Tracked {
     fn drop(&mut self) {
-        if (self.0).0 .0.fetch_sub(1, Ordering::AcqRel) == 1 {
-            (self.0).0 .1.notify_waiters();
+        if self.0.open.dec() == 1 {
+            self.0.closed_all.notify_waiters();
         }
     }
 }
 
 impl ConnectionTracker {
+    /// Counts in `open` (`nginx_ingress_controller_nginx_process_connections`).
+    pub fn new(open: Gauge) -> Self {
+        ConnectionTracker {
+            open,
+            closed_all: Arc::default(),
+        }
+    }
+
     fn track(&self) -> Tracked {
-        self.0 .0.fetch_add(1, Ordering::AcqRel);
+        self.open.inc();
         Tracked(self.clone())
     }
 
     pub fn count(&self) -> usize {
-        self.0 .0.load(Ordering::Acquire)
+        usize::try_from(self.open.get()).unwrap_or(0)
     }
 
     /// Waits until no connection is open, or `grace` passed (false then).
     pub async fn wait_idle(&self, grace: Duration) -> bool {
         let deadline = Instant::now() + grace;
         loop {
-            let notified = self.0 .1.notified();
+            let notified = self.closed_all.notified();
             if self.count() == 0 {
                 return true;
             }
@@ -125,9 +137,7 @@ pub async fn accept_loop(
         let acceptor = acceptor.clone();
         tokio::spawn(async move {
             let _tracked = tracked;
-            shared.metrics.client_connections.inc();
             serve(stream, peer, acceptor, &shared).await;
-            shared.metrics.client_connections.dec();
         });
     }
 }
