@@ -2,9 +2,11 @@
 
 mod check;
 mod echo;
+mod kube;
 mod load;
 mod ls;
 mod run;
+mod webhook;
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -28,7 +30,7 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Command {
-    /// Proxy every Service in a manifest directory to its endpoints.
+    /// Proxy every Service (and Ingress) of a manifest directory or the Kubernetes API to its endpoints.
     Run(Box<run::RunArgs>),
     /// Validate a manifest directory: one line per problem, non-zero exit if any.
     Check {
@@ -52,6 +54,8 @@ enum Command {
     Echo(echo::EchoArgs),
     /// Remove rvs's nftables tables (what `rvs run --engine nftables` leaves on exit).
     Cleanup,
+    /// Validating admission webhook for Ingresses (AdmissionReview v1 over HTTPS).
+    Webhook(Box<webhook::WebhookArgs>),
     /// Many short HTTP/1.0 connections to one address: connect times (stalls), backends seen.
     Load(load::LoadArgs),
 }
@@ -104,6 +108,7 @@ fn main() -> std::process::ExitCode {
             } => ls::ls(admin, connections, json).await,
             Command::Echo(args) => echo::echo(args).await,
             Command::Load(args) => load::load(args).await,
+            Command::Webhook(args) => webhook::webhook(*args).await,
             Command::Cleanup => {
                 rvs_nft::NftEngine::new(Default::default())
                     .remove_all()

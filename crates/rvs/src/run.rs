@@ -20,6 +20,8 @@ use rvs_model::{BuildOptions, Frontend, Problem, SchedulerKind, Snapshot};
 use rvs_nft::{NftConfig, NftEngine, RenderOptions};
 use rvs_source::ManifestDir;
 
+use crate::kube::ApiFeed;
+
 #[derive(Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
 pub enum EngineKind {
     /// Listeners on the virtual addresses; runs anywhere, no privileges.
@@ -30,9 +32,11 @@ pub enum EngineKind {
 
 #[derive(Args)]
 pub struct RunArgs {
-    /// The manifest directory (Services and EndpointSlices; watched for changes).
-    #[arg(short = 'f', long = "filename")]
-    dir: PathBuf,
+    /// The manifest directory (Services, EndpointSlices, Ingresses...; watched for changes).
+    #[arg(short = 'f', long = "filename", required_unless_present_any = ["kube", "kubeconfig"], conflicts_with = "kube")]
+    dir: Option<PathBuf>,
+    #[command(flatten)]
+    kube: crate::kube::KubeArgs,
     /// Admin HTTP address: /healthz, /readyz, /metrics, /api/v1/services.
     #[arg(long, default_value = "127.0.0.1:9090")]
     admin: SocketAddr,
@@ -217,6 +221,7 @@ struct State {
     ready: AtomicBool,
     config: Mutex<ConfigStatus>,
     gateway_metrics: rvs_gateway::Metrics,
+    kube_metrics: rvs_kube::WatchMetrics,
 }
 
 impl AdminSource for State {
@@ -238,6 +243,7 @@ impl AdminSource for State {
     }
     fn register_metrics(&self, registry: &mut prometheus_client::registry::Registry) {
         self.gateway_metrics.register(registry);
+        self.kube_metrics.register(registry);
     }
 }
 
@@ -266,6 +272,7 @@ pub async fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
         ready: AtomicBool::new(false),
         config: Mutex::new(ConfigStatus::default()),
         gateway_metrics: rvs_gateway::Metrics::new(),
+        kube_metrics: rvs_kube::WatchMetrics::default(),
     });
     let admin = tokio::net::TcpListener::bind(args.admin)
         .await
@@ -277,22 +284,34 @@ pub async fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
         shutdown.clone().wait(),
     ));
 
-    let mut dir = ManifestDir::new(&args.dir);
-    let (_watcher, mut changes) = rvs_source::watch_dir(
-        &args.dir,
-        Duration::from_millis(100),
-        Duration::from_secs(2),
-    )
-    .with_context(|| {
-        format!(
-            "{}: cannot watch the manifest directory",
-            args.dir.display()
-        )
-    })?;
-    let options = BuildOptions {
+    let mut options = BuildOptions {
         default_scheduler: args.scheduler,
         node_name: args.node_name.clone(),
         node_zone: args.node_zone.clone(),
+    };
+    let gateway_options = args.gateway.options()?;
+    let mut source = match &args.dir {
+        Some(dir) => {
+            let (watcher, changes) =
+                rvs_source::watch_dir(dir, Duration::from_millis(100), Duration::from_secs(2))
+                    .with_context(|| {
+                        format!("{}: cannot watch the manifest directory", dir.display())
+                    })?;
+            Source::Dir {
+                dir: ManifestDir::new(dir),
+                _watcher: Box::new(watcher),
+                changes,
+            }
+        }
+        None => Source::Api(Box::new(
+            ApiFeed::start(
+                &args.kube,
+                gateway_options.configmap.clone(),
+                args.node_name.clone(),
+                state.kube_metrics.clone(),
+            )
+            .await?,
+        )),
     };
     let mut reloader = Reloader {
         previous: None,
@@ -300,27 +319,46 @@ pub async fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
         health: ServiceHealth::default(),
         engine_errors: Vec::new(),
         gateway: GatewayState {
-            options: args.gateway.options()?,
+            options: gateway_options,
             config: args.gateway.config(),
             running: None,
             previous: None,
             errors: Vec::new(),
         },
     };
-    reloader.reload(&mut dir, &options, &state).await;
-    if let Some(snapshot) = &reloader.previous {
-        announce(snapshot, &engine, args.admin);
+    if let Source::Dir { dir, .. } = &mut source {
+        reloader.reload_dir(dir, &options, &state).await;
+        if let Some(snapshot) = &reloader.previous {
+            announce(snapshot, &engine, args.admin);
+        }
+    } else {
+        println!(
+            "rvs: watching the Kubernetes API (admin http://{}, ready once every kind is listed)",
+            args.admin
+        );
     }
     let mut resync = tokio::time::interval(args.sync_period);
     resync.tick().await;
+    let mut retry = tokio::time::interval(Duration::from_secs(2));
     let mut hangup = hangup_signal();
     loop {
         tokio::select! {
-            changed = changes.recv() => {
-                if changed.is_none() {
-                    anyhow::bail!("{}: the directory watcher stopped", args.dir.display());
+            changed = source.changed() => {
+                match &mut source {
+                    Source::Dir { dir, .. } => {
+                        if changed.is_none() {
+                            anyhow::bail!("{}: the directory watcher stopped", dir.root().display());
+                        }
+                        reloader.reload_dir(dir, &options, &state).await;
+                    }
+                    Source::Api(feed) => sync_api(feed, &mut reloader, &mut options, &state, &args).await,
                 }
-                reloader.reload(&mut dir, &options, &state).await;
+            }
+            // The directory is polled anyway; the API source retries what failed here.
+            _ = retry.tick(), if matches!(source, Source::Api(_)) && reloader.retry_wanted() => {
+                if let Source::Api(feed) = &mut source {
+                    sync_api(feed, &mut reloader, &mut options, &state, &args).await;
+                }
             }
             _ = resync.tick() => {
                 if let (DataPlane::Nftables(_), Some(snapshot)) = (&engine, &reloader.previous) {
@@ -361,8 +399,66 @@ pub async fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
             );
         }
     };
-    tokio::join!(gateway, l4);
+    let api = async {
+        if let Source::Api(feed) = &mut source {
+            feed.stop().await;
+        }
+    };
+    tokio::join!(gateway, l4, api);
     Ok(ExitCode::SUCCESS)
+}
+
+/// Where the configuration comes from.
+enum Source {
+    Dir {
+        dir: ManifestDir,
+        /// Kept alive: dropping it stops the events.
+        _watcher: Box<dyn std::any::Any + Send>,
+        changes: tokio::sync::mpsc::Receiver<()>,
+    },
+    Api(Box<ApiFeed>),
+}
+
+impl Source {
+    /// The next change; None when the directory watcher stopped.
+    async fn changed(&mut self) -> Option<()> {
+        match self {
+            Source::Dir { changes, .. } => changes.recv().await,
+            Source::Api(feed) => {
+                feed.changed().await;
+                Some(())
+            }
+        }
+    }
+}
+
+/// Applies what the API shows now.
+async fn sync_api(
+    feed: &mut ApiFeed,
+    reloader: &mut Reloader,
+    options: &mut BuildOptions,
+    state: &State,
+    args: &RunArgs,
+) {
+    if !feed.synced() {
+        return;
+    }
+    // The node's zone label, unless --node-zone says otherwise.
+    if args.node_zone.is_none() {
+        options.node_zone = feed.node_zone();
+    }
+    let first = reloader.previous.is_none();
+    let (objects, pending) = feed.take();
+    reloader
+        .reload(Ok((objects, Vec::new())), options, state)
+        .await;
+    feed.applied(&pending);
+    feed.served(reloader.gateway.previous.as_deref());
+    if first {
+        if let Some(snapshot) = &reloader.previous {
+            announce(snapshot, &state.engine, args.admin);
+        }
+    }
 }
 
 struct Reloader {
@@ -438,17 +534,30 @@ impl GatewayState {
 }
 
 impl Reloader {
-    async fn reload(&mut self, dir: &mut ManifestDir, options: &BuildOptions, state: &State) {
+    /// Whether something failed last time and a retry may fix it (an address appeared, a
+    /// port was freed).
+    fn retry_wanted(&self) -> bool {
+        !self.engine_errors.is_empty() || !self.gateway.errors.is_empty()
+    }
+
+    async fn reload_dir(&mut self, dir: &mut ManifestDir, options: &BuildOptions, state: &State) {
         // The periodic poll finds nothing new most of the time: skip the parse, unless
         // something the engine could not serve is waiting for another try.
-        if self.previous.is_some()
-            && self.engine_errors.is_empty()
-            && self.gateway.errors.is_empty()
-            && !dir.has_changed()
-        {
+        if self.previous.is_some() && !self.retry_wanted() && !dir.has_changed() {
             return;
         }
-        let loaded = dir.load();
+        let loaded = dir.load().map_err(|e| e.to_string());
+        self.reload(loaded, options, state).await;
+    }
+
+    /// Builds and applies the configuration from what a source loaded (or keeps the last
+    /// good one when the source failed).
+    async fn reload(
+        &mut self,
+        loaded: Result<(rvs_model::ObjectSet, Vec<Problem>), String>,
+        options: &BuildOptions,
+        state: &State,
+    ) {
         let mut status = state.config.lock().map(|c| c.clone()).unwrap_or_default();
         status.reloads_total += 1;
         let (objects, mut problems) = match loaded {
@@ -598,15 +707,15 @@ fn hangup_signal() -> tokio::sync::mpsc::Receiver<()> {
 
 /// A shutdown signal (SIGTERM or Ctrl-C) that many tasks can wait for.
 #[derive(Clone)]
-struct Shutdown(tokio::sync::watch::Receiver<bool>);
+pub(crate) struct Shutdown(tokio::sync::watch::Receiver<bool>);
 
 impl Shutdown {
-    async fn wait(mut self) {
+    pub(crate) async fn wait(mut self) {
         let _ = self.0.wait_for(|stop| *stop).await;
     }
 }
 
-fn shutdown_signal() -> Shutdown {
+pub(crate) fn shutdown_signal() -> Shutdown {
     let (tx, rx) = tokio::sync::watch::channel(false);
     tokio::spawn(async move {
         let ctrl_c = tokio::signal::ctrl_c();

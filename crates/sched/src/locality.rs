@@ -87,7 +87,9 @@ impl<E: Entry> Table<E> {
             // ticks at all on an empty table, are skipped over arithmetically.
             let quiet: u128 = if self.entries == 0 {
                 due
-            } else if self.entries <= MAX_SIZE && self.counter % COUNT_FOR_FULL_EXPIRATION != 0 {
+            } else if self.entries <= MAX_SIZE
+                && !self.counter.is_multiple_of(COUNT_FOR_FULL_EXPIRATION)
+            {
                 due.min(u128::from(COUNT_FOR_FULL_EXPIRATION - self.counter))
             } else {
                 0
@@ -113,7 +115,7 @@ impl<E: Entry> Table<E> {
 
     /// `ip_vs_lblc(r)_check_expire` at tick time `now`.
     fn check_expire(&mut self, now: Instant, expiration: Duration) {
-        if self.counter % COUNT_FOR_FULL_EXPIRATION == 0 {
+        if self.counter.is_multiple_of(COUNT_FOR_FULL_EXPIRATION) {
             self.full_check(now, expiration);
             self.counter = 1;
             return;

@@ -71,10 +71,12 @@ impl IngressSnapshot {
             origins: &origins,
             backends: HashMap::new(),
             warnings: BTreeSet::new(),
+            conflicts: BTreeSet::new(),
         };
         let (hosts, default_host) = assembly.hosts(&served);
         let certificates = certificates(&served, objects, previous);
         warnings.extend(assembly.warnings);
+        let conflicts = assembly.conflicts.into_iter().collect();
 
         let mut snapshot = IngressSnapshot {
             version: previous.map_or(1, |p| p.version + 1),
@@ -95,6 +97,7 @@ impl IngressSnapshot {
             snapshot,
             problems,
             warnings,
+            conflicts,
         }
     }
 }
@@ -552,6 +555,7 @@ struct Assembly<'a> {
     /// Each Service port's backend and whether the port exists.
     backends: HashMap<BackendService, (Arc<Backend>, bool)>,
     warnings: BTreeSet<Problem>,
+    conflicts: BTreeSet<Problem>,
 }
 
 /// A route before its target is shared.
@@ -563,8 +567,8 @@ struct Pending {
 type Hosts = BTreeMap<Option<String>, Vec<Pending>>;
 
 impl Assembly<'_> {
-    fn warn(&mut self, ingress: &IngressRef, message: String) {
-        self.warnings.insert(Problem {
+    fn problem(&self, ingress: &IngressRef, message: String) -> Problem {
+        Problem {
             origin: self.origins.get(ingress).cloned().unwrap_or_default(),
             object: Some(ObjectRef {
                 kind: "Ingress".into(),
@@ -573,7 +577,17 @@ impl Assembly<'_> {
             }),
             field: String::new(),
             message,
-        });
+        }
+    }
+
+    fn warn(&mut self, ingress: &IngressRef, message: String) {
+        let warning = self.problem(ingress, message);
+        self.warnings.insert(warning);
+    }
+
+    fn conflict(&mut self, ingress: &IngressRef, message: String) {
+        let conflict = self.problem(ingress, message);
+        self.conflicts.insert(conflict);
     }
 
     fn hosts(&mut self, served: &[Arc<ParsedIngress>]) -> (Vec<VirtualHost>, VirtualHost) {
@@ -592,7 +606,8 @@ impl Assembly<'_> {
                         host_label(&rule.host),
                         rule.path.as_str()
                     );
-                    self.warn(&ingress.ingress, message);
+                    self.warn(&ingress.ingress, message.clone());
+                    self.conflict(&ingress.ingress, message);
                     continue;
                 }
                 owners.insert(key, ingress.ingress.clone());

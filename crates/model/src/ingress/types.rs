@@ -685,4 +685,7 @@ pub struct IngressBuild {
     /// Served, but something is not honoured (an unsupported annotation), one per Ingress
     /// and annotation.
     pub warnings: Vec<Problem>,
+    /// The warnings that are a host and path another (older) Ingress already serves: what
+    /// the admission webhook refuses.
+    pub conflicts: Vec<Problem>,
 }
