@@ -822,6 +822,25 @@ fn write(inner: &Inner, target: &Target, create: bool, mut object: Value) -> Res
     )
 }
 
+/// A BOOKMARK's object: the kind's zero value (what Go's encoder writes for an empty
+/// object, `null`s and empty structs included) with only the resourceVersion set.
+fn bookmark(t: &ResourceType, rv: u64) -> Value {
+    let mut mark = json!({"kind": t.kind, "apiVersion": t.api_version,
+                          "metadata": {"resourceVersion": rv.to_string(), "creationTimestamp": null}});
+    let zero = match t.kind {
+        "EndpointSlice" => json!({"addressType": "", "endpoints": null, "ports": null}),
+        "Service" => json!({"spec": {}, "status": {"loadBalancer": {}}}),
+        "Ingress" => json!({"spec": {}, "status": {"loadBalancer": {}}}),
+        "Node" | "Pod" => json!({"spec": {}, "status": {}}),
+        "IngressClass" | "Lease" => json!({"spec": {}}),
+        _ => json!({}),
+    };
+    if let (Some(mark), Some(zero)) = (mark.as_object_mut(), zero.as_object()) {
+        mark.extend(zero.clone());
+    }
+    mark
+}
+
 fn event_line(kind: &str, object: &Value) -> Bytes {
     let mut line = json!({"type": kind, "object": object}).to_string();
     line.push('\n');
@@ -906,14 +925,7 @@ fn watch_response(
             tokio::select! {
                 change = live.recv() => match change {
                     Ok(change) => {
-                        if change.resource != resource || change.rv <= last_rv {
-                            continue;
-                        }
-                        last_rv = change.rv;
-                        if !in_scope(&target, &change.object) || !selector.matches(&change.object) {
-                            continue;
-                        }
-                        if tx.send(Ok(Frame::data(event_line(change.kind, &change.object)))).await.is_err() {
+                        if !forward(&tx, &change, resource, &target, &selector, &mut last_rv).await {
                             return;
                         }
                     }
@@ -921,10 +933,23 @@ fn watch_response(
                     Err(_) => return,
                 },
                 _ = ticker.tick(), if bookmarks => {
+                    // Every change up to this version is in the channel already (sent under
+                    // the lock): send those first, as a real server never bookmarks past an
+                    // event it has not sent.
                     let rv = inner.state().rv;
+                    loop {
+                        match live.try_recv() {
+                            Ok(change) => {
+                                if !forward(&tx, &change, resource, &target, &selector, &mut last_rv).await {
+                                    return;
+                                }
+                            }
+                            Err(broadcast::error::TryRecvError::Empty) => break,
+                            Err(_) => return,
+                        }
+                    }
                     last_rv = last_rv.max(rv);
-                    let mark = json!({"kind": t.kind, "apiVersion": t.api_version,
-                                      "metadata": {"resourceVersion": last_rv.to_string()}});
+                    let mark = bookmark(t, last_rv);
                     if tx.send(Ok(Frame::data(event_line("BOOKMARK", &mark)))).await.is_err() {
                         return;
                     }
@@ -945,6 +970,30 @@ fn watch_response(
         hyper::header::HeaderValue::from_static("application/json"),
     );
     response
+}
+
+type Frames = mpsc::Sender<Result<Frame<Bytes>, std::io::Error>>;
+
+/// Sends a change to a watch if it is of its kind, new to it and selected; false when the
+/// client is gone.
+async fn forward(
+    tx: &Frames,
+    change: &Change,
+    resource: usize,
+    target: &Target,
+    selector: &Selector,
+    last_rv: &mut u64,
+) -> bool {
+    if change.resource != resource || change.rv <= *last_rv {
+        return true;
+    }
+    *last_rv = change.rv;
+    if !in_scope(target, &change.object) || !selector.matches(&change.object) {
+        return true;
+    }
+    tx.send(Ok(Frame::data(event_line(change.kind, &change.object))))
+        .await
+        .is_ok()
 }
 
 fn tokio_stream_from<T: Send + 'static>(

@@ -59,7 +59,15 @@ pub async fn run_election(
     let mut observed: Option<Observed> = None;
     let mut last_renew: Option<Instant> = None;
     loop {
-        match try_acquire_or_renew(&api, &config, &mut observed).await {
+        // Each attempt is bounded as client-go bounds a renewal: a request that hangs must
+        // not keep a leader believing it leads while another takes over.
+        let attempt = tokio::time::timeout(
+            config.renew_deadline,
+            try_acquire_or_renew(&api, &config, &mut observed),
+        )
+        .await
+        .unwrap_or_else(|_| Err(AttemptError::TimedOut));
+        match attempt {
             Ok(true) => {
                 last_renew = Some(Instant::now());
                 if !*leading.borrow() {
@@ -100,6 +108,14 @@ fn now() -> MicroTime {
     MicroTime(Timestamp::now())
 }
 
+#[derive(Debug, thiserror::Error)]
+enum AttemptError {
+    #[error(transparent)]
+    Api(#[from] kube::Error),
+    #[error("no answer within the renew deadline")]
+    TimedOut,
+}
+
 fn is_conflict(e: &kube::Error) -> bool {
     matches!(e, kube::Error::Api(s) if s.code == 409)
 }
@@ -108,7 +124,7 @@ async fn try_acquire_or_renew(
     api: &Api<Lease>,
     config: &LeaseConfig,
     observed: &mut Option<Observed>,
-) -> Result<bool, kube::Error> {
+) -> Result<bool, AttemptError> {
     let seconds = i32::try_from(config.lease_duration.as_secs()).unwrap_or(i32::MAX);
     let Some(mut lease) = api.get_opt(&config.name).await? else {
         let lease = Lease {
@@ -130,7 +146,7 @@ async fn try_acquire_or_renew(
             Ok(_) => Ok(true),
             // Another candidate created it first.
             Err(e) if is_conflict(&e) => Ok(false),
-            Err(e) => Err(e),
+            Err(e) => Err(e.into()),
         };
     };
     let spec = lease.spec.get_or_insert_with(Default::default);
@@ -173,7 +189,7 @@ async fn try_acquire_or_renew(
         Ok(_) => Ok(true),
         // Someone wrote in between (the resourceVersion no longer matches).
         Err(e) if is_conflict(&e) => Ok(false),
-        Err(e) => Err(e),
+        Err(e) => Err(e.into()),
     }
 }
 

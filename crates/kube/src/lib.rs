@@ -31,7 +31,7 @@ pub enum ConnectError {
 /// A client from `kubeconfig`, or else the in-cluster configuration (the service account),
 /// or else `$KUBECONFIG` / `~/.kube/config`.
 pub async fn connect(kubeconfig: Option<&Path>) -> Result<Client, ConnectError> {
-    let config = match kubeconfig {
+    let mut config = match kubeconfig {
         Some(path) => {
             let loaded = kube::config::Kubeconfig::read_from(path).map_err(|source| {
                 ConnectError::Kubeconfig {
@@ -48,5 +48,9 @@ pub async fn connect(kubeconfig: Option<&Path>) -> Result<Client, ConnectError> 
         }
         None => kube::Config::infer().await?,
     };
+    // A half-open connection (a node or API server gone without a reset) must not hang a
+    // watch forever: watches end by themselves after at most 290 s (kube-rs asks for that),
+    // and bookmarks arrive about every minute, so 5 minutes without a byte is a dead peer.
+    config.read_timeout = Some(std::time::Duration::from_secs(300));
     Ok(Client::try_from(config)?)
 }

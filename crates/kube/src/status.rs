@@ -81,13 +81,24 @@ pub async fn run_status(
     config: StatusConfig,
     mut stop: watch::Receiver<bool>,
 ) {
+    // What this leader published last, to clear Ingresses that are no longer served.
+    let mut published: Vec<(String, String)> = Vec::new();
+    let mut last_wanted = load_balancer_status(&[]);
     loop {
         if *leading.borrow_and_update() {
             match addresses(&client, &config.publish).await {
                 Ok(addresses) => {
                     let wanted = load_balancer_status(&addresses);
                     let targets = served.borrow_and_update().clone();
-                    update_all(&client, &ingresses, &targets, &wanted).await;
+                    update_all(&client, &ingresses, &targets, &wanted, &leading).await;
+                    let dropped: Vec<(String, String)> = published
+                        .iter()
+                        .filter(|p| !targets.contains(p))
+                        .cloned()
+                        .collect();
+                    clear_all(&client, &ingresses, &dropped, &last_wanted, &leading).await;
+                    published = targets;
+                    last_wanted = wanted;
                 }
                 Err(e) => {
                     tracing::warn!(error = %e, "ingress status: cannot find the gateway's addresses")
@@ -99,6 +110,26 @@ pub async fn run_status(
             Ok(()) = served.changed() => {}
             Ok(()) = leading.changed() => {}
             _ = stop.wait_for(|s| *s) => return,
+        }
+    }
+}
+
+/// Ingresses no longer served lose the addresses this gateway wrote (ingress-nginx does the
+/// same when an Ingress changes class); one that shows other addresses is someone else's.
+async fn clear_all(
+    client: &Client,
+    ingresses: &Store<Ingress>,
+    dropped: &[(String, String)],
+    published: &IngressLoadBalancerStatus,
+    leading: &watch::Receiver<bool>,
+) {
+    let none = load_balancer_status(&[]);
+    for (namespace, name) in dropped {
+        let Some(current) = ingresses.get(&ObjectRef::new(name).within(namespace)) else {
+            continue;
+        };
+        if status_matches(&current, published) && !status_matches(&current, &none) {
+            write_status(client, &current, &none, leading).await;
         }
     }
 }
@@ -118,6 +149,7 @@ async fn addresses(client: &Client, publish: &PublishFrom) -> Result<Vec<String>
                 .items
                 .iter()
                 .filter(|p| p.metadata.deletion_timestamp.is_none())
+                .filter(|p| p.status.as_ref().and_then(|s| s.phase.as_deref()) == Some("Running"))
                 .filter_map(|p| p.status.as_ref()?.host_ip.clone())
                 .collect())
         }
@@ -129,30 +161,45 @@ async fn update_all(
     ingresses: &Store<Ingress>,
     targets: &[(String, String)],
     wanted: &IngressLoadBalancerStatus,
+    leading: &watch::Receiver<bool>,
 ) {
     for (namespace, name) in targets {
         let Some(current) = ingresses.get(&ObjectRef::new(name).within(namespace)) else {
             continue;
         };
-        if status_matches(&current, wanted) {
-            continue;
+        if !status_matches(&current, wanted) {
+            write_status(client, &current, wanted, leading).await;
         }
-        let mut updated = Ingress::clone(&current);
-        updated.status = Some(IngressStatus {
-            load_balancer: Some(wanted.clone()),
-        });
-        let api: Api<Ingress> = Api::namespaced(client.clone(), namespace);
-        // A conflict means the Ingress changed meanwhile: the next round sees the new one.
-        match api
-            .replace_status(name, &PostParams::default(), &updated)
-            .await
-        {
-            Ok(_) => {
-                tracing::info!(ingress = %format!("{namespace}/{name}"), addresses = ?wanted.ingress, "ingress status updated")
-            }
-            Err(e) => {
-                tracing::warn!(ingress = %format!("{namespace}/{name}"), error = %e, "ingress status: update failed")
-            }
+    }
+}
+
+async fn write_status(
+    client: &Client,
+    current: &Ingress,
+    wanted: &IngressLoadBalancerStatus,
+    leading: &watch::Receiver<bool>,
+) {
+    // Leadership can end between two writes: a former leader must not keep writing.
+    if !*leading.borrow() {
+        return;
+    }
+    let namespace = current.metadata.namespace.clone().unwrap_or_default();
+    let name = current.metadata.name.clone().unwrap_or_default();
+    let mut updated = current.clone();
+    updated.status = Some(IngressStatus {
+        load_balancer: Some(wanted.clone()),
+    });
+    let api: Api<Ingress> = Api::namespaced(client.clone(), &namespace);
+    // A conflict means the Ingress changed meanwhile: the next round sees the new one.
+    match api
+        .replace_status(&name, &PostParams::default(), &updated)
+        .await
+    {
+        Ok(_) => {
+            tracing::info!(ingress = %format!("{namespace}/{name}"), addresses = ?wanted.ingress, "ingress status updated")
+        }
+        Err(e) => {
+            tracing::warn!(ingress = %format!("{namespace}/{name}"), error = %e, "ingress status: update failed")
         }
     }
 }

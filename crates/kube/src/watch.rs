@@ -215,6 +215,15 @@ impl ApiSource {
         }
     }
 
+    /// Puts back event times whose configuration could not be applied: they count from
+    /// their arrival until a later apply succeeds.
+    pub fn requeue(&self, mut pending: Vec<Instant>) {
+        if let Ok(mut p) = self.shared.pending.lock() {
+            pending.append(&mut p);
+            *p = pending;
+        }
+    }
+
     /// Everything watched, as the model's input.
     pub fn objects(&self) -> ObjectSet {
         ObjectSet {
@@ -260,7 +269,7 @@ where
         .iter()
         .map(|object| Sourced {
             origin: Origin::Api,
-            object: K::clone(object),
+            object: object.clone(),
         })
         .collect()
 }
@@ -310,6 +319,10 @@ where
                     }
                     shared.metrics.event(resource);
                     shared.event(Some(Instant::now()));
+                }
+                // 410 Gone: not a failure; the relist that follows is counted as one.
+                Err(watcher::Error::WatchError(status)) if status.code == 410 => {
+                    tracing::debug!(resource, "resource version expired (410)");
                 }
                 Err(e) => {
                     shared.metrics.restart(resource, "error");

@@ -89,6 +89,11 @@ async fn lists_then_watches_and_resumes_without_relisting() {
     // A dropped connection: the watch resumes from the last version it saw, no relist.
     let watches_before = service_watches(&api).len();
     api.cut_watches();
+    // The change is made once the watch is back, so it can only arrive on the resumed one.
+    until("the watch resumed", || {
+        service_watches(&api).len() > watches_before
+    })
+    .await;
     api.put(service("c", "10.96.0.4"));
     until("c seen after the cut", || {
         service_names(&source) == ["b", "c"]
@@ -138,7 +143,7 @@ async fn relists_after_410_gone_and_sees_what_changed_meanwhile() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn bookmarks_move_the_resume_point_forward() {
     let api = FakeApi::start().await.unwrap();
-    api.set_bookmark_interval(Duration::from_millis(100));
+    api.set_bookmark_interval(Duration::from_millis(50));
     let dir = tempfile::tempdir().unwrap();
     api.put(service("a", "10.96.0.1"));
     let source = ApiSource::start(
@@ -158,11 +163,16 @@ async fn bookmarks_move_the_resume_point_forward() {
         api.put(cm);
     }
     let newest = api.resource_version();
-    tokio::time::sleep(Duration::from_millis(400)).await;
+    // Twenty bookmark intervals: time enough for one to arrive even on a loaded machine.
+    tokio::time::sleep(Duration::from_millis(1000)).await;
     // Compaction up to now: resuming from the listed version would be 410.
     api.compact();
+    let watches_before = service_watches(&api).len();
     api.end_watches();
-    tokio::time::sleep(Duration::from_millis(500)).await;
+    until("the watch resumed", || {
+        service_watches(&api).len() > watches_before
+    })
+    .await;
     let resumed = service_watches(&api).last().cloned().unwrap();
     let version: u64 = resumed
         .split("resourceVersion=")
@@ -258,4 +268,102 @@ async fn one_leader_hands_over_on_release_and_after_a_crash() {
     c.stop.send(true).unwrap();
     c.task.await.unwrap();
     assert_eq!(holder(&api), None, "released on stop");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_recorded_lease_of_a_dead_holder_is_taken_over_after_its_duration() {
+    let api = FakeApi::start().await.unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let mut lease = fixture("lease-rvs-leader.json");
+    lease["spec"]["leaseDurationSeconds"] = json!(1);
+    api.put(lease);
+    let client = client(&api, &dir).await;
+    let started = std::time::Instant::now();
+    let c = candidate(&client, "rvs-new");
+    until("the new candidate leads", || *c.leading.borrow()).await;
+    // Measured from when it first saw the record, not from the record's renewTime.
+    assert!(
+        started.elapsed() >= Duration::from_millis(900),
+        "{:?}",
+        started.elapsed()
+    );
+    let lease = api.get("Lease", "rvs-system", "rvs-leader").unwrap();
+    assert_eq!(lease["spec"]["holderIdentity"], "rvs-new");
+    assert_eq!(lease["spec"]["leaseTransitions"], 1);
+    c.stop.send(true).unwrap();
+    c.task.await.unwrap();
+}
+
+fn status_writes(api: &FakeApi) -> usize {
+    api.requests()
+        .iter()
+        .filter(|r| r.starts_with("PUT ") && r.contains("/ingresses/web/status"))
+        .count()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_leader_publishes_the_gateway_nodes_once_and_followers_never_write() {
+    let api = FakeApi::start().await.unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    api.put(fixture("ingressclass-rvs.json"));
+    api.put(fixture("ingress-web.json"));
+    // The recorded gateway pods (host IPs .11 and .12), and one pod of something else.
+    let pods = fixture("pod-list-rvs.json");
+    for pod in pods["items"].as_array().unwrap() {
+        let mut pod = pod.clone();
+        pod["kind"] = json!("Pod");
+        pod["apiVersion"] = json!("v1");
+        api.put(pod);
+    }
+    let mut other = pods["items"][0].clone();
+    other["kind"] = json!("Pod");
+    other["apiVersion"] = json!("v1");
+    other["metadata"]["name"] = json!("not-rvs");
+    other["metadata"]["labels"] = json!({"app.kubernetes.io/name": "other"});
+    other["status"]["hostIP"] = json!("192.168.10.99");
+    api.put(other);
+
+    let client = client(&api, &dir).await;
+    let source = ApiSource::start(
+        client.clone(),
+        &WatchOptions {
+            scope: rvs_kube::WatchScope::IngressesOnly,
+            ..WatchOptions::default()
+        },
+        WatchMetrics::default(),
+    );
+    until("listed", || source.synced()).await;
+    let (_served_tx, served) = watch::channel(vec![("shop".to_string(), "web".to_string())]);
+    let (leading_tx, leading) = watch::channel(false);
+    let (stop, stop_rx) = watch::channel(false);
+    let writer = tokio::spawn(rvs_kube::run_status(
+        client,
+        source.ingresses().clone(),
+        served,
+        leading,
+        rvs_kube::StatusConfig {
+            publish: rvs_kube::PublishFrom::Pods {
+                namespace: "rvs-system".into(),
+                label_selector: "app.kubernetes.io/name=rvs".into(),
+            },
+            period: Duration::from_millis(100),
+        },
+        stop_rx,
+    ));
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert_eq!(status_writes(&api), 0, "a follower wrote status");
+
+    leading_tx.send(true).unwrap();
+    until("status published", || {
+        api.get("Ingress", "shop", "web").is_some_and(|i| {
+            i["status"]["loadBalancer"]["ingress"]
+                == json!([{"ip": "192.168.10.11"}, {"ip": "192.168.10.12"}])
+        })
+    })
+    .await;
+    // Once it shows the addresses, the leader leaves it alone.
+    tokio::time::sleep(Duration::from_millis(600)).await;
+    assert_eq!(status_writes(&api), 1, "{:#?}", api.requests());
+    stop.send(true).unwrap();
+    writer.await.unwrap();
 }

@@ -140,6 +140,14 @@ impl Engine {
         {
             let mut registry = lock(&inner.registry);
             for (key, vs) in &desired {
+                // At 10,000 services a change touches one: the others keep their runtime.
+                if let Some(unchanged) = old.get(key).filter(|o| {
+                    (Arc::ptr_eq(&o.config, vs) || *o.config == ***vs)
+                        && o.servers.iter().all(|s| !s.shared.expire.is_cancelled())
+                }) {
+                    next.insert(*key, unchanged.clone());
+                    continue;
+                }
                 let slots = vs
                     .real_servers
                     .iter()
@@ -173,7 +181,7 @@ impl Engine {
                 let previous = old.get(key).map(|o| &o.state);
                 next.insert(
                     *key,
-                    Arc::new(VsRuntime::new(*key, (*vs).clone(), slots, previous)),
+                    Arc::new(VsRuntime::new(*key, Arc::clone(vs), slots, previous)),
                 );
             }
         }
@@ -255,14 +263,18 @@ impl Engine {
 
     /// Marks servers that left the configuration; expires their connections where asked.
     fn retire_removed_servers(&self, current: &ServiceMap) {
-        let live: std::collections::HashSet<(ListenKey, SocketAddr)> = current
-            .iter()
-            .flat_map(|(key, vs)| vs.servers.iter().map(move |s| (*key, s.shared.addr)))
-            .collect();
+        // A lookup per registered server: no set of every live server built per change.
+        let is_live = |key: &ListenKey, addr: &SocketAddr| {
+            current
+                .get(key)
+                .is_some_and(|vs| vs.servers.iter().any(|s| s.shared.addr == *addr))
+        };
         let mut registry = lock(&self.inner.registry);
-        for ((key, addr), shared) in registry.iter() {
-            if live.contains(&(*key, *addr)) {
-                continue;
+        let mut retired = lock(&self.inner.retired);
+        // One pass: mark what left, forget what left and has no connections.
+        registry.retain(|(key, addr), shared| {
+            if is_live(key, addr) {
+                return true;
             }
             if !shared.removed.swap(true, Ordering::Relaxed) {
                 tracing::debug!(vip = %key.1, server = %addr, "real server removed");
@@ -272,12 +284,9 @@ impl Engine {
                     shared.expire.cancel();
                 }
             }
-        }
-        let mut retired = lock(&self.inner.retired);
-        registry.retain(|k, s| {
-            let keep = live.contains(k) || s.open_connections() > 0;
+            let keep = shared.open_connections() > 0;
             if !keep {
-                retire(&mut retired, s);
+                retire(&mut retired, shared);
             }
             keep
         });
@@ -417,12 +426,12 @@ fn expand<'a>(
     snapshot: &'a Snapshot,
     nodeport_addresses: &[IpNet],
     errors: &mut Vec<ApplyError>,
-) -> Vec<(ListenKey, &'a VirtualService)> {
+) -> Vec<(ListenKey, &'a Arc<VirtualService>)> {
     let node_addrs = crate::addrs::node_addresses(nodeport_addresses);
-    let mut out: Vec<(ListenKey, &VirtualService)> = Vec::new();
-    let mut taken: HashMap<ListenKey, &VirtualService> = HashMap::new();
+    let mut out: Vec<(ListenKey, &Arc<VirtualService>)> = Vec::new();
+    let mut taken: HashMap<ListenKey, &Arc<VirtualService>> = HashMap::new();
     // Fixed addresses first, so they win over NodePorts.
-    let mut ordered: Vec<&VirtualService> = snapshot.services.iter().collect();
+    let mut ordered: Vec<&Arc<VirtualService>> = snapshot.services.iter().collect();
     ordered.sort_by_key(|vs| matches!(vs.frontend, Frontend::NodePort { .. }));
     for vs in ordered {
         let addrs: Vec<SocketAddr> = match vs.frontend {

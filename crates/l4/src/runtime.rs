@@ -120,7 +120,7 @@ impl VsState {
 
 pub(crate) struct VsRuntime {
     pub key: ListenKey,
-    pub config: VirtualService,
+    pub config: Arc<VirtualService>,
     /// In the order of `config.real_servers`, which the scheduler relies on.
     pub servers: Vec<ServerSlot>,
     pub state: Arc<VsState>,
@@ -136,7 +136,7 @@ impl VsRuntime {
     /// Builds the runtime and tells the (kept or new) scheduler about the server set.
     pub fn new(
         key: ListenKey,
-        config: VirtualService,
+        config: Arc<VirtualService>,
         servers: Vec<ServerSlot>,
         previous: Option<&Arc<VsState>>,
     ) -> Self {

@@ -3,6 +3,7 @@
 
 use std::collections::{BTreeMap, HashMap};
 use std::net::{IpAddr, SocketAddr};
+use std::sync::Arc;
 use std::time::Duration;
 
 use k8s_openapi::api::core::v1::{Service, ServicePort};
@@ -54,7 +55,7 @@ impl Default for BuildOptions {
 pub struct Snapshot {
     pub version: u64,
     /// Sorted by protocol and frontend; no two share a protocol and frontend.
-    pub services: Vec<VirtualService>,
+    pub services: Vec<Arc<VirtualService>>,
 }
 
 impl Snapshot {
@@ -65,6 +66,22 @@ impl Snapshot {
         options: &BuildOptions,
         previous: Option<&Snapshot>,
     ) -> (Snapshot, Vec<Problem>) {
+        Self::build_cached(objects, options, previous, &mut TranslationCache::default())
+    }
+
+    /// [`Snapshot::build`], reusing the translations in `cache` of Services that did not
+    /// change since the last build (same resourceVersions of the Service and its slices).
+    pub fn build_cached(
+        objects: &ObjectSet,
+        options: &BuildOptions,
+        previous: Option<&Snapshot>,
+        cache: &mut TranslationCache,
+    ) -> (Snapshot, Vec<Problem>) {
+        if cache.options.as_ref() != Some(options) {
+            cache.entries.clear();
+            cache.options = Some(options.clone());
+        }
+        let mut seen = std::collections::HashSet::new();
         let mut problems = Vec::new();
         let slices = index_slices(&objects.endpoint_slices, &mut problems);
 
@@ -79,39 +96,65 @@ impl Snapshot {
             })
             .unwrap_or_default();
         let mut services: Vec<&Sourced<Service>> = objects.services.iter().collect();
-        services.sort_by(|a, b| {
-            let is_new = |s: &Sourced<Service>| {
-                let r = service_ref(&s.object);
-                !served.contains(&(r.namespace.as_str(), r.name.as_str()))
-            };
-            let created =
-                |s: &Sourced<Service>| s.object.metadata.creation_timestamp.as_ref().map(|t| t.0);
-            is_new(a)
-                .cmp(&is_new(b))
-                .then_with(|| created(a).cmp(&created(b)))
-                .then_with(|| a.origin.cmp(&b.origin))
-                .then_with(|| a.object.metadata.name.cmp(&b.object.metadata.name))
+        // Keys computed once per Service, not once per comparison.
+        services.sort_by_cached_key(|s| {
+            let r = service_ref(&s.object);
+            let is_new = !served.contains(&(r.namespace.as_str(), r.name.as_str()));
+            let created = s.object.metadata.creation_timestamp.as_ref().map(|t| t.0);
+            (
+                is_new,
+                created,
+                s.origin.clone(),
+                s.object.metadata.name.clone(),
+            )
         });
 
         let mut claims: HashMap<(Protocol, Frontend), ObjectRef> = HashMap::new();
-        let mut out: Vec<VirtualService> = Vec::new();
+        let mut out: Vec<Arc<VirtualService>> = Vec::new();
         for sourced in services {
             let object = service_ref(&sourced.object);
             let key = (object.namespace.clone(), object.name.clone());
             let empty = Vec::new();
             let service_slices = slices.get(&key).unwrap_or(&empty);
-            let mut ctx = Ctx {
-                origin: &sourced.origin,
-                object: &object,
-                problems: Vec::new(),
-                elsewhere: Vec::new(),
+            let versions = resource_versions(&sourced.object, service_slices);
+            let translation = match (cache.entries.get(&key), &versions) {
+                (Some(cached), Some(v)) if &cached.versions == v => cached.clone(),
+                _ => {
+                    let mut ctx = Ctx {
+                        origin: &sourced.origin,
+                        object: &object,
+                        problems: Vec::new(),
+                        elsewhere: Vec::new(),
+                    };
+                    let built =
+                        translate_service(&sourced.object, service_slices, options, &mut ctx)
+                            .into_iter()
+                            .map(Arc::new)
+                            .collect();
+                    let translation = Translation {
+                        versions: versions.clone().unwrap_or_default(),
+                        built,
+                        problems: ctx.problems,
+                        elsewhere: ctx.elsewhere,
+                    };
+                    if versions.is_some() {
+                        cache.entries.insert(key.clone(), translation.clone());
+                    }
+                    translation
+                }
             };
-            let built = translate_service(&sourced.object, service_slices, options, &mut ctx);
-            problems.append(&mut ctx.elsewhere);
-            let vss = if ctx.problems.is_empty() {
+            seen.insert(key);
+            let Translation {
+                built,
+                problems: mut own,
+                mut elsewhere,
+                ..
+            } = translation;
+            problems.append(&mut elsewhere);
+            let vss = if own.is_empty() {
                 built
             } else {
-                problems.append(&mut ctx.problems);
+                problems.append(&mut own);
                 // Keep serving what this Service was before it went bad.
                 previous
                     .map(|p| {
@@ -148,6 +191,7 @@ impl Snapshot {
                 out.push(vs);
             }
         }
+        cache.entries.retain(|key, _| seen.contains(key));
         out.sort_by_key(|vs| (vs.protocol, vs.frontend));
         // A bad endpoint is met once per port and frontend; report it once.
         problems.sort();
@@ -166,8 +210,44 @@ impl Snapshot {
         self.services
             .binary_search_by(|vs| (vs.protocol, vs.frontend).cmp(&(protocol, *frontend)))
             .ok()
-            .map(|i| &self.services[i])
+            .map(|i| &*self.services[i])
     }
+}
+
+/// Each Service's last translation, for [`Snapshot::build_cached`]. Only objects with a
+/// resourceVersion (from the API) are remembered: manifest files have none and are translated
+/// every time.
+#[derive(Debug, Default)]
+pub struct TranslationCache {
+    options: Option<BuildOptions>,
+    entries: HashMap<(String, String), Translation>,
+}
+
+#[derive(Debug, Clone)]
+struct Translation {
+    /// The Service's resourceVersion, then its slices' (name, resourceVersion) in order.
+    versions: Vec<String>,
+    built: Vec<Arc<VirtualService>>,
+    problems: Vec<Problem>,
+    elsewhere: Vec<Problem>,
+}
+
+/// What a translation depends on, or None when an object has no resourceVersion.
+fn resource_versions(service: &Service, slices: &[&Sourced<EndpointSlice>]) -> Option<Vec<String>> {
+    let mut versions = vec![service.metadata.resource_version.clone()?];
+    let mut named: Vec<(String, String)> = slices
+        .iter()
+        .map(|s| {
+            let meta = &s.object.metadata;
+            Some((meta.name.clone()?, meta.resource_version.clone()?))
+        })
+        .collect::<Option<_>>()?;
+    named.sort();
+    for (name, version) in named {
+        versions.push(name);
+        versions.push(version);
+    }
+    Some(versions)
 }
 
 struct Ctx<'a> {

@@ -7,7 +7,7 @@ mod objects;
 pub mod status;
 mod types;
 
-pub use build::{BuildOptions, Snapshot};
+pub use build::{BuildOptions, Snapshot, TranslationCache};
 pub use objects::{ObjectRef, ObjectSet, Origin, Problem, Sourced};
 pub use rvs_sched::{SchedulerConfig, SchedulerFlags, SchedulerKind};
 pub use types::{

@@ -1,5 +1,6 @@
 use std::fmt;
 use std::path::PathBuf;
+use std::sync::Arc;
 
 use k8s_openapi::api::core::v1::{ConfigMap, Secret, Service};
 use k8s_openapi::api::discovery::v1::EndpointSlice;
@@ -27,11 +28,22 @@ impl fmt::Display for Origin {
     }
 }
 
-/// A typed Kubernetes object and where it came from.
+/// A typed Kubernetes object and where it came from. Shared, not copied: the API source
+/// hands out the objects its reflectors hold, so building a snapshot of 10,000 Services
+/// copies none of them.
 #[derive(Debug, Clone)]
 pub struct Sourced<T> {
     pub origin: Origin,
-    pub object: T,
+    pub object: Arc<T>,
+}
+
+impl<T> Sourced<T> {
+    pub fn new(origin: Origin, object: T) -> Sourced<T> {
+        Sourced {
+            origin,
+            object: Arc::new(object),
+        }
+    }
 }
 
 /// Everything a source delivers: the input of [`crate::Snapshot::build`] (Services and

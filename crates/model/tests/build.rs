@@ -31,11 +31,15 @@ fn objects_from(path: &Path, yaml: &str) -> ObjectSet {
         match value.get("kind").and_then(|k| k.as_str()) {
             Some("Service") => set.services.push(Sourced {
                 origin,
-                object: serde_yaml::from_value(value).expect("test Service deserializes"),
+                object: std::sync::Arc::new(
+                    serde_yaml::from_value(value).expect("test Service deserializes"),
+                ),
             }),
             Some("EndpointSlice") => set.endpoint_slices.push(Sourced {
                 origin,
-                object: serde_yaml::from_value(value).expect("test EndpointSlice deserializes"),
+                object: std::sync::Arc::new(
+                    serde_yaml::from_value(value).expect("test EndpointSlice deserializes"),
+                ),
             }),
             other => panic!("test manifest of kind {other:?}"),
         }
@@ -91,7 +95,7 @@ fn render_server(rs: &RealServer) -> String {
 }
 
 fn table(snapshot: &Snapshot) -> Vec<String> {
-    snapshot.services.iter().map(render).collect()
+    snapshot.services.iter().map(|vs| render(vs)).collect()
 }
 
 fn addr(s: &str) -> Frontend {
@@ -404,7 +408,7 @@ fn dual_stack_is_one_virtual_service_per_family() {
                 port: 30080
             }
         ),
-        Some(&snapshot.services[3])
+        Some(&*snapshot.services[3])
     );
 }
 
@@ -1750,4 +1754,83 @@ endpoints:
         .map(|r| r.addr.to_string())
         .collect();
     assert_eq!(serving, vec!["10.1.0.2:8080"]);
+}
+
+/// Services `a` and `b` with one ready endpoint each and resourceVersions (a's slice: `a_version`).
+fn versioned(a_endpoint: &str, a_version: &str, b_endpoint: &str) -> String {
+    let one = |name: &str, ip: &str, endpoint: &str, version: &str| {
+        format!(
+            r#"
+apiVersion: v1
+kind: Service
+metadata: {{name: {name}, namespace: default, resourceVersion: "1{name}"}}
+spec:
+  clusterIP: {ip}
+  ports: [{{name: http, port: 80, targetPort: 8080, protocol: TCP}}]
+---
+apiVersion: discovery.k8s.io/v1
+kind: EndpointSlice
+metadata:
+  name: {name}-1
+  namespace: default
+  resourceVersion: "{version}"
+  labels: {{kubernetes.io/service-name: {name}}}
+addressType: IPv4
+ports: [{{name: http, port: 8080, protocol: TCP}}]
+endpoints:
+- addresses: [{endpoint}]
+  conditions: {{ready: true}}
+---
+"#
+        )
+    };
+    one("a", "10.96.0.1", a_endpoint, a_version) + &one("b", "10.96.0.2", b_endpoint, "7")
+}
+
+#[test]
+fn cached_translations_equal_a_fresh_build_and_follow_resource_versions() {
+    let options = BuildOptions::default();
+    let mut cache = rvs_model::TranslationCache::default();
+    let first = objects(&versioned("10.1.0.1", "5", "10.1.0.2"));
+    let (cached, _) = Snapshot::build_cached(&first, &options, None, &mut cache);
+    assert_eq!(cached, Snapshot::build(&first, &options, None).0);
+
+    // A new version of a's slice is translated again; b's translation is reused.
+    let second = objects(&versioned("10.1.0.9", "6", "10.1.0.2"));
+    let (cached, _) = Snapshot::build_cached(&second, &options, Some(&cached), &mut cache);
+    let fresh = Snapshot::build(&second, &options, Some(&cached)).0;
+    assert_eq!(cached.services, fresh.services);
+    assert!(cached.services[0].real_servers[0].addr.ip().to_string() == "10.1.0.9");
+
+    // The versions are what the cache trusts: the same version means the same object (the
+    // API server guarantees it), so a different content under it is not looked at.
+    let same_version = objects(&versioned("10.1.0.7", "6", "10.1.0.2"));
+    let (reused, _) = Snapshot::build_cached(&same_version, &options, Some(&cached), &mut cache);
+    assert_eq!(reused.services, cached.services);
+
+    // Other options: nothing cached is valid.
+    let other = BuildOptions {
+        node_name: Some("n1".into()),
+        ..BuildOptions::default()
+    };
+    let (rebuilt, _) = Snapshot::build_cached(&same_version, &other, Some(&cached), &mut cache);
+    assert_eq!(
+        rebuilt.services,
+        Snapshot::build(&same_version, &other, Some(&cached))
+            .0
+            .services
+    );
+
+    // Without resourceVersions (manifest files) every build translates.
+    let unversioned = |endpoint: &str| {
+        objects(&versioned(endpoint, "5", "10.1.0.2").replace("resourceVersion", "x-unused"))
+    };
+    let mut cache = rvs_model::TranslationCache::default();
+    let (one, _) = Snapshot::build_cached(&unversioned("10.1.0.3"), &options, None, &mut cache);
+    let (two, _) =
+        Snapshot::build_cached(&unversioned("10.1.0.4"), &options, Some(&one), &mut cache);
+    assert_eq!(
+        two.services[0].real_servers[0].addr.ip().to_string(),
+        "10.1.0.4"
+    );
 }

@@ -331,11 +331,11 @@ fn object_set() -> impl Strategy<Value = ObjectSet> {
         .prop_map(|(services, slices)| ObjectSet {
             services: services
                 .into_iter()
-                .map(|(origin, object)| Sourced { origin, object })
+                .map(|(origin, object)| Sourced::new(origin, object))
                 .collect(),
             endpoint_slices: slices
                 .into_iter()
-                .map(|(origin, object)| Sourced { origin, object })
+                .map(|(origin, object)| Sourced::new(origin, object))
                 .collect(),
             ..ObjectSet::default()
         })
@@ -364,6 +364,7 @@ fn of_service<'a>(snapshot: &'a Snapshot, key: &(String, String)) -> Vec<&'a Vir
         .services
         .iter()
         .filter(|vs| vs.service.namespace == key.0 && vs.service.name == key.1)
+        .map(|vs| &**vs)
         .collect()
 }
 
@@ -391,7 +392,7 @@ fn check(
         *counts.entry(service_key(&sourced.object)).or_default() += 1;
     }
     for vs in &snapshot.services {
-        prop_assert_eq!(snapshot.find(vs.protocol, &vs.frontend), Some(vs));
+        prop_assert_eq!(snapshot.find(vs.protocol, &vs.frontend), Some(&**vs));
         match vs.frontend {
             Frontend::Address { addr } => prop_assert!(addr.port() > 0),
             Frontend::NodePort { port, .. } => prop_assert!(port > 0),

@@ -34,23 +34,23 @@ fn objects(yaml: &str) -> ObjectSet {
         match kind.as_deref() {
             Some("Service") => set.services.push(Sourced {
                 origin,
-                object: serde_yaml::from_value(value).expect("Service"),
+                object: std::sync::Arc::new(serde_yaml::from_value(value).expect("Service")),
             }),
             Some("EndpointSlice") => set.endpoint_slices.push(Sourced {
                 origin,
-                object: serde_yaml::from_value(value).expect("EndpointSlice"),
+                object: std::sync::Arc::new(serde_yaml::from_value(value).expect("EndpointSlice")),
             }),
             Some("Ingress") => set.ingresses.push(Sourced {
                 origin,
-                object: serde_yaml::from_value(value).expect("Ingress"),
+                object: std::sync::Arc::new(serde_yaml::from_value(value).expect("Ingress")),
             }),
             Some("IngressClass") => set.ingress_classes.push(Sourced {
                 origin,
-                object: serde_yaml::from_value(value).expect("IngressClass"),
+                object: std::sync::Arc::new(serde_yaml::from_value(value).expect("IngressClass")),
             }),
             Some("ConfigMap") => set.config_maps.push(Sourced {
                 origin,
-                object: serde_yaml::from_value(value).expect("ConfigMap"),
+                object: std::sync::Arc::new(serde_yaml::from_value(value).expect("ConfigMap")),
             }),
             Some("Secret") => {
                 let mut secret: k8s_openapi::api::core::v1::Secret =
@@ -63,7 +63,7 @@ fn objects(yaml: &str) -> ObjectSet {
                 }
                 set.secrets.push(Sourced {
                     origin,
-                    object: secret,
+                    object: std::sync::Arc::new(secret),
                 })
             }
             other => panic!("test manifest of kind {other:?}"),

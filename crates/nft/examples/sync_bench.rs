@@ -79,7 +79,9 @@ async fn main() {
     });
     let mut snapshot = Snapshot {
         version: 1,
-        services: (0..services).map(|i| service(i, endpoints, 0)).collect(),
+        services: (0..services)
+            .map(|i| service(i, endpoints, 0).into())
+            .collect(),
     };
     snapshot
         .services
@@ -108,7 +110,7 @@ async fn main() {
             .iter()
             .position(|vs| vs.service.name == format!("svc-{i}"))
             .expect("service");
-        snapshot.services[index] = service(i, endpoints, n + 1);
+        snapshot.services[index] = service(i, endpoints, n + 1).into();
         snapshot.version += 1;
         // The reloader builds each snapshot anyway; the engine shares it.
         let shared = std::sync::Arc::new(snapshot.clone());

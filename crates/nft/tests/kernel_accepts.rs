@@ -71,11 +71,11 @@ fn snapshot(yaml: &str) -> Snapshot {
         match value.get("kind").and_then(|k| k.as_str()) {
             Some("Service") => objects.services.push(Sourced {
                 origin,
-                object: serde_yaml::from_value(value).unwrap(),
+                object: std::sync::Arc::new(serde_yaml::from_value(value).unwrap()),
             }),
             Some("EndpointSlice") => objects.endpoint_slices.push(Sourced {
                 origin,
-                object: serde_yaml::from_value(value).unwrap(),
+                object: std::sync::Arc::new(serde_yaml::from_value(value).unwrap()),
             }),
             _ => {}
         }

@@ -69,7 +69,7 @@ fn one(services: Vec<VirtualService>, options: &RenderOptions) -> Table {
     let ruleset = render(
         &Snapshot {
             version: 1,
-            services,
+            services: services.into_iter().map(Into::into).collect(),
         },
         options,
     );
@@ -351,7 +351,7 @@ fn an_endpoint_change_rewrites_one_chain_only() {
     let before = render(
         &Snapshot {
             version: 1,
-            services: vec![a[0].clone(), other.clone()],
+            services: vec![a[0].clone().into(), other.clone().into()],
         },
         &RenderOptions::default(),
     );
@@ -360,7 +360,7 @@ fn an_endpoint_change_rewrites_one_chain_only() {
     let after = render(
         &Snapshot {
             version: 2,
-            services: vec![changed, other],
+            services: vec![changed.into(), other.into()],
         },
         &RenderOptions::default(),
     );

@@ -56,6 +56,8 @@ pub struct ApiFeed {
     source: ApiSource,
     min_sync_period: Duration,
     last_sync: Option<Instant>,
+    /// A change is waiting to be applied at this time.
+    due: Option<Instant>,
     /// What the gateway serves, for the status writer.
     served: watch::Sender<Vec<(String, String)>>,
     stop: watch::Sender<bool>,
@@ -89,6 +91,7 @@ impl ApiFeed {
             source,
             min_sync_period: args.min_sync_period,
             last_sync: None,
+            due: None,
             served,
             stop,
             election: None,
@@ -98,17 +101,6 @@ impl ApiFeed {
             tracing::info!("no POD_NAMESPACE and POD_NAME: Ingress status is not written");
             return Ok(feed);
         };
-        let (leading_tx, leading_rx) = watch::channel(false);
-        feed.election = Some(tokio::spawn(rvs_kube::run_election(
-            client.clone(),
-            LeaseConfig::new(
-                namespace.clone(),
-                args.election_id.clone(),
-                identity.clone(),
-            ),
-            leading_tx,
-            stop_rx.clone(),
-        )));
         let publish = if args.publish_address.is_empty() {
             PublishFrom::Pods {
                 namespace: namespace.clone(),
@@ -122,6 +114,17 @@ impl ApiFeed {
             }
             PublishFrom::Addresses(args.publish_address.clone())
         };
+        let (leading_tx, leading_rx) = watch::channel(false);
+        feed.election = Some(tokio::spawn(rvs_kube::run_election(
+            client.clone(),
+            LeaseConfig::new(
+                namespace.clone(),
+                args.election_id.clone(),
+                identity.clone(),
+            ),
+            leading_tx,
+            stop_rx.clone(),
+        )));
         feed.status = Some(tokio::spawn(rvs_kube::run_status(
             client,
             feed.source.ingresses().clone(),
@@ -137,19 +140,23 @@ impl ApiFeed {
     }
 
     /// Waits until there is something to apply: every kind listed once, and at least
-    /// `--min-sync-period` since the last sync (kube-proxy's minSyncPeriod).
+    /// `--min-sync-period` since the last sync (kube-proxy's minSyncPeriod). Cancel-safe: a
+    /// change seen before the wait was cut short is remembered.
     pub async fn changed(&mut self) {
-        loop {
-            self.source.changed().await;
-            if self.source.synced() {
-                break;
+        if self.due.is_none() {
+            loop {
+                self.source.changed().await;
+                if self.source.synced() {
+                    break;
+                }
             }
+            let earliest = self
+                .last_sync
+                .map_or_else(Instant::now, |last| last + self.min_sync_period);
+            self.due = Some(earliest);
         }
-        if let Some(last) = self.last_sync {
-            let wait = self.min_sync_period.saturating_sub(last.elapsed());
-            if !wait.is_zero() {
-                tokio::time::sleep(wait).await;
-            }
+        if let Some(due) = self.due {
+            tokio::time::sleep_until(due.into()).await;
         }
     }
 
@@ -160,13 +167,18 @@ impl ApiFeed {
     /// Everything watched now, and when the events it includes arrived.
     pub fn take(&mut self) -> (ObjectSet, Vec<Instant>) {
         self.last_sync = Some(Instant::now());
+        self.due = None;
         let pending = self.source.take_pending();
         (self.source.objects(), pending)
     }
 
-    /// The events taken are in force now.
-    pub fn applied(&self, pending: &[Instant]) {
-        self.source.applied(pending);
+    /// The events taken are in force now (or, when not, wait for the next try).
+    pub fn applied(&self, pending: Vec<Instant>, in_force: bool) {
+        if in_force {
+            self.source.applied(&pending);
+        } else {
+            self.source.requeue(pending);
+        }
     }
 
     /// This node's zone label, once the node is listed.

@@ -33,7 +33,7 @@ pub enum EngineKind {
 #[derive(Args)]
 pub struct RunArgs {
     /// The manifest directory (Services, EndpointSlices, Ingresses...; watched for changes).
-    #[arg(short = 'f', long = "filename", required_unless_present_any = ["kube", "kubeconfig"], conflicts_with = "kube")]
+    #[arg(short = 'f', long = "filename", required_unless_present_any = ["kube", "kubeconfig"], conflicts_with_all = ["kube", "kubeconfig"])]
     dir: Option<PathBuf>,
     #[command(flatten)]
     kube: crate::kube::KubeArgs,
@@ -318,6 +318,7 @@ pub async fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
         reported: BTreeSet::new(),
         health: ServiceHealth::default(),
         engine_errors: Vec::new(),
+        translations: Default::default(),
         gateway: GatewayState {
             options: gateway_options,
             config: args.gateway.config(),
@@ -449,10 +450,10 @@ async fn sync_api(
     }
     let first = reloader.previous.is_none();
     let (objects, pending) = feed.take();
-    reloader
+    let in_force = reloader
         .reload(Ok((objects, Vec::new())), options, state)
         .await;
-    feed.applied(&pending);
+    feed.applied(pending, in_force);
     feed.served(reloader.gateway.previous.as_deref());
     if first {
         if let Some(snapshot) = &reloader.previous {
@@ -470,6 +471,8 @@ struct Reloader {
     /// address may have appeared, the port been freed).
     engine_errors: Vec<String>,
     gateway: GatewayState,
+    /// Translations of unchanged Services, reused (objects from the API only).
+    translations: rvs_model::TranslationCache,
 }
 
 /// The L7 gateway, started with the first Ingress of its class.
@@ -557,7 +560,7 @@ impl Reloader {
         loaded: Result<(rvs_model::ObjectSet, Vec<Problem>), String>,
         options: &BuildOptions,
         state: &State,
-    ) {
+    ) -> bool {
         let mut status = state.config.lock().map(|c| c.clone()).unwrap_or_default();
         status.reloads_total += 1;
         let (objects, mut problems) = match loaded {
@@ -569,10 +572,15 @@ impl Reloader {
                 if let Ok(mut c) = state.config.lock() {
                     *c = status;
                 }
-                return;
+                return false;
             }
         };
-        let (mut snapshot, built) = Snapshot::build(&objects, options, self.previous.as_deref());
+        let (mut snapshot, built) = Snapshot::build_cached(
+            &objects,
+            options,
+            self.previous.as_deref(),
+            &mut self.translations,
+        );
         problems.extend(built);
         let known = self.gateway.errors.clone();
         let (gateway_problems, gateway_errors) = self
@@ -590,6 +598,7 @@ impl Reloader {
             .previous
             .as_ref()
             .is_none_or(|p| p.services != snapshot.services);
+        let mut in_force_now = true;
         if changed || !self.engine_errors.is_empty() {
             // Shared with the engine from here on: no copy of a large table per change.
             let snapshot = Arc::new(snapshot);
@@ -624,6 +633,7 @@ impl Reloader {
                 .map(ToString::to_string)
                 .chain(errors.iter().map(ToString::to_string))
                 .collect();
+            in_force_now = applied;
             if applied {
                 status.version = snapshot.version;
                 self.previous = Some(snapshot);
@@ -641,6 +651,8 @@ impl Reloader {
         }
         // Ready once a configuration is in force (a refused first transaction is not).
         state.ready.store(in_force, Ordering::Relaxed);
+        // Whether what was loaded is what serves now (a refused transaction is not).
+        in_force_now
     }
 
     fn report(&mut self, problems: &[Problem]) {

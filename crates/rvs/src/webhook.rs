@@ -7,9 +7,11 @@ use std::sync::Arc;
 
 use anyhow::Context;
 use clap::Args;
+use k8s_openapi::api::networking::v1::{IngressClass, IngressClassSpec};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 use rvs_kube::{ApiSource, WatchMetrics, WatchOptions, WatchScope};
 use rvs_model::ingress::GatewayOptions;
-use rvs_model::ObjectSet;
+use rvs_model::{ObjectSet, Origin, Sourced};
 use rvs_webhook::{Existing, ReloadingCert};
 
 #[derive(Args)]
@@ -37,12 +39,35 @@ pub struct WebhookArgs {
     watch_ingress_without_class: bool,
 }
 
-/// Without the API, each Ingress is checked on its own.
-struct Alone;
+/// Without the API, each Ingress is checked on its own, as if the IngressClass existed.
+struct Alone {
+    class: Sourced<IngressClass>,
+}
+
+impl Alone {
+    fn new(options: &GatewayOptions) -> Alone {
+        let class = IngressClass {
+            metadata: ObjectMeta {
+                name: Some(options.ingress_class.clone()),
+                ..Default::default()
+            },
+            spec: Some(IngressClassSpec {
+                controller: Some(options.controller.clone()),
+                ..Default::default()
+            }),
+        };
+        Alone {
+            class: Sourced::new(Origin::Api, class),
+        }
+    }
+}
 
 impl Existing for Alone {
     fn objects(&self) -> ObjectSet {
-        ObjectSet::default()
+        ObjectSet {
+            ingress_classes: vec![self.class.clone()],
+            ..ObjectSet::default()
+        }
     }
     fn ready(&self) -> bool {
         true
@@ -63,6 +88,11 @@ impl Existing for FromApi {
 pub async fn webhook(args: WebhookArgs) -> anyhow::Result<ExitCode> {
     let cert = ReloadingCert::new(args.tls_cert.clone(), args.tls_key.clone())
         .context("--tls-cert/--tls-key")?;
+    let options = GatewayOptions {
+        ingress_class: args.ingress_class.clone(),
+        watch_without_class: args.watch_ingress_without_class,
+        ..GatewayOptions::default()
+    };
     let existing: Arc<dyn Existing> = if args.kube || args.kubeconfig.is_some() {
         let client = rvs_kube::connect(args.kubeconfig.as_deref())
             .await
@@ -78,7 +108,7 @@ pub async fn webhook(args: WebhookArgs) -> anyhow::Result<ExitCode> {
         Arc::new(FromApi(source))
     } else {
         tracing::info!("no --kube: Ingresses are checked one by one, not for conflicts");
-        Arc::new(Alone)
+        Arc::new(Alone::new(&options))
     };
     let listener = tokio::net::TcpListener::bind(args.listen)
         .await
@@ -87,11 +117,6 @@ pub async fn webhook(args: WebhookArgs) -> anyhow::Result<ExitCode> {
         "rvs: admission webhook on https://{}/validate-ingress",
         listener.local_addr()?
     );
-    let options = GatewayOptions {
-        ingress_class: args.ingress_class,
-        watch_without_class: args.watch_ingress_without_class,
-        ..GatewayOptions::default()
-    };
     let stop = async {
         let _ = crate::run::shutdown_signal().wait().await;
     };

@@ -116,6 +116,12 @@ fn cluster(extra_args: &[&str]) -> Cluster {
     api.put(service("web", vip));
     api.put(slice("web", &["127.0.0.2", "127.0.0.3"], backend_port));
     api.put(ingress("/", &[]));
+    for pod in fixture("pod-list-rvs.json")["items"].as_array().unwrap() {
+        let mut pod = pod.clone();
+        pod["kind"] = json!("Pod");
+        pod["apiVersion"] = json!("v1");
+        api.put(pod);
+    }
 
     let admin: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
     let http: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
@@ -179,7 +185,7 @@ const CHANGE: Duration = Duration::from_secs(10);
 
 #[test]
 fn every_kind_of_change_reaches_the_data_plane() {
-    let c = cluster(&["--publish-address", "192.0.2.10"]);
+    let c = cluster(&[]);
 
     // Initial sync: the Service and the gateway route serve both pods.
     eventually(
@@ -190,9 +196,11 @@ fn every_kind_of_change_reaches_the_data_plane() {
     assert_eq!(gateway(&c, "/"), Some(200));
 
     // The leader (the only instance) holds the lease and writes the Ingress status.
+    // The gateway pods' host IPs (the recorded DaemonSet pods).
     eventually("Ingress status written", CHANGE, || {
         c.api.get("Ingress", "shop", "web").is_some_and(|i| {
-            i.pointer("/status/loadBalancer/ingress/0/ip") == Some(&json!("192.0.2.10"))
+            i["status"]["loadBalancer"]["ingress"]
+                == json!([{"ip": "192.168.10.11"}, {"ip": "192.168.10.12"}])
         })
     });
     let lease = c.api.get("Lease", "rvs-system", "rvs-leader").unwrap();
@@ -268,21 +276,30 @@ fn every_kind_of_change_reaches_the_data_plane() {
         .and_then(|v| v.parse::<f64>().ok())
         .unwrap_or(0.0);
     assert!(count >= 8.0, "events timed: {count}\n{metrics}");
+    // The leader renews its lease every 2 s.
+    eventually("the lease renewed", CHANGE, || {
+        c.api.requests().iter().any(|r| {
+            r.starts_with(
+                "PUT /apis/coordination.k8s.io/v1/namespaces/rvs-system/leases/rvs-leader",
+            )
+        })
+    });
     drop(c.rvs);
 
-    // Least privilege: everything rvs asked of the API is granted by deploy/10-rbac.yaml,
-    // and no more is needed.
-    for request in c.api.requests() {
-        assert!(
-            rbac_allows(&request),
-            "deploy/10-rbac.yaml does not allow: {request}"
-        );
-    }
+    assert_least_privilege(&c.api);
 }
 
-/// Whether the `rvs` ClusterRole or Role (in rvs-system) of deploy/10-rbac.yaml allows a
-/// request logged by the fake API as `METHOD /path?query`.
-fn rbac_allows(request: &str) -> bool {
+/// A request as RBAC sees it.
+struct Access {
+    group: String,
+    resource: String,
+    verb: &'static str,
+    namespace: Option<String>,
+    name: Option<String>,
+}
+
+/// A request logged by the fake API as `METHOD /path?query`.
+fn access(request: &str) -> Access {
     let (method, target) = request.split_once(' ').unwrap();
     let (path, query) = target.split_once('?').unwrap_or((target, ""));
     let segments: Vec<&str> = path.trim_matches('/').split('/').collect();
@@ -291,59 +308,104 @@ fn rbac_allows(request: &str) -> bool {
         _ => (segments[1], &segments[3..]),
     };
     let (namespace, rest) = match rest {
-        ["namespaces", ns, rest @ ..] if !rest.is_empty() => (Some(*ns), rest),
+        ["namespaces", ns, rest @ ..] if !rest.is_empty() => (Some(ns.to_string()), rest),
         _ => (None, rest),
     };
     let resource = match rest {
         [r, _, sub] => format!("{r}/{sub}"),
         [r, ..] => r.to_string(),
-        [] => return false,
+        [] => panic!("no resource in {request}"),
     };
-    let watch = query.contains("watch=true");
     let field_name = query
         .split('&')
         .find_map(|kv| kv.strip_prefix("fieldSelector=metadata.name%3D"))
         .map(str::to_string);
     let (verb, name) = match (method, rest.len()) {
-        ("GET", 1) if watch => ("watch", field_name),
+        ("GET", 1) if query.contains("watch=true") => ("watch", field_name),
         ("GET", 1) => ("list", field_name),
         ("GET", _) => ("get", Some(rest[1].to_string())),
         ("POST", _) => ("create", None),
         ("PUT", _) => ("update", Some(rest[1].to_string())),
-        _ => return false,
+        _ => panic!("unexpected request {request}"),
     };
+    Access {
+        group: group.to_string(),
+        resource,
+        verb,
+        namespace,
+        name,
+    }
+}
+
+/// The rules of the `rvs` ClusterRole, and of the `rvs` Role with its namespace.
+fn rvs_rules() -> Vec<(Option<String>, serde_yaml::Value)> {
     let rbac = std::fs::read_to_string(repo_root().join("deploy/10-rbac.yaml")).unwrap();
-    let allowed = serde_yaml::Deserializer::from_str(&rbac).any(|doc| {
+    let mut rules = Vec::new();
+    for doc in serde_yaml::Deserializer::from_str(&rbac) {
         let role: serde_yaml::Value = serde::Deserialize::deserialize(doc).unwrap();
-        let applies = match role["kind"].as_str() {
-            Some("ClusterRole") => role["metadata"]["name"] == "rvs",
-            Some("Role") => {
-                role["metadata"]["name"] == "rvs"
-                    && namespace == role["metadata"]["namespace"].as_str()
+        let namespace = match role["kind"].as_str() {
+            Some("ClusterRole") => None,
+            Some("Role") => role["metadata"]["namespace"].as_str().map(str::to_string),
+            _ => continue,
+        };
+        if role["metadata"]["name"] != "rvs" {
+            continue;
+        }
+        for rule in role["rules"].as_sequence().into_iter().flatten() {
+            rules.push((namespace.clone(), rule.clone()));
+        }
+    }
+    rules
+}
+
+fn listed(rule: &serde_yaml::Value, key: &str) -> Vec<String> {
+    rule[key]
+        .as_sequence()
+        .into_iter()
+        .flatten()
+        .filter_map(|v| v.as_str().map(str::to_string))
+        .collect()
+}
+
+fn allows(scope: &Option<String>, rule: &serde_yaml::Value, a: &Access) -> bool {
+    let names = listed(rule, "resourceNames");
+    (scope.is_none() || scope == &a.namespace)
+        && listed(rule, "apiGroups").contains(&a.group)
+        && listed(rule, "resources").contains(&a.resource)
+        && listed(rule, "verbs").iter().any(|v| v == a.verb)
+        && (names.is_empty() || a.name.as_ref().is_some_and(|n| names.contains(n)))
+}
+
+/// Everything rvs asked of the API is granted by deploy/10-rbac.yaml, and every verb granted
+/// there was used.
+fn assert_least_privilege(api: &FakeApi) {
+    let rules = rvs_rules();
+    let accesses: Vec<(String, Access)> = api
+        .requests()
+        .into_iter()
+        .map(|r| {
+            let a = access(&r);
+            (r, a)
+        })
+        .collect();
+    for (request, a) in &accesses {
+        assert!(
+            rules.iter().any(|(scope, rule)| allows(scope, rule, a)),
+            "deploy/10-rbac.yaml does not allow: {request}"
+        );
+    }
+    for (scope, rule) in &rules {
+        for resource in listed(rule, "resources") {
+            for verb in listed(rule, "verbs") {
+                assert!(
+                    accesses.iter().any(|(_, a)| a.resource == resource
+                        && a.verb == verb
+                        && allows(scope, rule, a)),
+                    "deploy/10-rbac.yaml grants {verb} on {resource}, which rvs never uses"
+                );
             }
-            _ => false,
-        };
-        let has = |rule: &serde_yaml::Value, key: &str, want: &str| {
-            rule[key]
-                .as_sequence()
-                .is_some_and(|s| s.iter().any(|v| v.as_str() == Some(want)))
-        };
-        applies
-            && role["rules"]
-                .as_sequence()
-                .into_iter()
-                .flatten()
-                .any(|rule| {
-                    has(rule, "apiGroups", group)
-                        && has(rule, "resources", &resource)
-                        && has(rule, "verbs", verb)
-                        && (rule["resourceNames"].is_null()
-                            || name
-                                .as_deref()
-                                .is_some_and(|n| has(rule, "resourceNames", n)))
-                })
-    });
-    allowed
+        }
+    }
 }
 
 #[test]
@@ -384,6 +446,7 @@ fn a_thirty_second_outage_keeps_serving_then_converges() {
             .any(|l| l.starts_with("rvs_kube_watch_restarts_total{") && !l.ends_with(" 0")),
         "restarts counted:\n{metrics}"
     );
+    assert_least_privilege(&c.api);
 }
 
 #[test]

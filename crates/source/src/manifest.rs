@@ -5,6 +5,7 @@
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
 use k8s_openapi::api::core::v1::{ConfigMap, Secret, Service};
 use k8s_openapi::api::discovery::v1::EndpointSlice;
@@ -26,14 +27,14 @@ pub enum SourceError {
 /// One object of a kind rvs reads.
 #[derive(Debug, Clone)]
 pub enum ParsedObject {
-    Service(Box<Service>),
-    EndpointSlice(Box<EndpointSlice>),
-    Ingress(Box<Ingress>),
+    Service(Arc<Service>),
+    EndpointSlice(Arc<EndpointSlice>),
+    Ingress(Arc<Ingress>),
     /// Cluster-scoped: its [`ObjectRef`] has no namespace.
-    IngressClass(Box<IngressClass>),
+    IngressClass(Arc<IngressClass>),
     /// With `stringData` merged into `data` (`stringData` wins), as the API server does.
-    Secret(Box<Secret>),
-    ConfigMap(Box<ConfigMap>),
+    Secret(Arc<Secret>),
+    ConfigMap(Arc<ConfigMap>),
 }
 
 impl ParsedObject {
@@ -157,22 +158,22 @@ fn parse_value(value: Value, origin: &Origin) -> Document {
     };
     let result = match (api_version.as_str(), kind.as_str()) {
         ("v1", "Service") => serde_yaml::from_value::<Service>(value)
-            .map(|s| Some(ParsedObject::Service(Box::new(s))))
+            .map(|s| Some(ParsedObject::Service(Arc::new(s))))
             .map_err(|e| problem(format!("not a valid Service: {e}"))),
         ("discovery.k8s.io/v1", "EndpointSlice") => serde_yaml::from_value::<EndpointSlice>(value)
-            .map(|s| Some(ParsedObject::EndpointSlice(Box::new(s))))
+            .map(|s| Some(ParsedObject::EndpointSlice(Arc::new(s))))
             .map_err(|e| problem(format!("not a valid EndpointSlice: {e}"))),
         ("networking.k8s.io/v1", "Ingress") => serde_yaml::from_value::<Ingress>(value)
-            .map(|s| Some(ParsedObject::Ingress(Box::new(s))))
+            .map(|s| Some(ParsedObject::Ingress(Arc::new(s))))
             .map_err(|e| problem(format!("not a valid Ingress: {e}"))),
         ("networking.k8s.io/v1", "IngressClass") => serde_yaml::from_value::<IngressClass>(value)
-            .map(|s| Some(ParsedObject::IngressClass(Box::new(s))))
+            .map(|s| Some(ParsedObject::IngressClass(Arc::new(s))))
             .map_err(|e| problem(format!("not a valid IngressClass: {e}"))),
         ("v1", "Secret") => serde_yaml::from_value::<Secret>(value)
-            .map(|s| Some(ParsedObject::Secret(Box::new(merge_string_data(s)))))
+            .map(|s| Some(ParsedObject::Secret(Arc::new(merge_string_data(s)))))
             .map_err(|e| problem(format!("not a valid Secret: {e}"))),
         ("v1", "ConfigMap") => serde_yaml::from_value::<ConfigMap>(value)
-            .map(|s| Some(ParsedObject::ConfigMap(Box::new(s))))
+            .map(|s| Some(ParsedObject::ConfigMap(Arc::new(s))))
             .map_err(|e| problem(format!("not a valid ConfigMap: {e}"))),
         (_, "") => Err(problem("has no kind".into())),
         // Other kinds (Deployments, Endpoints, ...) are not rvs's business.
@@ -282,30 +283,30 @@ impl ManifestDir {
         for path in paths {
             for sourced in &self.files[path].objects {
                 let origin = sourced.origin.clone();
-                match &sourced.object {
+                match &*sourced.object {
                     ParsedObject::Service(s) => set.services.push(Sourced {
                         origin,
-                        object: (**s).clone(),
+                        object: s.clone(),
                     }),
                     ParsedObject::EndpointSlice(s) => set.endpoint_slices.push(Sourced {
                         origin,
-                        object: (**s).clone(),
+                        object: s.clone(),
                     }),
                     ParsedObject::Ingress(s) => set.ingresses.push(Sourced {
                         origin,
-                        object: (**s).clone(),
+                        object: s.clone(),
                     }),
                     ParsedObject::IngressClass(s) => set.ingress_classes.push(Sourced {
                         origin,
-                        object: (**s).clone(),
+                        object: s.clone(),
                     }),
                     ParsedObject::Secret(s) => set.secrets.push(Sourced {
                         origin,
-                        object: (**s).clone(),
+                        object: s.clone(),
                     }),
                     ParsedObject::ConfigMap(s) => set.config_maps.push(Sourced {
                         origin,
-                        object: (**s).clone(),
+                        object: s.clone(),
                     }),
                 }
             }
@@ -339,10 +340,7 @@ fn load_file(
     let mut objects = Vec::new();
     for doc in documents {
         match doc.result {
-            Ok(Some(object)) => objects.push(Sourced {
-                origin: doc.origin,
-                object,
-            }),
+            Ok(Some(object)) => objects.push(Sourced::new(doc.origin, object)),
             Ok(None) => {}
             Err(problem) => {
                 let kept = doc.identity.as_ref().and_then(|id| {

@@ -572,7 +572,7 @@ fn fixture_directory_to_snapshot() {
     );
     let (snapshot, problems) = Snapshot::build(&set, &BuildOptions::default(), None);
     assert_eq!(texts(&root, &problems), NONE);
-    let table: Vec<String> = snapshot.services.iter().map(render).collect();
+    let table: Vec<String> = snapshot.services.iter().map(|vs| render(vs)).collect();
     assert_eq!(
         table,
         [

@@ -102,6 +102,12 @@ async fn handle(served: &Served, req: Request<Incoming>) -> Response<Full<Bytes>
             StatusCode::SERVICE_UNAVAILABLE,
             "the stored Ingresses are not listed yet\n".into(),
         ),
+        // Without the stored Ingresses a conflict would pass: the API server retries (or,
+        // with failurePolicy Fail, refuses the write) rather than store an unchecked one.
+        (&Method::POST, "/validate-ingress") if !served.existing.ready() => text(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "the stored Ingresses are not listed yet\n".into(),
+        ),
         (&Method::POST, "/validate-ingress") => {
             let body = match Limited::new(req.into_body(), MAX_BODY).collect().await {
                 Ok(b) => b.to_bytes(),

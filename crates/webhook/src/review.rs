@@ -101,7 +101,7 @@ fn decide(
         .collect();
     objects.ingresses.push(Sourced {
         origin: Origin::Api,
-        object: candidate,
+        object: candidate.into(),
     });
     let built = IngressSnapshot::build(&objects, &Snapshot::default(), options, None);
     let about_this = |p: &&Problem| {

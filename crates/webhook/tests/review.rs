@@ -13,13 +13,13 @@ fn stored(ingresses: &[Value]) -> ObjectSet {
     ObjectSet {
         ingress_classes: vec![Sourced {
             origin: Origin::Api,
-            object: class,
+            object: std::sync::Arc::new(class),
         }],
         ingresses: ingresses
             .iter()
             .map(|i| Sourced {
                 origin: Origin::Api,
-                object: serde_json::from_value::<Ingress>(i.clone()).unwrap(),
+                object: serde_json::from_value::<Ingress>(i.clone()).unwrap().into(),
             })
             .collect(),
         ..ObjectSet::default()

@@ -142,7 +142,10 @@ pub fn vs(
 pub fn snapshot(version: u64, services: Vec<VirtualService>) -> Snapshot {
     let mut services = services;
     services.sort_by_key(|vs| (vs.protocol, vs.frontend));
-    Snapshot { version, services }
+    Snapshot {
+        version,
+        services: services.into_iter().map(std::sync::Arc::new).collect(),
+    }
 }
 
 pub async fn connect_from(vip: SocketAddr, source: Option<IpAddr>) -> std::io::Result<TcpStream> {
