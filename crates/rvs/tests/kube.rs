@@ -92,6 +92,7 @@ struct Cluster {
     rvs: Proc,
     admin: SocketAddr,
     http: SocketAddr,
+    https: SocketAddr,
     vip: SocketAddr,
     backend_port: u16,
     _backends: Vec<Proc>,
@@ -125,7 +126,7 @@ fn cluster(extra_args: &[&str]) -> Cluster {
 
     let admin: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
     let http: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
-    let https = format!("127.0.0.1:{}", free_port());
+    let https: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
     let mut args = vec![
         "run".to_string(),
         "--kubeconfig".into(),
@@ -135,7 +136,7 @@ fn cluster(extra_args: &[&str]) -> Cluster {
         "--http-listen".into(),
         http.to_string(),
         "--https-listen".into(),
-        https,
+        https.to_string(),
         "--configmap".into(),
         "rvs-system/rvs-config".into(),
         "--node-name".into(),
@@ -163,6 +164,7 @@ fn cluster(extra_args: &[&str]) -> Cluster {
         rvs,
         admin,
         http,
+        https,
         vip,
         backend_port,
         _backends: backends,
@@ -244,6 +246,12 @@ fn every_kind_of_change_reaches_the_data_plane() {
     });
     assert_eq!(gateway(&c, "/shop"), Some(200));
     assert_eq!(gateway(&c, "/"), Some(404));
+    // Fixed: the problem goes away.
+    c.api.put(ingress("/shop", &[]));
+    eventually("the fixed Ingress is accepted", CHANGE, || {
+        http_get(c.admin, "/api/v1/config")
+            .is_some_and(|(_, body)| !body.contains("proxy-read-timeout"))
+    });
 
     // ConfigMap MODIFIED: a global setting the gateway shows in its config hash.
     let hash = |c: &Cluster| {
@@ -260,6 +268,55 @@ fn every_kind_of_change_reaches_the_data_plane() {
     eventually("the ConfigMap change is applied", CHANGE, || {
         hash(&c) != before
     });
+
+    // Secret MODIFIED: the certificate served for the host is rotated.
+    let subject = |c: &Cluster| {
+        let out = Command::new("curl")
+            .args(["-skv", "-o", "/dev/null", "--resolve"])
+            .arg(format!("shop.example.com:{}:127.0.0.1", c.https.port()))
+            .arg(format!("https://shop.example.com:{}/shop", c.https.port()))
+            .output()
+            .ok()?;
+        String::from_utf8_lossy(&out.stderr)
+            .lines()
+            .find(|l| l.contains("subject:"))
+            .map(|l| l.trim().to_string())
+    };
+    let recorded = subject(&c).expect("curl shows the certificate's subject");
+    assert!(recorded.contains("CN=shop.example.com"), "{recorded}");
+    let rotated = rcgen::generate_simple_self_signed(vec!["shop.example.com".to_string()]).unwrap();
+    let mut secret = c.api.get("Secret", "shop", "web-tls").unwrap();
+    let b64 = |pem: String| {
+        Command::new("base64")
+            .arg("-w0")
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .spawn()
+            .and_then(|mut child| {
+                use std::io::Write;
+                child.stdin.take().unwrap().write_all(pem.as_bytes())?;
+                child.wait_with_output()
+            })
+            .map(|o| String::from_utf8_lossy(&o.stdout).into_owned())
+            .unwrap()
+    };
+    secret["data"]["tls.crt"] = json!(b64(rotated.cert.pem()));
+    secret["data"]["tls.key"] = json!(b64(rotated.signing_key.serialize_pem()));
+    c.api.put(secret);
+    eventually("the rotated certificate is served", CHANGE, || {
+        subject(&c).is_some_and(|s| s != recorded)
+    });
+
+    // IngressClass MODIFIED: another controller's class is not served any more.
+    let mut class = c.api.get("IngressClass", "", "rvs").unwrap();
+    class["spec"]["controller"] = json!("k8s.io/ingress-nginx");
+    c.api.put(class.clone());
+    eventually("the Ingress of a foreign class is dropped", CHANGE, || {
+        gateway(&c, "/shop") == Some(404)
+    });
+    class["spec"]["controller"] = json!("rvs.io/ingress-controller");
+    c.api.put(class);
+    eventually("served again", CHANGE, || gateway(&c, "/shop") == Some(200));
 
     // Ingress DELETED.
     assert!(c.api.delete("Ingress", "shop", "web"));
