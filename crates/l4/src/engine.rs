@@ -1,7 +1,7 @@
 //! The engine: turns each snapshot into listeners and runtime tables, atomically, keeping
 //! counters, persistence and open connections across changes.
 
-use std::collections::{BTreeSet, HashMap};
+use std::collections::{BTreeSet, HashMap, HashSet};
 use std::net::{IpAddr, SocketAddr};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
@@ -137,6 +137,8 @@ impl Engine {
 
         let old = inner.services.load_full();
         let mut next: ServiceMap = HashMap::with_capacity(desired.len());
+        // Runtimes kept as they were: their servers are live by construction.
+        let mut reused: HashSet<ListenKey> = HashSet::new();
         {
             let mut registry = lock(&inner.registry);
             for (key, vs) in &desired {
@@ -146,6 +148,7 @@ impl Engine {
                         && o.servers.iter().all(|s| !s.shared.expire.is_cancelled())
                 }) {
                     next.insert(*key, unchanged.clone());
+                    reused.insert(*key);
                     continue;
                 }
                 let slots = vs
@@ -225,7 +228,7 @@ impl Engine {
                 keep
             });
         }
-        self.retire_removed_servers(&current);
+        self.retire_removed_servers(&current, &reused);
 
         if let Some(manager) = inner.vips.lock().await.as_mut() {
             if let Err(e) = manager.retain(&vips).await {
@@ -262,12 +265,16 @@ impl Engine {
     }
 
     /// Marks servers that left the configuration; expires their connections where asked.
-    fn retire_removed_servers(&self, current: &ServiceMap) {
-        // A lookup per registered server: no set of every live server built per change.
+    fn retire_removed_servers(&self, current: &ServiceMap, reused: &HashSet<ListenKey>) {
+        // Only rebuilt runtimes can have lost servers: index just theirs (at 10,000 services
+        // a change rebuilds one), in a set so a Service with many endpoints stays linear.
+        let rebuilt: HashSet<(ListenKey, SocketAddr)> = current
+            .iter()
+            .filter(|(key, _)| !reused.contains(key))
+            .flat_map(|(key, vs)| vs.servers.iter().map(move |s| (*key, s.shared.addr)))
+            .collect();
         let is_live = |key: &ListenKey, addr: &SocketAddr| {
-            current
-                .get(key)
-                .is_some_and(|vs| vs.servers.iter().any(|s| s.shared.addr == *addr))
+            reused.contains(key) || rebuilt.contains(&(*key, *addr))
         };
         let mut registry = lock(&self.inner.registry);
         let mut retired = lock(&self.inner.retired);

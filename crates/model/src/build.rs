@@ -116,7 +116,7 @@ impl Snapshot {
             let key = (object.namespace.clone(), object.name.clone());
             let empty = Vec::new();
             let service_slices = slices.get(&key).unwrap_or(&empty);
-            let versions = resource_versions(&sourced.object, service_slices);
+            let versions = resource_versions(sourced, service_slices);
             let translation = match (cache.entries.get(&key), &versions) {
                 (Some(cached), Some(v)) if &cached.versions == v => cached.clone(),
                 _ => {
@@ -214,9 +214,9 @@ impl Snapshot {
     }
 }
 
-/// Each Service's last translation, for [`Snapshot::build_cached`]. Only objects with a
-/// resourceVersion (from the API) are remembered: manifest files have none and are translated
-/// every time.
+/// Each Service's last translation, for [`Snapshot::build_cached`]. Only objects from the API
+/// are remembered (their resourceVersion changes with every write); manifest files are
+/// translated every time.
 #[derive(Debug, Default)]
 pub struct TranslationCache {
     options: Option<BuildOptions>,
@@ -232,9 +232,17 @@ struct Translation {
     elsewhere: Vec<Problem>,
 }
 
-/// What a translation depends on, or None when an object has no resourceVersion.
-fn resource_versions(service: &Service, slices: &[&Sourced<EndpointSlice>]) -> Option<Vec<String>> {
-    let mut versions = vec![service.metadata.resource_version.clone()?];
+/// What a translation depends on, or None when it cannot be trusted: an object not from the
+/// API (a manifest saved by `kubectl get -o yaml` keeps a resourceVersion its edits do not
+/// change) or without a resourceVersion.
+fn resource_versions(
+    service: &Sourced<Service>,
+    slices: &[&Sourced<EndpointSlice>],
+) -> Option<Vec<String>> {
+    if service.origin != Origin::Api || slices.iter().any(|s| s.origin != Origin::Api) {
+        return None;
+    }
+    let mut versions = vec![service.object.metadata.resource_version.clone()?];
     let mut named: Vec<(String, String)> = slices
         .iter()
         .map(|s| {

@@ -1787,16 +1787,28 @@ endpoints:
     one("a", "10.96.0.1", a_endpoint, a_version) + &one("b", "10.96.0.2", b_endpoint, "7")
 }
 
+/// Objects as the API source delivers them.
+fn from_api(yaml: &str) -> ObjectSet {
+    let mut set = objects(yaml);
+    for s in &mut set.services {
+        s.origin = Origin::Api;
+    }
+    for s in &mut set.endpoint_slices {
+        s.origin = Origin::Api;
+    }
+    set
+}
+
 #[test]
 fn cached_translations_equal_a_fresh_build_and_follow_resource_versions() {
     let options = BuildOptions::default();
     let mut cache = rvs_model::TranslationCache::default();
-    let first = objects(&versioned("10.1.0.1", "5", "10.1.0.2"));
+    let first = from_api(&versioned("10.1.0.1", "5", "10.1.0.2"));
     let (cached, _) = Snapshot::build_cached(&first, &options, None, &mut cache);
     assert_eq!(cached, Snapshot::build(&first, &options, None).0);
 
     // A new version of a's slice is translated again; b's translation is reused.
-    let second = objects(&versioned("10.1.0.9", "6", "10.1.0.2"));
+    let second = from_api(&versioned("10.1.0.9", "6", "10.1.0.2"));
     let (cached, _) = Snapshot::build_cached(&second, &options, Some(&cached), &mut cache);
     let fresh = Snapshot::build(&second, &options, Some(&cached)).0;
     assert_eq!(cached.services, fresh.services);
@@ -1804,7 +1816,7 @@ fn cached_translations_equal_a_fresh_build_and_follow_resource_versions() {
 
     // The versions are what the cache trusts: the same version means the same object (the
     // API server guarantees it), so a different content under it is not looked at.
-    let same_version = objects(&versioned("10.1.0.7", "6", "10.1.0.2"));
+    let same_version = from_api(&versioned("10.1.0.7", "6", "10.1.0.2"));
     let (reused, _) = Snapshot::build_cached(&same_version, &options, Some(&cached), &mut cache);
     assert_eq!(reused.services, cached.services);
 
@@ -1821,10 +1833,9 @@ fn cached_translations_equal_a_fresh_build_and_follow_resource_versions() {
             .services
     );
 
-    // Without resourceVersions (manifest files) every build translates.
-    let unversioned = |endpoint: &str| {
-        objects(&versioned(endpoint, "5", "10.1.0.2").replace("resourceVersion", "x-unused"))
-    };
+    // Manifest files are translated every build, even when they carry a resourceVersion
+    // (`kubectl get -o yaml` writes one, and editing the file does not change it).
+    let unversioned = |endpoint: &str| objects(&versioned(endpoint, "5", "10.1.0.2"));
     let mut cache = rvs_model::TranslationCache::default();
     let (one, _) = Snapshot::build_cached(&unversioned("10.1.0.3"), &options, None, &mut cache);
     let (two, _) =
