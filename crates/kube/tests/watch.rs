@@ -59,8 +59,8 @@ fn service_watches(api: &FakeApi) -> Vec<String> {
         .collect()
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn lists_then_watches_and_resumes_without_relisting() {
+/// The fake API holding Service `a`, and a source that has listed it.
+async fn synced_with_service_a() -> (FakeApi, tempfile::TempDir, ApiSource, WatchMetrics) {
     let api = FakeApi::start().await.unwrap();
     let dir = tempfile::tempdir().unwrap();
     api.put(service("a", "10.96.0.1"));
@@ -71,6 +71,12 @@ async fn lists_then_watches_and_resumes_without_relisting() {
         metrics.clone(),
     );
     until("initial sync", || source.synced()).await;
+    (api, dir, source, metrics)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn lists_then_watches_and_resumes_without_relisting() {
+    let (api, _dir, source, metrics) = synced_with_service_a().await;
     assert_eq!(service_names(&source), ["a"]);
 
     // Watch events: ADDED, MODIFIED, DELETED.
@@ -113,16 +119,7 @@ async fn lists_then_watches_and_resumes_without_relisting() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn relists_after_410_gone_and_sees_what_changed_meanwhile() {
-    let api = FakeApi::start().await.unwrap();
-    let dir = tempfile::tempdir().unwrap();
-    api.put(service("a", "10.96.0.1"));
-    let metrics = WatchMetrics::default();
-    let source = ApiSource::start(
-        client(&api, &dir).await,
-        &WatchOptions::default(),
-        metrics.clone(),
-    );
-    until("initial sync", || source.synced()).await;
+    let (api, _dir, source, metrics) = synced_with_service_a().await;
 
     // The history rvs would resume from is compacted, and objects change meanwhile: the
     // resumed watch gets ERROR 410 Expired, and the relist must bring the new state,
