@@ -14,7 +14,10 @@ use tokio::io::AsyncWriteExt;
 use tokio::process::Command;
 
 use crate::conntrack::{self, ConnCounts};
-use crate::render::{endpoint_chain_name, render, service_chain_name, RenderOptions};
+use crate::render::{
+    endpoint_chain_name, patch, render_cached, render_delta, service_chain_name, RenderCache,
+    RenderOptions,
+};
 use crate::ruleset::{Before, Existing, Family, Ruleset, TABLE};
 
 #[derive(Debug, Clone)]
@@ -52,6 +55,7 @@ struct Applied {
     snapshot: Option<Arc<Snapshot>>,
     /// Set after a failure: the kernel may differ from `ruleset`, so rewrite it all.
     needs_full: bool,
+    render_cache: RenderCache,
 }
 
 #[derive(Default)]
@@ -98,13 +102,27 @@ impl NftEngine {
     ) -> Result<ApplyStats, NftError> {
         let started = Instant::now();
         let mut applied = self.applied.lock().await;
-        let ruleset = render(snapshot, &self.config.render);
+        let applied = &mut *applied;
         let full = full || applied.needs_full || applied.ruleset.is_none();
-        let script = match (&applied.ruleset, full) {
-            (Some(previous), false) => ruleset.script(Before::Applied(previous)),
-            _ => {
+        // Incremental: only the virtual services that changed are rendered and diffed, and
+        // the stored ruleset is patched; a full sync renders (from the cache) and rewrites all.
+        let delta = if full {
+            None
+        } else {
+            render_delta(snapshot, &self.config.render, &mut applied.render_cache)
+        };
+        let (script, rendered) = match (&delta, &applied.ruleset) {
+            (Some(delta), _) => (delta.after.script(Before::Applied(&delta.before)), None),
+            (None, Some(previous)) if !full => {
+                let ruleset =
+                    render_cached(snapshot, &self.config.render, &mut applied.render_cache);
+                (ruleset.script(Before::Applied(previous)), Some(ruleset))
+            }
+            (None, _) => {
+                let ruleset =
+                    render_cached(snapshot, &self.config.render, &mut applied.render_cache);
                 let listed = self.list_existing().await?;
-                ruleset.script(Before::Listed(&listed))
+                (ruleset.script(Before::Listed(&listed)), Some(ruleset))
             }
         };
         let script_bytes = script.len();
@@ -114,10 +132,17 @@ impl NftEngine {
                 return Err(e);
             }
         }
+        match (rendered, delta) {
+            (Some(ruleset), _) => applied.ruleset = Some(ruleset),
+            (None, Some(delta)) => {
+                if let Some(ruleset) = applied.ruleset.as_mut() {
+                    patch(ruleset, &delta);
+                }
+            }
+            (None, None) => {}
+        }
         let previous = applied.snapshot.replace(snapshot.clone());
-        applied.ruleset = Some(ruleset);
         applied.needs_full = false;
-        drop(applied);
         if let Ok(mut current) = self.current.lock() {
             *current = Some(snapshot.clone());
         }

@@ -7,5 +7,8 @@ mod render;
 mod ruleset;
 
 pub use engine::{NftConfig, NftEngine, NftError};
-pub use render::{endpoint_chain_name, render, RenderOptions, HASH_SEED, MASQUERADE_MARK};
+pub use render::{
+    endpoint_chain_name, patch, render, render_cached, render_delta, Delta, RenderCache,
+    RenderOptions, HASH_SEED, MASQUERADE_MARK,
+};
 pub use ruleset::{Before, Chain, Existing, Family, Map, Ruleset, Set, Table, TABLE};

@@ -17,8 +17,9 @@
 //! - filter chains reject traffic to Services without endpoints and drop sources outside
 //!   `loadBalancerSourceRanges`.
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 use std::net::IpAddr;
+use std::sync::Arc;
 
 use ipnet::IpNet;
 use rvs_model::{
@@ -187,6 +188,236 @@ pub fn render(snapshot: &Snapshot, options: &RenderOptions) -> Ruleset {
         }
     }
     ruleset
+}
+
+/// Each virtual service's part of the ruleset (its chains, maps, sets and the elements it
+/// adds to the shared ones), kept while the virtual service stays the same: at 10,000
+/// Services a change renders one, not all.
+#[derive(Debug, Default)]
+pub struct RenderCache {
+    options: Option<RenderOptions>,
+    parts: HashMap<(Protocol, Frontend), (Arc<VirtualService>, Table)>,
+}
+
+/// [`render`], reusing the parts in `cache` of virtual services that did not change. The
+/// result is the same ruleset `render` gives (a property test holds the two together).
+pub fn render_cached(
+    snapshot: &Snapshot,
+    options: &RenderOptions,
+    cache: &mut RenderCache,
+) -> Ruleset {
+    if cache.options.as_ref() != Some(options) {
+        cache.parts.clear();
+        cache.options = Some(options.clone());
+    }
+    let mut ruleset = Ruleset::default();
+    let mut skeletons = BTreeMap::new();
+    for family in Family::ALL {
+        let table = base_table(family, options);
+        skeletons.insert(family, skeleton(&table));
+        ruleset.tables.insert(family, table);
+    }
+    let mut seen = HashSet::new();
+    for vs in &snapshot.services {
+        let family = vs_family(vs);
+        let (Some(table), Some(empty)) = (ruleset.tables.get_mut(&family), skeletons.get(&family))
+        else {
+            continue;
+        };
+        let key = (vs.protocol, vs.frontend);
+        seen.insert(key);
+        let cached = cache
+            .parts
+            .get(&key)
+            .is_some_and(|(v, _)| Arc::ptr_eq(v, vs) || **v == **vs);
+        if !cached {
+            let mut part = empty.clone();
+            render_service(&mut part, family, vs, options);
+            cache.parts.insert(key, (vs.clone(), part));
+        }
+        if let Some((_, part)) = cache.parts.get(&key) {
+            merge(table, part);
+        }
+    }
+    cache.parts.retain(|key, _| seen.contains(key));
+    ruleset
+}
+
+/// What changed since the cache last saw a snapshot: the parts of the virtual services that
+/// changed or went (`before`) and of those that changed or came (`after`), each on the base
+/// tables' maps and sets (`skeletons`). `after.script(Before::Applied(&before))` is the
+/// transaction; [`patch`] brings a stored ruleset along.
+#[derive(Debug)]
+pub struct Delta {
+    pub before: Ruleset,
+    pub after: Ruleset,
+    skeletons: BTreeMap<Family, Table>,
+}
+
+impl Delta {
+    pub fn is_empty(&self) -> bool {
+        self.before == self.after
+    }
+}
+
+/// The [`Delta`] from what `cache` holds to `snapshot`, updating the cache; None when the
+/// options changed (then everything changed: render it all).
+pub fn render_delta(
+    snapshot: &Snapshot,
+    options: &RenderOptions,
+    cache: &mut RenderCache,
+) -> Option<Delta> {
+    if cache.options.as_ref() != Some(options) {
+        return None;
+    }
+    let skeletons: BTreeMap<Family, Table> = Family::ALL
+        .into_iter()
+        .map(|f| (f, skeleton(&base_table(f, options))))
+        .collect();
+    let on_skeletons = || Ruleset {
+        tables: skeletons.clone(),
+    };
+    let (mut before, mut after) = (on_skeletons(), on_skeletons());
+    let mut seen = HashSet::new();
+    for vs in &snapshot.services {
+        let key = (vs.protocol, vs.frontend);
+        seen.insert(key);
+        let unchanged = cache
+            .parts
+            .get(&key)
+            .is_some_and(|(v, _)| Arc::ptr_eq(v, vs) || **v == **vs);
+        if unchanged {
+            continue;
+        }
+        let family = vs_family(vs);
+        if let Some((old, part)) = cache.parts.remove(&key) {
+            if let Some(table) = before.tables.get_mut(&vs_family(&old)) {
+                merge(table, &part);
+            }
+        }
+        let (Some(table), Some(empty)) = (after.tables.get_mut(&family), skeletons.get(&family))
+        else {
+            continue;
+        };
+        let mut part = empty.clone();
+        render_service(&mut part, family, vs, options);
+        merge(table, &part);
+        cache.parts.insert(key, (vs.clone(), part));
+    }
+    let gone: Vec<(Protocol, Frontend)> = cache
+        .parts
+        .keys()
+        .filter(|k| !seen.contains(*k))
+        .copied()
+        .collect();
+    for key in gone {
+        if let Some((old, part)) = cache.parts.remove(&key) {
+            if let Some(table) = before.tables.get_mut(&vs_family(&old)) {
+                merge(table, &part);
+            }
+        }
+    }
+    Some(Delta {
+        before,
+        after,
+        skeletons,
+    })
+}
+
+/// Applies a [`Delta`] to the ruleset it was computed against, as its transaction changes
+/// the kernel: the parts that went are taken out (elements of prune-on-full-sync sets stay,
+/// as the transaction leaves them), the new parts put in.
+pub fn patch(ruleset: &mut Ruleset, delta: &Delta) {
+    for (family, table) in &mut ruleset.tables {
+        let (Some(gone), Some(skeleton)) =
+            (delta.before.tables.get(family), delta.skeletons.get(family))
+        else {
+            continue;
+        };
+        for name in gone.chains.keys() {
+            table.chains.remove(name);
+        }
+        for (name, map) in &gone.maps {
+            if !skeleton.maps.contains_key(name) {
+                table.maps.remove(name);
+            } else if let Some(shared) = table.maps.get_mut(name) {
+                for key in map.elements.keys() {
+                    shared.elements.remove(key);
+                }
+            }
+        }
+        for (name, set) in &gone.sets {
+            if !skeleton.sets.contains_key(name) {
+                table.sets.remove(name);
+            } else if let Some(shared) = table.sets.get_mut(name) {
+                if !shared.prune_on_full_sync_only {
+                    for element in &set.elements {
+                        shared.elements.remove(element);
+                    }
+                }
+            }
+        }
+        if let Some(came) = delta.after.tables.get(family) {
+            merge(table, came);
+        }
+    }
+}
+
+/// The base table's maps and sets without elements, and no chains: what a virtual
+/// service's part is rendered into.
+fn skeleton(base: &Table) -> Table {
+    Table {
+        chains: BTreeMap::new(),
+        maps: base
+            .maps
+            .iter()
+            .map(|(name, m)| {
+                let empty = Map {
+                    spec: m.spec.clone(),
+                    elements: BTreeMap::new(),
+                };
+                (name.clone(), empty)
+            })
+            .collect(),
+        sets: base
+            .sets
+            .iter()
+            .map(|(name, set)| {
+                let empty = Set {
+                    spec: set.spec.clone(),
+                    elements: BTreeSet::new(),
+                    prune_on_full_sync_only: set.prune_on_full_sync_only,
+                };
+                (name.clone(), empty)
+            })
+            .collect(),
+    }
+}
+
+/// Adds a virtual service's part to the table: its own chains, maps and sets, and its
+/// elements of the shared maps and sets.
+fn merge(table: &mut Table, part: &Table) {
+    for (name, chain) in &part.chains {
+        table.chains.insert(name.clone(), chain.clone());
+    }
+    for (name, map) in &part.maps {
+        match table.maps.get_mut(name) {
+            Some(shared) => shared
+                .elements
+                .extend(map.elements.iter().map(|(k, v)| (k.clone(), v.clone()))),
+            None => {
+                table.maps.insert(name.clone(), map.clone());
+            }
+        }
+    }
+    for (name, set) in &part.sets {
+        match table.sets.get_mut(name) {
+            Some(shared) => shared.elements.extend(set.elements.iter().cloned()),
+            None => {
+                table.sets.insert(name.clone(), set.clone());
+            }
+        }
+    }
 }
 
 fn base_table(family: Family, options: &RenderOptions) -> Table {

@@ -391,3 +391,171 @@ proptest! {
         }
     }
 }
+
+/// One virtual service of a generated snapshot: its address index, scheduler, endpoints,
+/// persistence, kind and policy all vary.
+fn generated(
+    index: u8,
+    scheduler: u8,
+    endpoints: u8,
+    sticky: bool,
+    kind: u8,
+    local: bool,
+) -> VirtualService {
+    let servers = (0..endpoints)
+        .map(|e| {
+            server(
+                &format!("10.244.{index}.{}", e + 1),
+                1 + u32::from(e % 3),
+                e % 2 == 0,
+            )
+        })
+        .collect();
+    let scheduler = [
+        SchedulerKind::Rr,
+        SchedulerKind::Wrr,
+        SchedulerKind::Mh,
+        SchedulerKind::Sh,
+        SchedulerKind::Lc,
+    ][usize::from(scheduler % 5)];
+    let (frontend_kind, frontend) = match kind % 3 {
+        0 => (
+            FrontendKind::ClusterIp,
+            Frontend::Address {
+                addr: format!("10.96.0.{index}:80").parse().unwrap(),
+            },
+        ),
+        1 => (
+            FrontendKind::NodePort,
+            Frontend::NodePort {
+                family: rvs_model::IpFamily::V4,
+                port: 30000 + u16::from(index),
+            },
+        ),
+        _ => (
+            FrontendKind::LoadBalancer,
+            Frontend::Address {
+                addr: format!("192.0.2.{index}:80").parse().unwrap(),
+            },
+        ),
+    };
+    let mut v = vs(frontend_kind, frontend, scheduler, servers);
+    v.service.name = format!("svc-{index}");
+    if sticky {
+        v.persistence = Some(Duration::from_secs(600));
+    }
+    if local {
+        v.traffic_policy = TrafficPolicy::Local;
+    }
+    if frontend_kind == FrontendKind::LoadBalancer && index % 2 == 0 {
+        v.source_ranges = vec!["203.0.113.0/24".parse().unwrap()];
+    }
+    v
+}
+
+fn snapshot_of(services: Vec<VirtualService>) -> Snapshot {
+    let mut services: Vec<std::sync::Arc<VirtualService>> =
+        services.into_iter().map(Into::into).collect();
+    services.sort_by_key(|v| (v.protocol, v.frontend));
+    services.dedup_by_key(|v| (v.protocol, v.frontend));
+    Snapshot {
+        version: 1,
+        services,
+    }
+}
+
+proptest! {
+    /// The cached render of a sequence of snapshots is, each time, exactly the fresh render:
+    /// services added, changed, kept (shared) and removed.
+    #[test]
+    fn cached_render_equals_a_fresh_render(
+        steps in prop::collection::vec(
+            prop::collection::vec((1u8..12, 0u8..5, 0u8..5, any::<bool>(), 0u8..3, any::<bool>()), 0..8),
+            1..5,
+        )
+    ) {
+        let options = RenderOptions {
+            cluster_cidrs: vec!["10.244.0.0/16".parse().unwrap()],
+            ..Default::default()
+        };
+        let mut cache = rvs_nft::RenderCache::default();
+        let mut previous: Option<Snapshot> = None;
+        for step in steps {
+            let mut snapshot = snapshot_of(
+                step.into_iter()
+                    .map(|(i, s, e, sticky, k, local)| generated(i, s, e, sticky, k, local))
+                    .collect(),
+            );
+            // Unchanged services are shared with the previous snapshot, as the model does.
+            if let Some(previous) = &previous {
+                for vs in &mut snapshot.services {
+                    if let Some(old) = previous.services.iter().find(|o| ***o == **vs) {
+                        *vs = old.clone();
+                    }
+                }
+            }
+            let cached = rvs_nft::render_cached(&snapshot, &options, &mut cache);
+            prop_assert_eq!(&cached, &render(&snapshot, &options));
+            previous = Some(snapshot);
+        }
+    }
+}
+
+/// `stored` holds what `fresh` holds: the same chains and maps, the same set elements, except
+/// that sets pruned only on full syncs may keep more.
+fn holds(stored: &Ruleset, fresh: &Ruleset) -> Result<(), TestCaseError> {
+    for (family, want) in &fresh.tables {
+        let got = &stored.tables[family];
+        prop_assert_eq!(&got.chains, &want.chains);
+        prop_assert_eq!(&got.maps, &want.maps);
+        prop_assert_eq!(
+            got.sets.keys().collect::<Vec<_>>(),
+            want.sets.keys().collect::<Vec<_>>()
+        );
+        for (name, set) in &want.sets {
+            let kept = &got.sets[name];
+            if set.prune_on_full_sync_only {
+                prop_assert!(kept.elements.is_superset(&set.elements), "{}", name);
+            } else {
+                prop_assert_eq!(&kept.elements, &set.elements);
+            }
+        }
+    }
+    Ok(())
+}
+
+proptest! {
+    /// Incremental syncs: the delta of each snapshot, patched into the stored ruleset, leaves
+    /// what a fresh render gives; an unchanged snapshot is an empty delta.
+    #[test]
+    fn patched_deltas_equal_a_fresh_render(
+        steps in prop::collection::vec(
+            prop::collection::vec((1u8..12, 0u8..5, 0u8..5, any::<bool>(), 0u8..3, any::<bool>()), 0..8),
+            2..6,
+        )
+    ) {
+        let options = RenderOptions {
+            cluster_cidrs: vec!["10.244.0.0/16".parse().unwrap()],
+            ..Default::default()
+        };
+        let mut cache = rvs_nft::RenderCache::default();
+        let mut stored: Option<Ruleset> = None;
+        for step in steps {
+            let snapshot = snapshot_of(
+                step.into_iter()
+                    .map(|(i, s, e, sticky, k, local)| generated(i, s, e, sticky, k, local))
+                    .collect(),
+            );
+            match stored.as_mut() {
+                None => stored = Some(rvs_nft::render_cached(&snapshot, &options, &mut cache)),
+                Some(stored) => {
+                    let delta = rvs_nft::render_delta(&snapshot, &options, &mut cache).unwrap();
+                    rvs_nft::patch(stored, &delta);
+                    holds(stored, &render(&snapshot, &options))?;
+                    let again = rvs_nft::render_delta(&snapshot, &options, &mut cache).unwrap();
+                    prop_assert!(again.is_empty());
+                }
+            }
+        }
+    }
+}
