@@ -447,7 +447,7 @@ fn generated(
     if local {
         v.traffic_policy = TrafficPolicy::Local;
     }
-    if frontend_kind == FrontendKind::LoadBalancer && index % 2 == 0 {
+    if frontend_kind == FrontendKind::LoadBalancer && index.is_multiple_of(2) {
         v.source_ranges = vec!["203.0.113.0/24".parse().unwrap()];
     }
     v
