@@ -275,7 +275,7 @@ SECTION=$WORK/section.md
     echo
     echo "### Sync: programming the rules"
     echo
-    echo "Method: \`crates/nft/examples/sync_bench SERVICES $SYNC_ENDPOINTS $SYNC_CHANGES\`, run in a fresh network namespace each time: N ClusterIP Services (TCP, 10.96.x.y:80) with $SYNC_ENDPOINTS endpoints each, one full sync (\`NftEngine::apply(full)\`: render, list the existing table, one \`nft -f\` transaction), then $SYNC_CHANGES single-endpoint changes, each Service in turn moving one endpoint (\`apply\` incremental: render, diff against the last applied ruleset, one \`nft -f\` transaction); wall-clock time around \`apply\`. $SYNC_REPS run$( ((SYNC_REPS > 1)) && echo s) per size, the median of each figure is reported."
+    echo "Method: \`crates/nft/examples/sync_bench SERVICES $SYNC_ENDPOINTS $SYNC_CHANGES\`, run in a fresh network namespace each time: N ClusterIP Services (TCP, 10.96.x.y:80) with $SYNC_ENDPOINTS endpoints each, one full sync (\`NftEngine::apply(full)\`: render, list the existing table, one \`nft -f\` transaction), then $SYNC_CHANGES single-endpoint changes, each Service in turn moving one endpoint (\`apply\` incremental: render and diff only the changed virtual service, one \`nft -f\` transaction); wall-clock time around \`apply\`. $SYNC_REPS run$( ((SYNC_REPS > 1)) && echo s) per size, the median of each figure is reported."
     echo
     echo "| measurement | 1,000 Services | 10,000 Services | 10k / 1k | goal (10k) | met |"
     echo "| --- | ---: | ---: | ---: | ---: | :---: |"
@@ -299,8 +299,8 @@ SECTION=$WORK/section.md
     row "… of which the \`nft -f\` of the full ruleset, ms" nft_full_ms 0
     row "one endpoint change in all (p50), ms" change_p50_ms 1
     row "… of which the \`nft -f\` transaction (p50), ms" nft_change_p50_ms 1
-    row "rvs: render the whole snapshot, ms" render_ms 1
-    row "rvs: diff against the applied ruleset, ms" diff_ms 1
+    row "rvs: render the whole snapshot (full syncs only), ms" render_ms 1
+    row "rvs: diff against the applied ruleset (full syncs only), ms" diff_ms 1
     row "\`nft add element\` of one map element on the synced table, ms" nft_one_element_ms 0
     row "\`nft list table ip rvs\`, ms" nft_list_ms 0
     echo
@@ -308,9 +308,9 @@ SECTION=$WORK/section.md
     r=$(vals breakdown render_ms services=10000) d=$(vals breakdown diff_ms services=10000)
     pct() { awk -v a="$1" -v b="$2" 'BEGIN {if (b > 0) printf "%.0f%%", 100 * a / b; else print "-"}'; }
     rd=$(awk -v a="$r" -v b="$d" 'BEGIN {print a + b}')
-    rest=$(awk -v c="$c50" -v n="$n50" -v rd="$rd" 'BEGIN {print c - n - rd}')
+    rest=$(awk -v c="$c50" -v n="$n50" 'BEGIN {print c - n}')
     fs=$(vals breakdown full_s services=10000) fn=$(vals breakdown nft_full_ms services=10000)
-    echo "At 10,000 Services a full sync is the \`nft\` tool's time: $(fmt 0 "$fn") of $(fmt 0 "$(awk -v s="$fs" 'BEGIN {print s * 1000}')") ms ($(pct "$fn" "$(awk -v s="$fs" 'BEGIN {print s * 1000}')")) go to parsing and committing the $(fmt 0 "$(awk -v x="$(vals sync script_bytes services=10000 rep=1)" 'BEGIN {print x / 1e6}')") MB script. A change ($(fmt 0 "$c50") ms, p50 of this run) is split: the \`nft\` process $(fmt 0 "$n50") ms ($(pct "$n50" "$c50")), rvs re-rendering and diffing the whole snapshot $(fmt 0 "$rd") ms ($(pct "$rd" "$c50")), the rest ($(fmt 0 "$rest") ms) starting the nft process (through the timing wrapper) and rvs's other work per apply (not broken down). Even the smallest transaction pays for nft's cache of the table: one \`nft add element\` takes $(fmt 0 "$(vals breakdown nft_one_element_ms services=1000)") ms at 1,000 Services and $(fmt 0 "$(vals breakdown nft_one_element_ms services=10000)") ms at 10,000."
+    echo "At 10,000 Services a full sync is the \`nft\` tool's time: $(fmt 0 "$fn") of $(fmt 0 "$(awk -v s="$fs" 'BEGIN {print s * 1000}')") ms ($(pct "$fn" "$(awk -v s="$fs" 'BEGIN {print s * 1000}')")) go to parsing and committing the $(fmt 0 "$(awk -v x="$(vals sync script_bytes services=10000 rep=1)" 'BEGIN {print x / 1e6}')") MB script. A change ($(fmt 0 "$c50") ms, p50 of this run) is the \`nft\` process $(fmt 0 "$n50") ms ($(pct "$n50" "$c50")) and everything else $(fmt 0 "$rest") ms ($(pct "$rest" "$c50")): rvs renders and diffs only the virtual services that changed (a whole-snapshot render and diff, $(fmt 0 "$rd") ms, is left to full syncs), plus starting nft through the timing wrapper. Even the smallest transaction pays for nft's cache of the table: one \`nft add element\` takes $(fmt 0 "$(vals breakdown nft_one_element_ms services=1000)") ms at 1,000 Services and $(fmt 0 "$(vals breakdown nft_one_element_ms services=10000)") ms at 10,000."
     echo
     g_n=$(vals grow services what=add)
     g_n=${g_n:-10}

@@ -5,7 +5,8 @@
 //! endpoints are documentation addresses, the ClusterIPs loopback.
 //!
 //! Environment: SERVICES (10000), ENDPOINTS (5), CHANGES (100), GAP_MS (200: between changes,
-//! above rvs's --min-sync-period so each change is applied alone).
+//! above rvs's --min-sync-period so each change is applied alone), RVS_ARGS (more arguments
+//! for `rvs run`, e.g. `--engine nftables` inside a network namespace of its own).
 
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpStream};
@@ -140,6 +141,11 @@ async fn main() -> anyhow::Result<()> {
         .args(["run", "--kubeconfig"])
         .arg(&kubeconfig)
         .args(["--admin", &admin.to_string(), "--access-log", "off"])
+        .args(
+            std::env::var("RVS_ARGS")
+                .unwrap_or_default()
+                .split_whitespace(),
+        )
         .env("RVS_LOG", "warn")
         .stdout(Stdio::null())
         .stderr(Stdio::inherit())
