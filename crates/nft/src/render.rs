@@ -17,14 +17,14 @@
 //! - filter chains reject traffic to Services without endpoints and drop sources outside
 //!   `loadBalancerSourceRanges`.
 
-use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::net::IpAddr;
 use std::sync::Arc;
 
 use ipnet::IpNet;
 use rvs_model::{
-    Frontend, FrontendKind, IpFamily, Protocol, RealServer, SchedulerKind, Snapshot, TrafficPolicy,
-    VirtualService,
+    Frontend, FrontendKind, IpFamily, Protocol, RealServer, SchedulerKind, ServiceRef, Snapshot,
+    TrafficPolicy, VirtualService,
 };
 use rvs_sched::Dest;
 
@@ -190,17 +190,55 @@ pub fn render(snapshot: &Snapshot, options: &RenderOptions) -> Ruleset {
     ruleset
 }
 
-/// Each virtual service's part of the ruleset (its chains, maps, sets and the elements it
-/// adds to the shared ones), kept while the virtual service stays the same: at 10,000
-/// Services a change renders one, not all.
+/// Each Service port's part of the ruleset (its virtual services' chains, maps, sets and the
+/// elements they add to the shared ones), kept while its virtual services stay the same: at
+/// 10,000 Services a change renders one, not all. Parts are per Service port and family,
+/// not per virtual service, because a Service port's frontends (ClusterIP, NodePort, load
+/// balancer) share their endpoint chains and affinity sets.
 #[derive(Debug, Default)]
 pub struct RenderCache {
     options: Option<RenderOptions>,
-    parts: HashMap<(Protocol, Frontend), (Arc<VirtualService>, Table)>,
+    parts: HashMap<PartKey, (Vec<Arc<VirtualService>>, Table)>,
 }
 
-/// [`render`], reusing the parts in `cache` of virtual services that did not change. The
-/// result is the same ruleset `render` gives (a property test holds the two together).
+type PartKey = (Family, Protocol, ServiceRef);
+
+/// The snapshot's virtual services by part, each part's in snapshot order (the order a
+/// fresh render writes them in).
+fn parts_of(snapshot: &Snapshot) -> BTreeMap<PartKey, Vec<&Arc<VirtualService>>> {
+    let mut parts: BTreeMap<PartKey, Vec<&Arc<VirtualService>>> = BTreeMap::new();
+    for vs in &snapshot.services {
+        parts
+            .entry((vs_family(vs), vs.protocol, vs.service.clone()))
+            .or_default()
+            .push(vs);
+    }
+    parts
+}
+
+fn same_services(cached: &[Arc<VirtualService>], now: &[&Arc<VirtualService>]) -> bool {
+    cached.len() == now.len()
+        && cached
+            .iter()
+            .zip(now)
+            .all(|(a, b)| Arc::ptr_eq(a, b) || **a == ***b)
+}
+
+fn render_part(
+    services: &[&Arc<VirtualService>],
+    family: Family,
+    empty: &Table,
+    options: &RenderOptions,
+) -> Table {
+    let mut part = empty.clone();
+    for vs in services {
+        render_service(&mut part, family, vs, options);
+    }
+    part
+}
+
+/// [`render`], reusing the parts in `cache` of Service ports that did not change. The result
+/// is the same ruleset `render` gives (a property test holds the two together).
 pub fn render_cached(
     snapshot: &Snapshot,
     options: &RenderOptions,
@@ -217,33 +255,31 @@ pub fn render_cached(
         skeletons.insert(family, skeleton(&table));
         ruleset.tables.insert(family, table);
     }
-    let mut seen = HashSet::new();
-    for vs in &snapshot.services {
-        let family = vs_family(vs);
+    let parts = parts_of(snapshot);
+    for (key, services) in &parts {
+        let family = key.0;
         let (Some(table), Some(empty)) = (ruleset.tables.get_mut(&family), skeletons.get(&family))
         else {
             continue;
         };
-        let key = (vs.protocol, vs.frontend);
-        seen.insert(key);
         let cached = cache
             .parts
-            .get(&key)
-            .is_some_and(|(v, _)| Arc::ptr_eq(v, vs) || **v == **vs);
+            .get(key)
+            .is_some_and(|(old, _)| same_services(old, services));
         if !cached {
-            let mut part = empty.clone();
-            render_service(&mut part, family, vs, options);
-            cache.parts.insert(key, (vs.clone(), part));
+            let part = render_part(services, family, empty, options);
+            let owned = services.iter().map(|vs| Arc::clone(vs)).collect();
+            cache.parts.insert(key.clone(), (owned, part));
         }
-        if let Some((_, part)) = cache.parts.get(&key) {
+        if let Some((_, part)) = cache.parts.get(key) {
             merge(table, part);
         }
     }
-    cache.parts.retain(|key, _| seen.contains(key));
+    cache.parts.retain(|key, _| parts.contains_key(key));
     ruleset
 }
 
-/// What changed since the cache last saw a snapshot: the parts of the virtual services that
+/// What changed since the cache last saw a snapshot: the parts of the Service ports that
 /// changed or went (`before`) and of those that changed or came (`after`), each on the base
 /// tables' maps and sets (`skeletons`). `after.script(Before::Applied(&before))` is the
 /// transaction; [`patch`] brings a stored ruleset along.
@@ -278,20 +314,18 @@ pub fn render_delta(
         tables: skeletons.clone(),
     };
     let (mut before, mut after) = (on_skeletons(), on_skeletons());
-    let mut seen = HashSet::new();
-    for vs in &snapshot.services {
-        let key = (vs.protocol, vs.frontend);
-        seen.insert(key);
+    let parts = parts_of(snapshot);
+    for (key, services) in &parts {
         let unchanged = cache
             .parts
-            .get(&key)
-            .is_some_and(|(v, _)| Arc::ptr_eq(v, vs) || **v == **vs);
+            .get(key)
+            .is_some_and(|(old, _)| same_services(old, services));
         if unchanged {
             continue;
         }
-        let family = vs_family(vs);
-        if let Some((old, part)) = cache.parts.remove(&key) {
-            if let Some(table) = before.tables.get_mut(&vs_family(&old)) {
+        let family = key.0;
+        if let Some((_, part)) = cache.parts.remove(key) {
+            if let Some(table) = before.tables.get_mut(&family) {
                 merge(table, &part);
             }
         }
@@ -299,20 +333,20 @@ pub fn render_delta(
         else {
             continue;
         };
-        let mut part = empty.clone();
-        render_service(&mut part, family, vs, options);
+        let part = render_part(services, family, empty, options);
         merge(table, &part);
-        cache.parts.insert(key, (vs.clone(), part));
+        let owned = services.iter().map(|vs| Arc::clone(vs)).collect();
+        cache.parts.insert(key.clone(), (owned, part));
     }
-    let gone: Vec<(Protocol, Frontend)> = cache
+    let gone: Vec<PartKey> = cache
         .parts
         .keys()
-        .filter(|k| !seen.contains(*k))
-        .copied()
+        .filter(|k| !parts.contains_key(*k))
+        .cloned()
         .collect();
     for key in gone {
-        if let Some((old, part)) = cache.parts.remove(&key) {
-            if let Some(table) = before.tables.get_mut(&vs_family(&old)) {
+        if let Some((_, part)) = cache.parts.remove(&key) {
+            if let Some(table) = before.tables.get_mut(&key.0) {
                 merge(table, &part);
             }
         }
