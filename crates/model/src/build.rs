@@ -81,7 +81,8 @@ impl Snapshot {
             cache.entries.clear();
             cache.options = Some(options.clone());
         }
-        let mut seen = std::collections::HashSet::new();
+        cache.generation = cache.generation.wrapping_add(1);
+        let generation = cache.generation;
         let mut problems = Vec::new();
         let slices = index_slices(&objects.endpoint_slices, &mut problems);
 
@@ -96,30 +97,40 @@ impl Snapshot {
             })
             .unwrap_or_default();
         let mut services: Vec<&Sourced<Service>> = objects.services.iter().collect();
-        // Keys computed once per Service, not once per comparison.
+        // Keys computed once per Service (not per comparison), borrowed (not copied).
         services.sort_by_cached_key(|s| {
-            let r = service_ref(&s.object);
-            let is_new = !served.contains(&(r.namespace.as_str(), r.name.as_str()));
-            let created = s.object.metadata.creation_timestamp.as_ref().map(|t| t.0);
+            let s: &Sourced<Service> = s;
+            let (namespace, name) = names(&s.object);
             (
-                is_new,
-                created,
-                s.origin.clone(),
-                s.object.metadata.name.clone(),
+                !served.contains(&(namespace, name)),
+                s.object.metadata.creation_timestamp.as_ref().map(|t| t.0),
+                &s.origin,
+                s.object.metadata.name.as_deref(),
             )
         });
 
-        let mut claims: HashMap<(Protocol, Frontend), ObjectRef> = HashMap::new();
+        // Which Service claimed each frontend (an index into `services`).
+        let mut claims: HashMap<(Protocol, Frontend), usize> = HashMap::new();
         let mut out: Vec<Arc<VirtualService>> = Vec::new();
-        for sourced in services {
-            let object = service_ref(&sourced.object);
-            let key = (object.namespace.clone(), object.name.clone());
-            let empty = Vec::new();
-            let service_slices = slices.get(&key).unwrap_or(&empty);
-            let versions = resource_versions(sourced, service_slices);
-            let translation = match (cache.entries.get(&key), &versions) {
-                (Some(cached), Some(v)) if &cached.versions == v => cached.clone(),
-                _ => {
+        for (index, sourced) in services.iter().enumerate() {
+            let (namespace, name) = names(&sourced.object);
+            let service_slices: &[&Sourced<EndpointSlice>] = slices
+                .get(&(namespace, name))
+                .map(Vec::as_slice)
+                .unwrap_or(&[]);
+            let cached = cache
+                .entries
+                .get_mut(namespace)
+                .and_then(|by_name| by_name.get_mut(name))
+                .filter(|t| versions_match(&t.versions, sourced, service_slices));
+            let fresh;
+            let translation: &Translation = match cached {
+                Some(t) => {
+                    t.generation = generation;
+                    t
+                }
+                None => {
+                    let object = service_ref(&sourced.object);
                     let mut ctx = Ctx {
                         origin: &sourced.origin,
                         object: &object,
@@ -131,53 +142,51 @@ impl Snapshot {
                             .into_iter()
                             .map(Arc::new)
                             .collect();
-                    let translation = Translation {
+                    let versions = resource_versions(sourced, service_slices);
+                    fresh = Translation {
                         versions: versions.clone().unwrap_or_default(),
                         built,
                         problems: ctx.problems,
                         elsewhere: ctx.elsewhere,
+                        generation,
                     };
                     if versions.is_some() {
-                        cache.entries.insert(key.clone(), translation.clone());
+                        cache
+                            .entries
+                            .entry(namespace.to_string())
+                            .or_default()
+                            .insert(name.to_string(), fresh.clone());
                     }
-                    translation
+                    &fresh
                 }
             };
-            seen.insert(key);
-            let Translation {
-                built,
-                problems: mut own,
-                mut elsewhere,
-                ..
-            } = translation;
-            problems.append(&mut elsewhere);
-            let vss = if own.is_empty() {
-                built
+            problems.extend(translation.elsewhere.iter().cloned());
+            let vss: Vec<Arc<VirtualService>> = if translation.problems.is_empty() {
+                translation.built.clone()
             } else {
-                problems.append(&mut own);
+                problems.extend(translation.problems.iter().cloned());
                 // Keep serving what this Service was before it went bad.
                 previous
                     .map(|p| {
                         p.services
                             .iter()
                             .filter(|vs| {
-                                vs.service.namespace == object.namespace
-                                    && vs.service.name == object.name
+                                vs.service.namespace == namespace && vs.service.name == name
                             })
                             .cloned()
                             .collect()
                     })
                     .unwrap_or_default()
             };
-            if let Some(taken) = vss.iter().find_map(|vs| {
+            if let Some((vs, owner)) = vss.iter().find_map(|vs| {
                 claims
                     .get(&(vs.protocol, vs.frontend))
-                    .map(|owner| (vs, owner))
+                    .map(|owner| (vs, *owner))
             }) {
-                let (vs, owner) = taken;
+                let owner = service_ref(&services[owner].object);
                 problems.push(Problem {
                     origin: sourced.origin.clone(),
-                    object: Some(object.clone()),
+                    object: Some(service_ref(&sourced.object)),
                     field: String::new(),
                     message: format!(
                         "{} {} is already used by {owner}; this Service is refused",
@@ -187,11 +196,15 @@ impl Snapshot {
                 continue;
             }
             for vs in vss {
-                claims.insert((vs.protocol, vs.frontend), object.clone());
+                claims.insert((vs.protocol, vs.frontend), index);
                 out.push(vs);
             }
         }
-        cache.entries.retain(|key, _| seen.contains(key));
+        // Services gone since the last build: their translations go too.
+        for by_name in cache.entries.values_mut() {
+            by_name.retain(|_, t| t.generation == generation);
+        }
+        cache.entries.retain(|_, by_name| !by_name.is_empty());
         out.sort_by_key(|vs| (vs.protocol, vs.frontend));
         // A bad endpoint is met once per port and frontend; report it once.
         problems.sort();
@@ -220,7 +233,10 @@ impl Snapshot {
 #[derive(Debug, Default)]
 pub struct TranslationCache {
     options: Option<BuildOptions>,
-    entries: HashMap<(String, String), Translation>,
+    /// Namespace, then name: looked up with borrowed names, no copies per build.
+    entries: HashMap<String, HashMap<String, Translation>>,
+    /// Bumped per build; entries not seen in the latest build are dropped.
+    generation: u64,
 }
 
 #[derive(Debug, Clone)]
@@ -230,6 +246,39 @@ struct Translation {
     built: Vec<Arc<VirtualService>>,
     problems: Vec<Problem>,
     elsewhere: Vec<Problem>,
+    /// The build that last used it.
+    generation: u64,
+}
+
+/// Namespace and name of a Service (namespace `default` when unset), borrowed.
+fn names(service: &Service) -> (&str, &str) {
+    (
+        service.metadata.namespace.as_deref().unwrap_or("default"),
+        service.metadata.name.as_deref().unwrap_or_default(),
+    )
+}
+
+/// Whether `cached` (from [`resource_versions`]) still describes the Service and its slices,
+/// without building the list again.
+fn versions_match(
+    cached: &[String],
+    service: &Sourced<Service>,
+    slices: &[&Sourced<EndpointSlice>],
+) -> bool {
+    let from_api = service.origin == Origin::Api && slices.iter().all(|s| s.origin == Origin::Api);
+    let Some((service_version, pairs)) = cached.split_first() else {
+        return false;
+    };
+    from_api
+        && service.object.metadata.resource_version.as_deref() == Some(service_version.as_str())
+        && pairs.len() == 2 * slices.len()
+        && slices.iter().all(|s| {
+            let meta = &s.object.metadata;
+            pairs.chunks_exact(2).any(|pair| {
+                meta.name.as_deref() == Some(pair[0].as_str())
+                    && meta.resource_version.as_deref() == Some(pair[1].as_str())
+            })
+        })
 }
 
 /// What a translation depends on, or None when it cannot be trusted: an object not from the
@@ -290,7 +339,7 @@ fn service_ref(service: &Service) -> ObjectRef {
     }
 }
 
-type SliceIndex<'a> = HashMap<(String, String), Vec<&'a Sourced<EndpointSlice>>>;
+type SliceIndex<'a> = HashMap<(&'a str, &'a str), Vec<&'a Sourced<EndpointSlice>>>;
 
 fn index_slices<'a>(
     slices: &'a [Sourced<EndpointSlice>],
@@ -299,17 +348,17 @@ fn index_slices<'a>(
     let mut index: SliceIndex<'a> = HashMap::new();
     for sourced in slices {
         let meta = &sourced.object.metadata;
-        let namespace = meta.namespace.clone().unwrap_or_else(|| "default".into());
+        let namespace = meta.namespace.as_deref().unwrap_or("default");
         match meta.labels.as_ref().and_then(|l| l.get(SERVICE_NAME_LABEL)) {
             Some(service) => index
-                .entry((namespace, service.clone()))
+                .entry((namespace, service.as_str()))
                 .or_default()
                 .push(sourced),
             None => problems.push(Problem {
                 origin: sourced.origin.clone(),
                 object: Some(ObjectRef {
                     kind: "EndpointSlice".into(),
-                    namespace,
+                    namespace: namespace.to_string(),
                     name: meta.name.clone().unwrap_or_default(),
                 }),
                 field: format!("metadata.labels[{SERVICE_NAME_LABEL}]"),

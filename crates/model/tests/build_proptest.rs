@@ -500,3 +500,62 @@ proptest! {
         prop_assert_eq!(v3.version, 3);
     }
 }
+
+/// The objects as the API serves them: from the API, each with a resourceVersion that
+/// changes exactly when its content does (as the API server guarantees).
+fn as_from_api(mut set: ObjectSet) -> ObjectSet {
+    fn version_of<T: serde::Serialize>(object: &T) -> String {
+        use std::hash::{Hash, Hasher};
+        let mut hasher = std::collections::hash_map::DefaultHasher::new();
+        serde_json::to_string(object).unwrap_or_default().hash(&mut hasher);
+        format!("{:x}", hasher.finish())
+    }
+    for s in &mut set.services {
+        let mut object = (*s.object).clone();
+        object.metadata.resource_version = None;
+        object.metadata.resource_version = Some(version_of(&object));
+        *s = Sourced::new(Origin::Api, object);
+    }
+    for s in &mut set.endpoint_slices {
+        let mut object = (*s.object).clone();
+        object.metadata.resource_version = None;
+        object.metadata.resource_version = Some(version_of(&object));
+        *s = Sourced::new(Origin::Api, object);
+    }
+    set
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig { cases: 512, ..ProptestConfig::default() })]
+
+    /// A build reusing cached translations gives what a fresh build gives, snapshot and
+    /// problems, over a sequence of changes (objects kept, changed, added, removed).
+    #[test]
+    fn cached_builds_equal_fresh_builds(
+        first in object_set(),
+        second in object_set(),
+        default_scheduler in select(SchedulerKind::ALL.to_vec()),
+    ) {
+        let options = BuildOptions {
+            default_scheduler,
+            ..Default::default()
+        };
+        let (first, second) = (as_from_api(first), as_from_api(second));
+        // The second set shares the first's objects too, so that some translations are reused.
+        let mut mixed = second.clone();
+        mixed.services.extend(first.services.iter().cloned());
+        mixed.endpoint_slices.extend(first.endpoint_slices.iter().cloned());
+        let mut cache = rvs_model::TranslationCache::default();
+        let mut previous_fresh: Option<Snapshot> = None;
+        let mut previous_cached: Option<Snapshot> = None;
+        for set in [&first, &mixed, &second, &first] {
+            let (fresh, fresh_problems) = Snapshot::build(set, &options, previous_fresh.as_ref());
+            let (cached, cached_problems) =
+                Snapshot::build_cached(set, &options, previous_cached.as_ref(), &mut cache);
+            prop_assert_eq!(&cached, &fresh);
+            prop_assert_eq!(&cached_problems, &fresh_problems);
+            previous_fresh = Some(fresh);
+            previous_cached = Some(cached);
+        }
+    }
+}

@@ -6,7 +6,8 @@
 //!
 //! Environment: SERVICES (10000), ENDPOINTS (5), CHANGES (100), GAP_MS (200: between changes,
 //! above rvs's --min-sync-period so each change is applied alone), RVS_ARGS (more arguments
-//! for `rvs run`, e.g. `--engine nftables` inside a network namespace of its own).
+//! for `rvs run`, e.g. `--engine nftables` inside a network namespace of its own),
+//! RVS_BENCH_LOG (rvs's log filter; warn).
 
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpStream};
@@ -146,7 +147,10 @@ async fn main() -> anyhow::Result<()> {
                 .unwrap_or_default()
                 .split_whitespace(),
         )
-        .env("RVS_LOG", "warn")
+        .env(
+            "RVS_LOG",
+            std::env::var("RVS_BENCH_LOG").unwrap_or_else(|_| "warn".into()),
+        )
         .stdout(Stdio::null())
         .stderr(Stdio::inherit())
         .spawn()
