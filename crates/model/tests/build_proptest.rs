@@ -507,7 +507,9 @@ fn as_from_api(mut set: ObjectSet) -> ObjectSet {
     fn version_of<T: serde::Serialize>(object: &T) -> String {
         use std::hash::{Hash, Hasher};
         let mut hasher = std::collections::hash_map::DefaultHasher::new();
-        serde_json::to_string(object).unwrap_or_default().hash(&mut hasher);
+        serde_json::to_string(object)
+            .unwrap_or_default()
+            .hash(&mut hasher);
         format!("{:x}", hasher.finish())
     }
     for s in &mut set.services {
