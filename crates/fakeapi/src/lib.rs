@@ -31,6 +31,42 @@ pub fn fixture(name: &str) -> Value {
     serde_json::from_str(&text).unwrap_or_else(|e| panic!("fixture {}: {e}", path.display()))
 }
 
+/// A recorded object as a new one: what the server assigns (uid, resourceVersion, creation
+/// time) and what a new object would not carry (managed fields, kubectl's last-applied
+/// annotation) removed.
+pub fn as_new(mut object: Value) -> Value {
+    if let Some(meta) = object["metadata"].as_object_mut() {
+        for key in [
+            "uid",
+            "resourceVersion",
+            "creationTimestamp",
+            "managedFields",
+        ] {
+            meta.remove(key);
+        }
+        if let Some(annotations) = meta.get_mut("annotations").and_then(Value::as_object_mut) {
+            annotations.remove("kubectl.kubernetes.io/last-applied-configuration");
+        }
+    }
+    object
+}
+
+/// The items of a recorded list, each with the kind and apiVersion a GET or a watch shows
+/// (a list's items carry neither).
+pub fn list_items(list: &Value, kind: &str, api_version: &str) -> Vec<Value> {
+    list["items"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .map(|item| {
+            let mut item = item.clone();
+            item["kind"] = json!(kind);
+            item["apiVersion"] = json!(api_version);
+            item
+        })
+        .collect()
+}
+
 /// One kind the server knows.
 struct ResourceType {
     /// `api/v1` or `apis/GROUP/VERSION`.

@@ -4,7 +4,7 @@
 use std::time::Duration;
 
 use kube::Client;
-use rvs_fakeapi::{fixture, FakeApi};
+use rvs_fakeapi::{as_new, fixture, list_items, FakeApi};
 use rvs_kube::{run_election, ApiSource, LeaseConfig, WatchMetrics, WatchOptions};
 use serde_json::{json, Value};
 use tokio::sync::watch;
@@ -15,10 +15,7 @@ async fn client(api: &FakeApi, dir: &tempfile::TempDir) -> Client {
 }
 
 fn service(name: &str, ip: &str) -> Value {
-    let mut s = fixture("service-web.json");
-    let meta = s["metadata"].as_object_mut().unwrap();
-    meta.remove("uid");
-    meta.remove("resourceVersion");
+    let mut s = as_new(fixture("service-web.json"));
     s["metadata"]["name"] = json!(name);
     s["spec"]["clusterIP"] = json!(ip);
     s["spec"]["clusterIPs"] = json!([ip]);
@@ -154,9 +151,8 @@ async fn bookmarks_move_the_resume_point_forward() {
     // Other kinds change; Services do not. Only bookmarks tell the Service watcher that
     // the version moved on.
     for i in 0..5 {
-        let mut cm = fixture("configmap-rvs.json");
+        let mut cm = as_new(fixture("configmap-rvs.json"));
         cm["metadata"]["name"] = json!(format!("other-{i}"));
-        cm["metadata"].as_object_mut().unwrap().remove("uid");
         api.put(cm);
     }
     let newest = api.resource_version();
@@ -305,16 +301,11 @@ async fn the_leader_publishes_the_gateway_nodes_once_and_followers_never_write()
     api.put(fixture("ingressclass-rvs.json"));
     api.put(fixture("ingress-web.json"));
     // The recorded gateway pods (host IPs .11 and .12), and one pod of something else.
-    let pods = fixture("pod-list-rvs.json");
-    for pod in pods["items"].as_array().unwrap() {
-        let mut pod = pod.clone();
-        pod["kind"] = json!("Pod");
-        pod["apiVersion"] = json!("v1");
-        api.put(pod);
+    let pods = list_items(&fixture("pod-list-rvs.json"), "Pod", "v1");
+    for pod in &pods {
+        api.put(pod.clone());
     }
-    let mut other = pods["items"][0].clone();
-    other["kind"] = json!("Pod");
-    other["apiVersion"] = json!("v1");
+    let mut other = pods[0].clone();
     other["metadata"]["name"] = json!("not-rvs");
     other["metadata"]["labels"] = json!({"app.kubernetes.io/name": "other"});
     other["status"]["hostIP"] = json!("192.168.10.99");

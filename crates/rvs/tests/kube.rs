@@ -9,29 +9,11 @@ use std::process::{Command, Stdio};
 use std::time::Duration;
 
 use common::*;
-use rvs_fakeapi::{fixture, FakeApi};
+use rvs_fakeapi::{as_new, fixture, list_items, FakeApi};
 use serde_json::{json, Value};
 
-/// A fixture as a new object: the server assigns uid, version and creation time.
-fn fresh(mut object: Value) -> Value {
-    if let Some(meta) = object["metadata"].as_object_mut() {
-        for key in [
-            "uid",
-            "resourceVersion",
-            "creationTimestamp",
-            "managedFields",
-        ] {
-            meta.remove(key);
-        }
-        if let Some(annotations) = meta.get_mut("annotations").and_then(Value::as_object_mut) {
-            annotations.remove("kubectl.kubernetes.io/last-applied-configuration");
-        }
-    }
-    object
-}
-
 fn service(name: &str, vip: SocketAddr) -> Value {
-    let mut s = fresh(fixture("service-web.json"));
+    let mut s = as_new(fixture("service-web.json"));
     s["metadata"]["name"] = json!(name);
     s["spec"]["clusterIP"] = json!(vip.ip().to_string());
     s["spec"]["clusterIPs"] = json!([vip.ip().to_string()]);
@@ -41,7 +23,7 @@ fn service(name: &str, vip: SocketAddr) -> Value {
 
 /// The Service's EndpointSlice with ready endpoints at these addresses, all on `port`.
 fn slice(service: &str, addresses: &[&str], port: u16) -> Value {
-    let mut s = fresh(fixture("endpointslice-web.json"));
+    let mut s = as_new(fixture("endpointslice-web.json"));
     s["metadata"]["name"] = json!(format!("{service}-abcde"));
     s["metadata"]["labels"]["kubernetes.io/service-name"] = json!(service);
     let template = s["endpoints"][0].clone();
@@ -60,7 +42,7 @@ fn slice(service: &str, addresses: &[&str], port: u16) -> Value {
 }
 
 fn ingress(path: &str, annotations: &[(&str, &str)]) -> Value {
-    let mut i = fresh(fixture("ingress-web.json"));
+    let mut i = as_new(fixture("ingress-web.json"));
     i["spec"]["rules"][0]["http"]["paths"][0]["path"] = json!(path);
     // The recorded Ingress has TLS; plain-text requests would get the 308 to HTTPS.
     i["metadata"]["annotations"]["nginx.ingress.kubernetes.io/ssl-redirect"] = json!("false");
@@ -117,10 +99,7 @@ fn cluster(extra_args: &[&str]) -> Cluster {
     api.put(service("web", vip));
     api.put(slice("web", &["127.0.0.2", "127.0.0.3"], backend_port));
     api.put(ingress("/", &[]));
-    for pod in fixture("pod-list-rvs.json")["items"].as_array().unwrap() {
-        let mut pod = pod.clone();
-        pod["kind"] = json!("Pod");
-        pod["apiVersion"] = json!("v1");
+    for pod in list_items(&fixture("pod-list-rvs.json"), "Pod", "v1") {
         api.put(pod);
     }
 

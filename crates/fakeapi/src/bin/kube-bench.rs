@@ -15,7 +15,7 @@ use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context};
-use rvs_fakeapi::{fixture, FakeApi};
+use rvs_fakeapi::{as_new, fixture, FakeApi};
 use serde_json::{json, Value};
 
 fn env_or(name: &str, default: usize) -> usize {
@@ -49,21 +49,6 @@ fn rss_kib(pid: u32) -> Option<u64> {
         .nth(1)?
         .parse()
         .ok()
-}
-
-fn strip(mut object: Value) -> Value {
-    if let Some(meta) = object["metadata"].as_object_mut() {
-        for key in [
-            "uid",
-            "resourceVersion",
-            "creationTimestamp",
-            "managedFields",
-            "annotations",
-        ] {
-            meta.remove(key);
-        }
-    }
-    object
 }
 
 fn cluster_ip(i: usize) -> String {
@@ -113,8 +98,8 @@ async fn main() -> anyhow::Result<()> {
     let gap = Duration::from_millis(env_or("GAP_MS", 200) as u64);
 
     let api = FakeApi::start().await?;
-    let service_template = strip(fixture("service-web.json"));
-    let slice_template = strip(fixture("endpointslice-web.json"));
+    let service_template = as_new(fixture("service-web.json"));
+    let slice_template = as_new(fixture("endpointslice-web.json"));
     let load = Instant::now();
     for i in 0..services {
         let mut s = service_template.clone();
