@@ -237,6 +237,63 @@ fn render_part(
     part
 }
 
+/// The base tables' maps and sets without elements, per family: what parts render into.
+fn skeletons(options: &RenderOptions) -> BTreeMap<Family, Table> {
+    Family::ALL
+        .into_iter()
+        .map(|f| (f, skeleton(&base_table(f, options))))
+        .collect()
+}
+
+/// Brings `cache` to `snapshot` (whose options it was made with): renders the parts whose
+/// virtual services changed and drops the parts gone, telling `changed` of each part that
+/// went (the old one) and each that came (the new one).
+fn refresh(
+    snapshot: &Snapshot,
+    options: &RenderOptions,
+    skeletons: &BTreeMap<Family, Table>,
+    cache: &mut RenderCache,
+    mut changed: impl FnMut(Family, Change<'_>),
+) {
+    let parts = parts_of(snapshot);
+    for (key, services) in &parts {
+        let unchanged = cache
+            .parts
+            .get(key)
+            .is_some_and(|(old, _)| same_services(old, services));
+        if unchanged {
+            continue;
+        }
+        let family = key.0;
+        if let Some((_, old)) = cache.parts.remove(key) {
+            changed(family, Change::Went(&old));
+        }
+        let Some(empty) = skeletons.get(&family) else {
+            continue;
+        };
+        let part = render_part(services, family, empty, options);
+        changed(family, Change::Came(&part));
+        let owned = services.iter().map(|vs| Arc::clone(vs)).collect();
+        cache.parts.insert(key.clone(), (owned, part));
+    }
+    let gone: Vec<PartKey> = cache
+        .parts
+        .keys()
+        .filter(|k| !parts.contains_key(*k))
+        .cloned()
+        .collect();
+    for key in gone {
+        if let Some((_, old)) = cache.parts.remove(&key) {
+            changed(key.0, Change::Went(&old));
+        }
+    }
+}
+
+enum Change<'a> {
+    Went(&'a Table),
+    Came(&'a Table),
+}
+
 /// [`render`], reusing the parts in `cache` of Service ports that did not change. The result
 /// is the same ruleset `render` gives (a property test holds the two together).
 pub fn render_cached(
@@ -248,34 +305,17 @@ pub fn render_cached(
         cache.parts.clear();
         cache.options = Some(options.clone());
     }
+    refresh(snapshot, options, &skeletons(options), cache, |_, _| {});
     let mut ruleset = Ruleset::default();
-    let mut skeletons = BTreeMap::new();
     for family in Family::ALL {
-        let table = base_table(family, options);
-        skeletons.insert(family, skeleton(&table));
-        ruleset.tables.insert(family, table);
+        ruleset.tables.insert(family, base_table(family, options));
     }
-    let parts = parts_of(snapshot);
-    for (key, services) in &parts {
-        let family = key.0;
-        let (Some(table), Some(empty)) = (ruleset.tables.get_mut(&family), skeletons.get(&family))
-        else {
-            continue;
-        };
-        let cached = cache
-            .parts
-            .get(key)
-            .is_some_and(|(old, _)| same_services(old, services));
-        if !cached {
-            let part = render_part(services, family, empty, options);
-            let owned = services.iter().map(|vs| Arc::clone(vs)).collect();
-            cache.parts.insert(key.clone(), (owned, part));
-        }
-        if let Some((_, part)) = cache.parts.get(key) {
+    // Parts share no chain, map key or set of their own: the order they go in is free.
+    for ((family, _, _), (_, part)) in &cache.parts {
+        if let Some(table) = ruleset.tables.get_mut(family) {
             merge(table, part);
         }
     }
-    cache.parts.retain(|key, _| parts.contains_key(key));
     ruleset
 }
 
@@ -306,51 +346,20 @@ pub fn render_delta(
     if cache.options.as_ref() != Some(options) {
         return None;
     }
-    let skeletons: BTreeMap<Family, Table> = Family::ALL
-        .into_iter()
-        .map(|f| (f, skeleton(&base_table(f, options))))
-        .collect();
+    let skeletons = skeletons(options);
     let on_skeletons = || Ruleset {
         tables: skeletons.clone(),
     };
     let (mut before, mut after) = (on_skeletons(), on_skeletons());
-    let parts = parts_of(snapshot);
-    for (key, services) in &parts {
-        let unchanged = cache
-            .parts
-            .get(key)
-            .is_some_and(|(old, _)| same_services(old, services));
-        if unchanged {
-            continue;
-        }
-        let family = key.0;
-        if let Some((_, part)) = cache.parts.remove(key) {
-            if let Some(table) = before.tables.get_mut(&family) {
-                merge(table, &part);
-            }
-        }
-        let (Some(table), Some(empty)) = (after.tables.get_mut(&family), skeletons.get(&family))
-        else {
-            continue;
+    refresh(snapshot, options, &skeletons, cache, |family, change| {
+        let (side, part) = match change {
+            Change::Went(part) => (&mut before, part),
+            Change::Came(part) => (&mut after, part),
         };
-        let part = render_part(services, family, empty, options);
-        merge(table, &part);
-        let owned = services.iter().map(|vs| Arc::clone(vs)).collect();
-        cache.parts.insert(key.clone(), (owned, part));
-    }
-    let gone: Vec<PartKey> = cache
-        .parts
-        .keys()
-        .filter(|k| !parts.contains_key(*k))
-        .cloned()
-        .collect();
-    for key in gone {
-        if let Some((_, part)) = cache.parts.remove(&key) {
-            if let Some(table) = before.tables.get_mut(&key.0) {
-                merge(table, &part);
-            }
+        if let Some(table) = side.tables.get_mut(&family) {
+            merge(table, part);
         }
-    }
+    });
     Some(Delta {
         before,
         after,

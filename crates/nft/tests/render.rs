@@ -453,9 +453,32 @@ fn generated(
     v
 }
 
-fn snapshot_of(services: Vec<VirtualService>) -> Snapshot {
-    let mut services: Vec<std::sync::Arc<VirtualService>> =
-        services.into_iter().map(Into::into).collect();
+/// One generated virtual service: (index, scheduler, endpoints, sticky, kind, local).
+type Generated = (u8, u8, u8, bool, u8, bool);
+
+/// Sequences of generated snapshots.
+fn steps(count: std::ops::Range<usize>) -> impl Strategy<Value = Vec<Vec<Generated>>> {
+    prop::collection::vec(
+        prop::collection::vec(
+            (
+                1u8..12,
+                0u8..5,
+                0u8..5,
+                any::<bool>(),
+                0u8..3,
+                any::<bool>(),
+            ),
+            0..8,
+        ),
+        count,
+    )
+}
+
+fn snapshot_of(step: Vec<Generated>) -> Snapshot {
+    let mut services: Vec<std::sync::Arc<VirtualService>> = step
+        .into_iter()
+        .map(|(i, s, e, sticky, k, local)| generated(i, s, e, sticky, k, local).into())
+        .collect();
     services.sort_by_key(|v| (v.protocol, v.frontend));
     services.dedup_by_key(|v| (v.protocol, v.frontend));
     Snapshot {
@@ -464,28 +487,25 @@ fn snapshot_of(services: Vec<VirtualService>) -> Snapshot {
     }
 }
 
+fn with_cluster_cidr() -> RenderOptions {
+    RenderOptions {
+        cluster_cidrs: vec!["10.244.0.0/16".parse().unwrap()],
+        ..Default::default()
+    }
+}
+
 proptest! {
     /// The cached render of a sequence of snapshots is, each time, exactly the fresh render:
     /// services added, changed, kept (shared) and removed.
     #[test]
     fn cached_render_equals_a_fresh_render(
-        steps in prop::collection::vec(
-            prop::collection::vec((1u8..12, 0u8..5, 0u8..5, any::<bool>(), 0u8..3, any::<bool>()), 0..8),
-            1..5,
-        )
+        steps in steps(1..5)
     ) {
-        let options = RenderOptions {
-            cluster_cidrs: vec!["10.244.0.0/16".parse().unwrap()],
-            ..Default::default()
-        };
+        let options = with_cluster_cidr();
         let mut cache = rvs_nft::RenderCache::default();
         let mut previous: Option<Snapshot> = None;
         for step in steps {
-            let mut snapshot = snapshot_of(
-                step.into_iter()
-                    .map(|(i, s, e, sticky, k, local)| generated(i, s, e, sticky, k, local))
-                    .collect(),
-            );
+            let mut snapshot = snapshot_of(step);
             // Unchanged services are shared with the previous snapshot, as the model does.
             if let Some(previous) = &previous {
                 for vs in &mut snapshot.services {
@@ -529,23 +549,13 @@ proptest! {
     /// what a fresh render gives; an unchanged snapshot is an empty delta.
     #[test]
     fn patched_deltas_equal_a_fresh_render(
-        steps in prop::collection::vec(
-            prop::collection::vec((1u8..12, 0u8..5, 0u8..5, any::<bool>(), 0u8..3, any::<bool>()), 0..8),
-            2..6,
-        )
+        steps in steps(2..6)
     ) {
-        let options = RenderOptions {
-            cluster_cidrs: vec!["10.244.0.0/16".parse().unwrap()],
-            ..Default::default()
-        };
+        let options = with_cluster_cidr();
         let mut cache = rvs_nft::RenderCache::default();
         let mut stored: Option<Ruleset> = None;
         for step in steps {
-            let snapshot = snapshot_of(
-                step.into_iter()
-                    .map(|(i, s, e, sticky, k, local)| generated(i, s, e, sticky, k, local))
-                    .collect(),
-            );
+            let snapshot = snapshot_of(step);
             match stored.as_mut() {
                 None => stored = Some(rvs_nft::render_cached(&snapshot, &options, &mut cache)),
                 Some(stored) => {
