@@ -116,8 +116,14 @@ enum AttemptError {
     TimedOut,
 }
 
-fn is_conflict(e: &kube::Error) -> bool {
-    matches!(e, kube::Error::Api(s) if s.code == 409)
+/// A write's outcome: won, or lost to another writer (409: created first, or changed since
+/// it was read).
+fn won(result: Result<Lease, kube::Error>) -> Result<bool, AttemptError> {
+    match result {
+        Ok(_) => Ok(true),
+        Err(kube::Error::Api(s)) if s.code == 409 => Ok(false),
+        Err(e) => Err(e.into()),
+    }
 }
 
 async fn try_acquire_or_renew(
@@ -142,12 +148,7 @@ async fn try_acquire_or_renew(
                 ..Default::default()
             }),
         };
-        return match api.create(&PostParams::default(), &lease).await {
-            Ok(_) => Ok(true),
-            // Another candidate created it first.
-            Err(e) if is_conflict(&e) => Ok(false),
-            Err(e) => Err(e.into()),
-        };
+        return won(api.create(&PostParams::default(), &lease).await);
     };
     let spec = lease.spec.get_or_insert_with(Default::default);
     let holder = spec.holder_identity.clone().filter(|h| !h.is_empty());
@@ -182,15 +183,9 @@ async fn try_acquire_or_renew(
     spec.holder_identity = Some(config.identity.clone());
     spec.lease_duration_seconds = Some(seconds);
     spec.renew_time = Some(now());
-    match api
+    won(api
         .replace(&config.name, &PostParams::default(), &lease)
-        .await
-    {
-        Ok(_) => Ok(true),
-        // Someone wrote in between (the resourceVersion no longer matches).
-        Err(e) if is_conflict(&e) => Ok(false),
-        Err(e) => Err(e.into()),
-    }
+        .await)
 }
 
 async fn release(api: &Api<Lease>, config: &LeaseConfig) -> Result<(), kube::Error> {

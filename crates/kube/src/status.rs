@@ -90,13 +90,23 @@ pub async fn run_status(
                 Ok(addresses) => {
                     let wanted = load_balancer_status(&addresses);
                     let targets = served.borrow_and_update().clone();
-                    update_all(&client, &ingresses, &targets, &wanted, &leading).await;
+                    write_where(&client, &ingresses, &targets, &wanted, &leading, |i| {
+                        !status_matches(i, &wanted)
+                    })
+                    .await;
                     let dropped: Vec<(String, String)> = published
                         .iter()
                         .filter(|p| !targets.contains(p))
                         .cloned()
                         .collect();
-                    clear_all(&client, &ingresses, &dropped, &last_wanted, &leading).await;
+                    // Ingresses no longer served lose the addresses this gateway wrote
+                    // (ingress-nginx does the same when an Ingress changes class); one
+                    // showing other addresses is someone else's.
+                    let none = load_balancer_status(&[]);
+                    write_where(&client, &ingresses, &dropped, &none, &leading, |i| {
+                        status_matches(i, &last_wanted) && !status_matches(i, &none)
+                    })
+                    .await;
                     published = targets;
                     last_wanted = wanted;
                 }
@@ -110,26 +120,6 @@ pub async fn run_status(
             Ok(()) = served.changed() => {}
             Ok(()) = leading.changed() => {}
             _ = stop.wait_for(|s| *s) => return,
-        }
-    }
-}
-
-/// Ingresses no longer served lose the addresses this gateway wrote (ingress-nginx does the
-/// same when an Ingress changes class); one that shows other addresses is someone else's.
-async fn clear_all(
-    client: &Client,
-    ingresses: &Store<Ingress>,
-    dropped: &[(String, String)],
-    published: &IngressLoadBalancerStatus,
-    leading: &watch::Receiver<bool>,
-) {
-    let none = load_balancer_status(&[]);
-    for (namespace, name) in dropped {
-        let Some(current) = ingresses.get(&ObjectRef::new(name).within(namespace)) else {
-            continue;
-        };
-        if status_matches(&current, published) && !status_matches(&current, &none) {
-            write_status(client, &current, &none, leading).await;
         }
     }
 }
@@ -156,18 +146,20 @@ async fn addresses(client: &Client, publish: &PublishFrom) -> Result<Vec<String>
     }
 }
 
-async fn update_all(
+/// Writes `wanted` to each of `targets` whose current version `needs` it.
+async fn write_where(
     client: &Client,
     ingresses: &Store<Ingress>,
     targets: &[(String, String)],
     wanted: &IngressLoadBalancerStatus,
     leading: &watch::Receiver<bool>,
+    needs: impl Fn(&Ingress) -> bool,
 ) {
     for (namespace, name) in targets {
         let Some(current) = ingresses.get(&ObjectRef::new(name).within(namespace)) else {
             continue;
         };
-        if !status_matches(&current, wanted) {
+        if needs(&current) {
             write_status(client, &current, wanted, leading).await;
         }
     }
