@@ -7,7 +7,8 @@
 #
 # 1. Sync: crates/nft/examples/sync_bench in a fresh network namespace per run: a full sync
 #    of 1,000 and 10,000 Services (5 endpoints each), then single-endpoint changes (p50/p99);
-#    plus where the time of a change goes (rvs's render and diff, the nft tool).
+#    plus where the time of a change goes (rvs's render and diff, the same run with every
+#    transaction through the nft tool instead of libnftables).
 # 2. Per-packet cost (crates/rvs/tests/kernel_bench.rs, per_packet_cost): short connections
 #    (`rvs load`) from a pod to a ClusterIP with 10 and with 10,000 Services installed, to the
 #    pod address, and through the userspace engine, on the namespace lab (tests/lab).
@@ -139,9 +140,10 @@ for ((rep = 1; rep <= SYNC_REPS; rep++)); do
 done
 
 # Where a change's time goes, at each size: rvs's own render + diff of the whole snapshot
-# (sync_bench RENDER_ONLY), the nft tool's time per transaction (a wrapper named nft first in
-# PATH times every call; a few ms of its own), and one single-element nft transaction on the
-# synced table.
+# (sync_bench RENDER_ONLY); the same changes with every transaction through the nft tool
+# (NFT_TOOL=1) rather than libnftables, the tool's time per transaction (a wrapper named nft
+# first in PATH times every call; a few ms of its own); one single-element nft transaction on
+# the synced table.
 mkdir -p "$WORK/nftwrap"
 cat >"$WORK/nftwrap/nft" <<EOF
 #!/usr/bin/env bash
@@ -158,7 +160,7 @@ for n in "${SYNC_SIZES[@]}"; do
     fresh_ns
     times=$WORK/nft-times-$n.txt
     : >"$times"
-    run_logged "breakdown-$n" env KEEP=1 NFT_TIMES="$times" PATH="$WORK/nftwrap:$PATH" \
+    run_logged "breakdown-$n" env KEEP=1 NFT_TOOL=1 NFT_TIMES="$times" PATH="$WORK/nftwrap:$PATH" \
         ip netns exec "$SYNC_NS" "$SYNC_BENCH" "$n" "$SYNC_ENDPOINTS" "$SYNC_CHANGES" ||
         die "sync_bench (breakdown) failed: $(tail -n 5 "$WORK/breakdown-$n.log")"
     # Calls: -j list (ip, ip6), the full sync (-f -), then one -f - per change.
@@ -275,7 +277,7 @@ SECTION=$WORK/section.md
     echo
     echo "### Sync: programming the rules"
     echo
-    echo "Method: \`crates/nft/examples/sync_bench SERVICES $SYNC_ENDPOINTS $SYNC_CHANGES\`, run in a fresh network namespace each time: N ClusterIP Services (TCP, 10.96.x.y:80) with $SYNC_ENDPOINTS endpoints each, one full sync (\`NftEngine::apply(full)\`: render, list the existing table, one \`nft -f\` transaction), then $SYNC_CHANGES single-endpoint changes, each Service in turn moving one endpoint (\`apply\` incremental: render and diff only the changed virtual service, one \`nft -f\` transaction); wall-clock time around \`apply\`. $SYNC_REPS run$( ((SYNC_REPS > 1)) && echo s) per size, the median of each figure is reported."
+    echo "Method: \`crates/nft/examples/sync_bench SERVICES $SYNC_ENDPOINTS $SYNC_CHANGES\`, run in a fresh network namespace each time: N ClusterIP Services (TCP, 10.96.x.y:80) with $SYNC_ENDPOINTS endpoints each, one full sync (\`NftEngine::apply(full)\`: render, list the existing table, one transaction), then $SYNC_CHANGES single-endpoint changes, each Service in turn moving one endpoint (\`apply\` incremental: render and diff only the changed virtual service, one transaction); wall-clock time around \`apply\`. Transactions go through libnftables in rvs's process (backend: $(kv "$(grep -h '^full_sync ' "$WORK"/sync-1-*.log | head -n1)" backend)), one context kept between them. $SYNC_REPS run$( ((SYNC_REPS > 1)) && echo s) per size, the median of each figure is reported."
     echo
     echo "| measurement | 1,000 Services | 10,000 Services | 10k / 1k | goal (10k) | met |"
     echo "| --- | ---: | ---: | ---: | ---: | :---: |"
@@ -290,15 +292,16 @@ SECTION=$WORK/section.md
     a=$(med sync script_bytes services=1000) b=$(med sync script_bytes services=10000)
     echo "| full sync \`nft\` script, MB | $(fmt 1 "$(awk -v x="$a" 'BEGIN {print x / 1e6}')") | $(fmt 1 "$(awk -v x="$b" 'BEGIN {print x / 1e6}')") | $(ratio "$b" "$a") | | |"
     echo
-    echo "Where the time goes (one more run per size, with a wrapper that times every \`nft\` call; the wrapper adds a few ms per call):"
+    echo "Where the time goes (one more run per size with every transaction through the \`nft\` tool, as before libnftables, and a wrapper that times every \`nft\` call; the wrapper adds a few ms per call):"
     echo
     echo "| measurement | 1,000 Services | 10,000 Services |"
     echo "| --- | ---: | ---: |"
     row() { echo "| $1 | $(fmt "$3" "$(vals breakdown "$2" services=1000)") | $(fmt "$3" "$(vals breakdown "$2" services=10000)") |"; }
-    row "full sync in all, s" full_s 3
+    echo "| one endpoint change through libnftables (p50, the table above), ms | $(fmt 1 "$(med sync change_p50_ms services=1000)") | $(fmt 1 "$(med sync change_p50_ms services=10000)") |"
+    row "one endpoint change through the \`nft\` tool (p50), ms" change_p50_ms 1
+    row "… of which the \`nft -f\` process (p50), ms" nft_change_p50_ms 1
+    row "full sync through the \`nft\` tool, s" full_s 3
     row "… of which the \`nft -f\` of the full ruleset, ms" nft_full_ms 0
-    row "one endpoint change in all (p50), ms" change_p50_ms 1
-    row "… of which the \`nft -f\` transaction (p50), ms" nft_change_p50_ms 1
     row "rvs: render the whole snapshot (full syncs only), ms" render_ms 1
     row "rvs: diff against the applied ruleset (full syncs only), ms" diff_ms 1
     row "\`nft add element\` of one map element on the synced table, ms" nft_one_element_ms 0
@@ -310,7 +313,8 @@ SECTION=$WORK/section.md
     rd=$(awk -v a="$r" -v b="$d" 'BEGIN {print a + b}')
     rest=$(awk -v c="$c50" -v n="$n50" 'BEGIN {print c - n}')
     fs=$(vals breakdown full_s services=10000) fn=$(vals breakdown nft_full_ms services=10000)
-    echo "At 10,000 Services a full sync is the \`nft\` tool's time: $(fmt 0 "$fn") of $(fmt 0 "$(awk -v s="$fs" 'BEGIN {print s * 1000}')") ms ($(pct "$fn" "$(awk -v s="$fs" 'BEGIN {print s * 1000}')")) go to parsing and committing the $(fmt 0 "$(awk -v x="$(vals sync script_bytes services=10000 rep=1)" 'BEGIN {print x / 1e6}')") MB script. A change ($(fmt 0 "$c50") ms, p50 of this run) is the \`nft\` process $(fmt 0 "$n50") ms ($(pct "$n50" "$c50")) and everything else $(fmt 0 "$rest") ms ($(pct "$rest" "$c50")): rvs renders and diffs only the virtual services that changed (a whole-snapshot render and diff, $(fmt 0 "$rd") ms, is left to full syncs), plus starting nft through the timing wrapper. Even the smallest transaction pays for nft's cache of the table: one \`nft add element\` takes $(fmt 0 "$(vals breakdown nft_one_element_ms services=1000)") ms at 1,000 Services and $(fmt 0 "$(vals breakdown nft_one_element_ms services=10000)") ms at 10,000."
+    lib50=$(med sync change_p50_ms services=10000)
+    echo "At 10,000 Services a full sync is nft's time: $(fmt 0 "$fn") of $(fmt 0 "$(awk -v s="$fs" 'BEGIN {print s * 1000}')") ms ($(pct "$fn" "$(awk -v s="$fs" 'BEGIN {print s * 1000}')")) go to parsing and committing the $(fmt 0 "$(awk -v x="$(vals sync script_bytes services=10000 rep=1)" 'BEGIN {print x / 1e6}')") MB script (libnftables parses it the same way). A change through the \`nft\` tool ($(fmt 0 "$c50") ms, p50) is the \`nft\` process $(fmt 0 "$n50") ms ($(pct "$n50" "$c50")) and everything else $(fmt 0 "$rest") ms, mostly starting nft through the timing wrapper: rvs renders and diffs only the virtual services that changed, found by comparing the snapshot's services by pointer (a whole-snapshot render and diff, $(fmt 0 "$rd") ms, is left to full syncs). Through libnftables the same change takes $(fmt 1 "$lib50") ms ($(pct "$lib50" "$c50") of the tool's). Even the smallest transaction through the tool pays for starting it and for its cache of the table: one \`nft add element\` takes $(fmt 0 "$(vals breakdown nft_one_element_ms services=1000)") ms at 1,000 Services and $(fmt 0 "$(vals breakdown nft_one_element_ms services=10000)") ms at 10,000."
     echo
     g_n=$(vals grow services what=add)
     g_n=${g_n:-10}

@@ -2,7 +2,8 @@
 //! endpoints each, then single-endpoint changes (p50/p99). Run it inside a network namespace
 //! of its own (bench/nft.sh does): it programs that namespace's nftables.
 //!
-//! `sync_bench SERVICES ENDPOINTS CHANGES`
+//! `sync_bench SERVICES ENDPOINTS CHANGES` (NFT_TOOL=1: transactions through the nft tool,
+//! not libnftables)
 
 use std::time::{Duration, Instant};
 
@@ -75,6 +76,8 @@ async fn main() {
             cluster_cidrs: vec!["10.244.0.0/16".parse().unwrap()],
             ..Default::default()
         },
+        // NFT_TOOL=1: every transaction through the nft tool, for comparison.
+        library: std::env::var("NFT_TOOL").is_err(),
         ..Default::default()
     });
     let mut snapshot = Snapshot {
@@ -96,9 +99,10 @@ async fn main() {
     let stats = engine.apply(&shared, true).await.expect("full sync");
     let full = started.elapsed();
     println!(
-        "full_sync services={services} endpoints={endpoints} seconds={:.3} script_bytes={}",
+        "full_sync services={services} endpoints={endpoints} seconds={:.3} script_bytes={} backend={}",
         full.as_secs_f64(),
-        stats.script_bytes
+        stats.script_bytes,
+        engine.backend()
     );
 
     let mut times = Vec::new();

@@ -14,17 +14,26 @@ use tokio::io::AsyncWriteExt;
 use tokio::process::Command;
 
 use crate::conntrack::{self, ConnCounts};
+use crate::library::Library;
 use crate::render::{
     endpoint_chain_name, patch, render_cached, render_delta, service_chain_name, RenderCache,
     RenderOptions,
 };
 use crate::ruleset::{Before, Existing, Family, Ruleset, TABLE};
 
+/// nft's first lines of errors say what and where; the rest repeats the script.
+fn first_lines(errors: &str) -> String {
+    errors.lines().take(6).collect::<Vec<_>>().join("\n")
+}
+
 #[derive(Debug, Clone)]
 pub struct NftConfig {
     pub render: RenderOptions,
-    /// The nft binary (Debian package nftables).
+    /// The nft binary (Debian package nftables): listings, and transactions when
+    /// libnftables cannot be loaded or `library` is off.
     pub nft: String,
+    /// Run transactions through libnftables in rvs's process (see `library.rs`).
+    pub library: bool,
 }
 
 impl Default for NftConfig {
@@ -32,6 +41,7 @@ impl Default for NftConfig {
         NftConfig {
             render: RenderOptions::default(),
             nft: "nft".into(),
+            library: true,
         }
     }
 }
@@ -77,19 +87,42 @@ pub struct NftEngine {
     current: Arc<Mutex<Option<Arc<Snapshot>>>>,
     /// A counter refresh is running: `table()` does not start another.
     refreshing: Arc<std::sync::atomic::AtomicBool>,
+    /// libnftables in this process; None: the nft tool runs each transaction.
+    library: Option<Library>,
 }
 
 /// How long counters read from the kernel are reused before `table()` refreshes them.
 const COUNTERS_MAX_AGE: Duration = Duration::from_secs(2);
 
 impl NftEngine {
+    /// Call it on a thread in the network namespace to program: libnftables' thread starts
+    /// from it.
     pub fn new(config: NftConfig) -> Self {
+        let library = if config.library {
+            Library::start()
+                .inspect_err(|e| {
+                    tracing::info!("nftables transactions through the nft tool: {e}");
+                })
+                .ok()
+        } else {
+            None
+        };
         NftEngine {
+            library,
             config: Arc::new(config),
             applied: Arc::default(),
             counters: Arc::default(),
             current: Arc::default(),
             refreshing: Arc::default(),
+        }
+    }
+
+    /// What runs the transactions: `libnftables` (in this process) or `nft` (the tool).
+    pub fn backend(&self) -> &'static str {
+        if self.library.is_some() {
+            "libnftables"
+        } else {
+            "nft"
         }
     }
 
@@ -127,7 +160,7 @@ impl NftEngine {
         };
         let script_bytes = script.len();
         if !script.is_empty() {
-            if let Err(e) = self.run_script(&script).await {
+            if let Err(e) = self.run_script(script).await {
                 applied.needs_full = true;
                 return Err(e);
             }
@@ -157,7 +190,13 @@ impl NftEngine {
         })
     }
 
-    async fn run_script(&self, script: &str) -> Result<(), NftError> {
+    async fn run_script(&self, script: String) -> Result<(), NftError> {
+        if let Some(library) = &self.library {
+            return library
+                .run(script)
+                .await
+                .map_err(|e| NftError::Refused(first_lines(&e)));
+        }
         let mut child = Command::new(&self.config.nft)
             .args(["-f", "-"])
             .stdin(Stdio::piped())
@@ -181,11 +220,9 @@ impl NftEngine {
         if out.status.success() {
             Ok(())
         } else {
-            let stderr = String::from_utf8_lossy(&out.stderr);
-            // nft's first lines say what and where; the rest repeats the script.
-            Err(NftError::Refused(
-                stderr.lines().take(6).collect::<Vec<_>>().join("\n"),
-            ))
+            Err(NftError::Refused(first_lines(&String::from_utf8_lossy(
+                &out.stderr,
+            ))))
         }
     }
 
@@ -231,7 +268,7 @@ impl NftEngine {
 
     /// Removes rvs's tables (on exit with cleanup, or `rvs cleanup`).
     pub async fn remove_all(&self) -> Result<(), NftError> {
-        self.run_script(&Ruleset::delete_script(&Family::ALL)).await
+        self.run_script(Ruleset::delete_script(&Family::ALL)).await
     }
 
     async fn refresh_counters(&self) {

@@ -3,6 +3,7 @@
 
 mod conntrack;
 mod engine;
+mod library;
 mod render;
 mod ruleset;
 

@@ -199,6 +199,10 @@ pub fn render(snapshot: &Snapshot, options: &RenderOptions) -> Ruleset {
 pub struct RenderCache {
     options: Option<RenderOptions>,
     parts: HashMap<PartKey, (Vec<Arc<VirtualService>>, Table)>,
+    /// The virtual services the parts were rendered from, in snapshot order: the next
+    /// snapshot is compared with them by pointer, so a change costs what changed, not a pass
+    /// over every Service's key.
+    services: Vec<Arc<VirtualService>>,
 }
 
 type PartKey = (Family, Protocol, ServiceRef);
@@ -255,38 +259,134 @@ fn refresh(
     cache: &mut RenderCache,
     mut changed: impl FnMut(Family, Change<'_>),
 ) {
-    let parts = parts_of(snapshot);
-    for (key, services) in &parts {
-        let unchanged = cache
-            .parts
-            .get(key)
-            .is_some_and(|(old, _)| same_services(old, services));
-        if unchanged {
-            continue;
+    let previous = std::mem::take(&mut cache.services);
+    match changed_parts(&previous, &snapshot.services) {
+        Some(keys) => {
+            for (key, (went, came)) in keys {
+                let mut services: Vec<Arc<VirtualService>> = cache
+                    .parts
+                    .get(&key)
+                    .map(|(old, _)| old.as_slice())
+                    .unwrap_or_default()
+                    .iter()
+                    // By frontend, not pointer: a part may hold an equal older allocation.
+                    .filter(|vs| {
+                        !went
+                            .iter()
+                            .any(|w| (w.protocol, w.frontend) == (vs.protocol, vs.frontend))
+                    })
+                    .chain(came)
+                    .cloned()
+                    .collect();
+                services.sort_by_key(|vs| (vs.protocol, vs.frontend));
+                let services: Vec<&Arc<VirtualService>> = services.iter().collect();
+                refresh_part(&key, &services, options, skeletons, cache, &mut changed);
+            }
         }
-        let family = key.0;
-        if let Some((_, old)) = cache.parts.remove(key) {
-            changed(family, Change::Went(&old));
+        None => {
+            let parts = parts_of(snapshot);
+            for (key, services) in &parts {
+                refresh_part(key, services, options, skeletons, cache, &mut changed);
+            }
+            let gone: Vec<PartKey> = cache
+                .parts
+                .keys()
+                .filter(|k| !parts.contains_key(*k))
+                .cloned()
+                .collect();
+            for key in gone {
+                refresh_part(&key, &[], options, skeletons, cache, &mut changed);
+            }
         }
-        let Some(empty) = skeletons.get(&family) else {
-            continue;
-        };
-        let part = render_part(services, family, empty, options);
-        changed(family, Change::Came(&part));
-        let owned = services.iter().map(|vs| Arc::clone(vs)).collect();
-        cache.parts.insert(key.clone(), (owned, part));
     }
-    let gone: Vec<PartKey> = cache
+    cache.services.clone_from(&snapshot.services);
+}
+
+/// Brings one part of `cache` to `services` (none: the part goes).
+fn refresh_part(
+    key: &PartKey,
+    services: &[&Arc<VirtualService>],
+    options: &RenderOptions,
+    skeletons: &BTreeMap<Family, Table>,
+    cache: &mut RenderCache,
+    changed: &mut impl FnMut(Family, Change<'_>),
+) {
+    let unchanged = cache
         .parts
-        .keys()
-        .filter(|k| !parts.contains_key(*k))
-        .cloned()
-        .collect();
-    for key in gone {
-        if let Some((_, old)) = cache.parts.remove(&key) {
-            changed(key.0, Change::Went(&old));
+        .get(key)
+        .is_some_and(|(old, _)| same_services(old, services));
+    if unchanged {
+        return;
+    }
+    let family = key.0;
+    if let Some((_, old)) = cache.parts.remove(key) {
+        changed(family, Change::Went(&old));
+    }
+    let Some(empty) = skeletons.get(&family).filter(|_| !services.is_empty()) else {
+        return;
+    };
+    let part = render_part(services, family, empty, options);
+    changed(family, Change::Came(&part));
+    let owned = services.iter().map(|vs| Arc::clone(vs)).collect();
+    cache.parts.insert(key.clone(), (owned, part));
+}
+
+/// The virtual services that went and came from `old` to `new` (both in snapshot order:
+/// sorted by protocol and frontend, no two alike), by part. Unchanged virtual services are
+/// the same allocation in both (the model reuses them), so one merge walk comparing pointers
+/// finds the changes. None when that does not pay (many changes) or the order is not the
+/// snapshot's: then every part is looked at.
+#[allow(clippy::type_complexity)]
+fn changed_parts<'a>(
+    old: &'a [Arc<VirtualService>],
+    new: &'a [Arc<VirtualService>],
+) -> Option<BTreeMap<PartKey, (Vec<&'a Arc<VirtualService>>, Vec<&'a Arc<VirtualService>>)>> {
+    let order = |vs: &VirtualService| (vs.protocol, vs.frontend);
+    let sorted =
+        |list: &[Arc<VirtualService>]| list.windows(2).all(|w| order(&w[0]) < order(&w[1]));
+    if !sorted(old) || !sorted(new) {
+        return None;
+    }
+    let budget = new.len().max(old.len()) / 8;
+    let mut parts: BTreeMap<PartKey, (Vec<_>, Vec<_>)> = BTreeMap::new();
+    let mut changes = 0;
+    let key = |vs: &VirtualService| (vs_family(vs), vs.protocol, vs.service.clone());
+    let (mut i, mut j) = (0, 0);
+    while i < old.len() || j < new.len() {
+        let (went, came) = match (old.get(i), new.get(j)) {
+            (Some(a), Some(b)) if Arc::ptr_eq(a, b) => (None, None),
+            (Some(a), Some(b)) => match order(a).cmp(&order(b)) {
+                std::cmp::Ordering::Less => (Some(a), None),
+                std::cmp::Ordering::Greater => (None, Some(b)),
+                std::cmp::Ordering::Equal if **a == **b => (None, None),
+                std::cmp::Ordering::Equal => (Some(a), Some(b)),
+            },
+            (Some(a), None) => (Some(a), None),
+            (None, Some(b)) => (None, Some(b)),
+            (None, None) => break,
+        };
+        let same = went.is_none() && came.is_none();
+        if same || went.is_some() {
+            i += 1;
+        }
+        if same || came.is_some() {
+            j += 1;
+        }
+        if same {
+            continue;
+        }
+        changes += 1;
+        if changes > budget {
+            return None;
+        }
+        if let Some(vs) = went {
+            parts.entry(key(vs)).or_default().0.push(vs);
+        }
+        if let Some(vs) = came {
+            parts.entry(key(vs)).or_default().1.push(vs);
         }
     }
+    Some(parts)
 }
 
 enum Change<'a> {
@@ -303,6 +403,7 @@ pub fn render_cached(
 ) -> Ruleset {
     if cache.options.as_ref() != Some(options) {
         cache.parts.clear();
+        cache.services.clear();
         cache.options = Some(options.clone());
     }
     refresh(snapshot, options, &skeletons(options), cache, |_, _| {});

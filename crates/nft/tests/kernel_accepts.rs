@@ -1,5 +1,6 @@
 //! The rendered rulesets, loaded into a real kernel (a network namespace of the test's own):
-//! nft accepts the full script, every incremental step, and the removal.
+//! nft accepts the full script, every incremental step, and the removal; the engine programs
+//! the same table through libnftables as through the nft tool.
 
 use std::io::Write;
 use std::process::{Command, Stdio};
@@ -15,8 +16,8 @@ impl Drop for Netns {
     }
 }
 
-fn netns() -> Option<Netns> {
-    let name = format!("rvs-nft-{}", std::process::id());
+fn netns(tag: &str) -> Option<Netns> {
+    let name = format!("rvs-nft-{tag}-{}", std::process::id());
     let ok = Command::new("ip")
         .args(["netns", "add", &name])
         .stderr(Stdio::null())
@@ -95,7 +96,7 @@ const RICH: &str = include_str!("fixtures/rich.yaml");
 
 #[test]
 fn kernel_accepts_full_incremental_and_removal_scripts() {
-    let Some(ns) = netns() else { return };
+    let Some(ns) = netns("scripts") else { return };
     let options = RenderOptions {
         cluster_cidrs: vec![
             "10.244.0.0/16".parse().unwrap(),
@@ -176,4 +177,78 @@ fn kernel_accepts_full_incremental_and_removal_scripts() {
 
     nft(&ns, &Ruleset::delete_script(&Family::ALL)).unwrap();
     assert!(!list(&ns).contains("rvs"));
+}
+
+fn list_table(ns: &str) -> String {
+    let out = Command::new("ip")
+        .args(["netns", "exec", ns, "nft", "list", "table", "ip", "rvs"])
+        .output()
+        .unwrap();
+    String::from_utf8_lossy(&out.stdout).to_string()
+}
+
+/// Runs `work` on a thread of its own inside `ns` (as `ip netns exec` would the process):
+/// the engine, libnftables' thread and the nft processes it starts all inherit it.
+fn in_netns<T: Send + 'static>(ns: &Netns, work: impl FnOnce() -> T + Send + 'static) -> T {
+    let path = format!("/run/netns/{}", ns.0);
+    std::thread::spawn(move || {
+        let file = std::fs::File::open(&path).unwrap();
+        let own = std::fs::read_link("/proc/thread-self/ns/net").unwrap();
+        // SAFETY: setns on this thread with a namespace file it holds open.
+        let rc = unsafe { libc::setns(std::os::fd::AsRawFd::as_raw_fd(&file), libc::CLONE_NEWNET) };
+        assert_eq!(rc, 0, "setns into {path}");
+        let now = std::fs::read_link("/proc/thread-self/ns/net").unwrap();
+        assert_ne!(own, now, "this thread is in the test's namespace");
+        work()
+    })
+    .join()
+    .unwrap()
+}
+
+#[test]
+fn engine_programs_the_same_table_through_libnftables_and_the_nft_tool() {
+    let Some(ns) = netns("backends") else { return };
+    let first = std::sync::Arc::new(snapshot(RICH));
+    let second_yaml = RICH.replace("  - addresses: [10.244.2.11]\n    nodeName: node2\n", "");
+    let second = std::sync::Arc::new(snapshot(&second_yaml));
+    let mut listings = Vec::new();
+    for library in [true, false] {
+        let (ns_name, first, second) = (ns.0.clone(), first.clone(), second.clone());
+        let steps = in_netns(&ns, move || {
+            let runtime = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .unwrap();
+            runtime.block_on(async move {
+                let engine = rvs_nft::NftEngine::new(rvs_nft::NftConfig {
+                    render: RenderOptions {
+                        cluster_cidrs: vec!["10.244.0.0/16".parse().unwrap()],
+                        ..Default::default()
+                    },
+                    library,
+                    ..Default::default()
+                });
+                let backend = if library { "libnftables" } else { "nft" };
+                assert_eq!(engine.backend(), backend);
+                let mut steps = Vec::new();
+                let stats = engine.apply(&first, true).await.unwrap();
+                assert!(stats.full);
+                steps.push(list_table(&ns_name));
+                let stats = engine.apply(&second, false).await.unwrap();
+                assert!(!stats.full && stats.script_bytes > 0, "{backend}: a delta");
+                steps.push(list_table(&ns_name));
+                engine.remove_all().await.unwrap();
+                steps.push(list_table(&ns_name));
+                steps
+            })
+        });
+        assert!(steps[0].contains("dnat to 10.244.2.11"), "{}", steps[0]);
+        assert!(!steps[1].contains("10.244.2.11:"), "{}", steps[1]);
+        assert_eq!(steps[2], "", "table removed");
+        listings.push(steps);
+    }
+    assert_eq!(
+        listings[0], listings[1],
+        "both backends leave the same table"
+    );
 }

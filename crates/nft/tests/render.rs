@@ -474,10 +474,34 @@ fn steps(count: std::ops::Range<usize>) -> impl Strategy<Value = Vec<Vec<Generat
     )
 }
 
-fn snapshot_of(step: Vec<Generated>) -> Snapshot {
+/// Services that stay the same through a sequence (the same allocations, as the model keeps
+/// them): with many of them, a change is found by the render cache's walk over pointers
+/// rather than by looking at every part.
+fn fillers(padded: bool) -> Vec<std::sync::Arc<VirtualService>> {
+    let count = if padded { 64 } else { 0 };
+    (0..count)
+        .map(|i| {
+            let servers = vec![server(&format!("10.245.0.{}", i + 1), 1, true)];
+            let frontend = Frontend::Address {
+                addr: format!("10.97.0.{i}:80").parse().unwrap(),
+            };
+            let mut v = vs(
+                FrontendKind::ClusterIp,
+                frontend,
+                SchedulerKind::Rr,
+                servers,
+            );
+            v.service.name = format!("filler-{i}");
+            std::sync::Arc::new(v)
+        })
+        .collect()
+}
+
+fn snapshot_of(step: Vec<Generated>, fillers: &[std::sync::Arc<VirtualService>]) -> Snapshot {
     let mut services: Vec<std::sync::Arc<VirtualService>> = step
         .into_iter()
         .map(|(i, s, e, sticky, k, local)| generated(i, s, e, sticky, k, local).into())
+        .chain(fillers.iter().cloned())
         .collect();
     services.sort_by_key(|v| (v.protocol, v.frontend));
     services.dedup_by_key(|v| (v.protocol, v.frontend));
@@ -499,13 +523,15 @@ proptest! {
     /// services added, changed, kept (shared) and removed.
     #[test]
     fn cached_render_equals_a_fresh_render(
-        steps in steps(1..5)
+        steps in steps(1..5),
+        padded in any::<bool>()
     ) {
         let options = with_cluster_cidr();
+        let fillers = fillers(padded);
         let mut cache = rvs_nft::RenderCache::default();
         let mut previous: Option<Snapshot> = None;
         for step in steps {
-            let mut snapshot = snapshot_of(step);
+            let mut snapshot = snapshot_of(step, &fillers);
             // Unchanged services are shared with the previous snapshot, as the model does.
             if let Some(previous) = &previous {
                 for vs in &mut snapshot.services {
@@ -549,13 +575,15 @@ proptest! {
     /// what a fresh render gives; an unchanged snapshot is an empty delta.
     #[test]
     fn patched_deltas_equal_a_fresh_render(
-        steps in steps(2..6)
+        steps in steps(2..6),
+        padded in any::<bool>()
     ) {
         let options = with_cluster_cidr();
+        let fillers = fillers(padded);
         let mut cache = rvs_nft::RenderCache::default();
         let mut stored: Option<Ruleset> = None;
         for step in steps {
-            let snapshot = snapshot_of(step);
+            let snapshot = snapshot_of(step, &fillers);
             match stored.as_mut() {
                 None => stored = Some(rvs_nft::render_cached(&snapshot, &options, &mut cache)),
                 Some(stored) => {
