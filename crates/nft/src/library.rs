@@ -41,24 +41,12 @@ impl Context {
             .map_err(|e| format!("cannot load {SONAME}: {e}"))?;
         // SAFETY: the types are those of nftables/libnftables.h (1.0).
         unsafe {
-            let new: CtxNew = *library
-                .get::<CtxNew>(b"nft_ctx_new\0")
-                .map_err(|e| e.to_string())?;
-            let free: CtxFree = *library
-                .get::<CtxFree>(b"nft_ctx_free\0")
-                .map_err(|e| e.to_string())?;
-            let buffer_output: CtxBuffer = *library
-                .get::<CtxBuffer>(b"nft_ctx_buffer_output\0")
-                .map_err(|e| e.to_string())?;
-            let buffer_error: CtxBuffer = *library
-                .get::<CtxBuffer>(b"nft_ctx_buffer_error\0")
-                .map_err(|e| e.to_string())?;
-            let get_error: CtxGetBuffer = *library
-                .get::<CtxGetBuffer>(b"nft_ctx_get_error_buffer\0")
-                .map_err(|e| e.to_string())?;
-            let run: RunCmd = *library
-                .get::<RunCmd>(b"nft_run_cmd_from_buffer\0")
-                .map_err(|e| e.to_string())?;
+            let new: CtxNew = symbol(&library, b"nft_ctx_new\0")?;
+            let free: CtxFree = symbol(&library, b"nft_ctx_free\0")?;
+            let buffer_output: CtxBuffer = symbol(&library, b"nft_ctx_buffer_output\0")?;
+            let buffer_error: CtxBuffer = symbol(&library, b"nft_ctx_buffer_error\0")?;
+            let get_error: CtxGetBuffer = symbol(&library, b"nft_ctx_get_error_buffer\0")?;
+            let run: RunCmd = symbol(&library, b"nft_run_cmd_from_buffer\0")?;
             // NFT_CTX_DEFAULT.
             let ctx = new(0);
             if ctx.is_null() {
@@ -102,6 +90,17 @@ impl Context {
             Err(errors)
         }
     }
+}
+
+/// A function of `library`, copied out.
+///
+/// # Safety
+/// `T` must be the function's true type.
+unsafe fn symbol<T: Copy>(library: &libloading::Library, name: &[u8]) -> Result<T, String> {
+    // SAFETY: the caller vouches for T.
+    unsafe { library.get::<T>(name) }
+        .map(|function| *function)
+        .map_err(|e| format!("{SONAME}: {e}"))
 }
 
 impl Drop for Context {
