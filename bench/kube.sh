@@ -102,7 +102,7 @@ next configuration version in force (polled every 0.5 ms), $CHANGES changes 200 
 | one EndpointSlice change, max | ${max} ms | $(nft_field change_max_ms) ms | - |
 
 The nftables engine runs in a network namespace of its own (\`RVS_ARGS=--engine nftables\`),
-each change one \`nft -f\` transaction.
+each change one nftables transaction through libnftables in rvs's process.
 Raw (userspace): $(tr '\n' ';' <"$WORK/results")
 Raw (nftables): $( [[ -s $WORK/results-nft ]] && tr '\n' ';' <"$WORK/results-nft" || echo "not run")
 MD
