@@ -512,18 +512,17 @@ fn as_from_api(mut set: ObjectSet) -> ObjectSet {
             .hash(&mut hasher);
         format!("{:x}", hasher.finish())
     }
-    for s in &mut set.services {
-        let mut object = (*s.object).clone();
-        object.metadata.resource_version = None;
-        object.metadata.resource_version = Some(version_of(&object));
-        *s = Sourced::new(Origin::Api, object);
+    fn versioned<T>(sourced: &mut Sourced<T>)
+    where
+        T: Clone + serde::Serialize + k8s_openapi::Metadata<Ty = ObjectMeta>,
+    {
+        let mut object = (*sourced.object).clone();
+        object.metadata_mut().resource_version = None;
+        object.metadata_mut().resource_version = Some(version_of(&object));
+        *sourced = Sourced::new(Origin::Api, object);
     }
-    for s in &mut set.endpoint_slices {
-        let mut object = (*s.object).clone();
-        object.metadata.resource_version = None;
-        object.metadata.resource_version = Some(version_of(&object));
-        *s = Sourced::new(Origin::Api, object);
-    }
+    set.services.iter_mut().for_each(versioned);
+    set.endpoint_slices.iter_mut().for_each(versioned);
     set
 }
 

@@ -101,6 +101,17 @@ fn build(yaml: &str) -> IngressBuild {
     build_with(yaml, &classless(), None)
 }
 
+/// The endpoints the route for `host` and `path` sends to.
+fn endpoints_of(built: &IngressBuild, host: &str, path: &str) -> Vec<String> {
+    let route = built.snapshot.virtual_host(host).route(path).unwrap();
+    route
+        .backend
+        .endpoints
+        .iter()
+        .map(|e| e.to_string())
+        .collect()
+}
+
 fn texts(problems: &[Problem]) -> Vec<String> {
     problems.iter().map(ToString::to_string).collect()
 }
@@ -1312,18 +1323,7 @@ endpoints:
     let built = build(&yaml);
     assert_eq!(texts(&built.problems), NONE);
     assert_eq!(texts(&built.warnings), NONE);
-    let route = built
-        .snapshot
-        .virtual_host("db.test")
-        .route("/")
-        .unwrap()
-        .clone();
-    let endpoints: Vec<String> = route
-        .backend
-        .endpoints
-        .iter()
-        .map(|e| e.to_string())
-        .collect();
+    let endpoints = endpoints_of(&built, "db.test", "/");
     assert_eq!(
         endpoints,
         ["10.3.0.1:5432", "10.3.0.2:5432"],
@@ -1339,17 +1339,6 @@ endpoints:
     ]
     .concat();
     let built = build(&yaml);
-    let route = built
-        .snapshot
-        .virtual_host("db.test")
-        .route("/")
-        .unwrap()
-        .clone();
-    let endpoints: Vec<String> = route
-        .backend
-        .endpoints
-        .iter()
-        .map(|e| e.to_string())
-        .collect();
+    let endpoints = endpoints_of(&built, "db.test", "/");
     assert_eq!(endpoints, ["10.3.0.9:5432"]);
 }

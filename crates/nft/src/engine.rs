@@ -32,8 +32,8 @@ fn first_lines(errors: &str) -> String {
 #[derive(Debug, Clone)]
 pub struct NftConfig {
     pub render: RenderOptions,
-    /// The nft binary (Debian package nftables): listings, and transactions when
-    /// libnftables cannot be loaded or `library` is off.
+    /// The nft binary (Debian package nftables): listings, large transactions (full syncs),
+    /// and every transaction when libnftables cannot be loaded or `library` is off.
     pub nft: String,
     /// Run transactions through libnftables in rvs's process (see `library.rs`).
     pub library: bool,
