@@ -252,3 +252,57 @@ fn engine_programs_the_same_table_through_libnftables_and_the_nft_tool() {
         "both backends leave the same table"
     );
 }
+
+/// A restarted rvs finds its old table: the first full sync lists the names in it (not the
+/// whole table), rewrites what it renders and deletes everything else, leftovers of older
+/// versions and other hands included.
+#[test]
+fn a_restarted_engine_rewrites_the_table_it_finds() {
+    let Some(ns) = netns("restart") else { return };
+    let first = std::sync::Arc::new(snapshot(RICH));
+    let second_yaml = RICH.split("# --- sticky").next().unwrap().to_string();
+    let second = std::sync::Arc::new(snapshot(&second_yaml));
+    let ns_name = ns.0.clone();
+    let listed = in_netns(&ns, move || {
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        runtime.block_on(async move {
+            let config = || rvs_nft::NftConfig {
+                render: RenderOptions {
+                    cluster_cidrs: vec!["10.244.0.0/16".parse().unwrap()],
+                    ..Default::default()
+                },
+                ..Default::default()
+            };
+            let before = rvs_nft::NftEngine::new(config());
+            before.apply(&first, true).await.unwrap();
+            drop(before);
+            let leftovers = "add chain ip rvs leftover-chain\n\
+                add set ip rvs leftover-set { type ipv4_addr; }\n\
+                add map ip rvs leftover-map { type ipv4_addr : verdict; }\n";
+            let status = std::process::Command::new("nft")
+                .args(["-f", "-"])
+                .stdin(Stdio::piped())
+                .spawn()
+                .and_then(|mut child| {
+                    child
+                        .stdin
+                        .take()
+                        .unwrap()
+                        .write_all(leftovers.as_bytes())?;
+                    child.wait()
+                })
+                .unwrap();
+            assert!(status.success());
+            let after_restart = rvs_nft::NftEngine::new(config());
+            after_restart.apply(&second, true).await.unwrap();
+            list_table(&ns_name)
+        })
+    });
+    assert!(listed.contains("dnat to 10.244.2.11"), "{listed}");
+    for gone in ["leftover", "sticky"] {
+        assert!(!listed.contains(gone), "{gone} still listed:\n{listed}");
+    }
+}
