@@ -1,7 +1,11 @@
 //! `Snapshot::build`: Kubernetes Services and EndpointSlices -> virtual services, the way
 //! kube-proxy reads them. Pure: the same objects give the same snapshot.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::BTreeMap;
+
+// Maps keyed by names and frontends are hashed for every Service on every change: foldhash
+// (seeded per process) costs a fraction of SipHash there.
+use foldhash::{HashMap, HashMapExt, HashSet};
 use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 use std::time::Duration;
@@ -88,7 +92,7 @@ impl Snapshot {
 
         // A contested address stays with the Service already serving it; otherwise the
         // earlier object wins (creation time, then origin).
-        let served: std::collections::HashSet<(&str, &str)> = previous
+        let served: HashSet<(&str, &str)> = previous
             .map(|p| {
                 p.services
                     .iter()
@@ -722,7 +726,7 @@ fn translate_service(
         }
     }
     // Two ports of one Service on the same protocol and frontend.
-    let mut seen = std::collections::HashSet::new();
+    let mut seen = HashSet::default();
     for vs in &out {
         if !seen.insert((vs.protocol, vs.frontend)) {
             ctx.problem(
