@@ -221,12 +221,8 @@ fn engine_programs_the_same_table_through_libnftables_and_the_nft_tool() {
                 .unwrap();
             runtime.block_on(async move {
                 let engine = rvs_nft::NftEngine::new(rvs_nft::NftConfig {
-                    render: RenderOptions {
-                        cluster_cidrs: vec!["10.244.0.0/16".parse().unwrap()],
-                        ..Default::default()
-                    },
                     library,
-                    ..Default::default()
+                    ..cluster_config()
                 });
                 let backend = if library { "libnftables" } else { "nft" };
                 assert_eq!(engine.backend(), backend);
@@ -253,6 +249,16 @@ fn engine_programs_the_same_table_through_libnftables_and_the_nft_tool() {
     );
 }
 
+fn cluster_config() -> rvs_nft::NftConfig {
+    rvs_nft::NftConfig {
+        render: RenderOptions {
+            cluster_cidrs: vec!["10.244.0.0/16".parse().unwrap()],
+            ..Default::default()
+        },
+        ..Default::default()
+    }
+}
+
 /// A restarted rvs finds its old table: the first full sync lists the names in it (not the
 /// whole table), rewrites what it renders and deletes everything else, leftovers of older
 /// versions and other hands included.
@@ -262,6 +268,7 @@ fn a_restarted_engine_rewrites_the_table_it_finds() {
     let first = std::sync::Arc::new(snapshot(RICH));
     let second_yaml = RICH.split("# --- sticky").next().unwrap().to_string();
     let second = std::sync::Arc::new(snapshot(&second_yaml));
+    let second_again = second.clone();
     let ns_name = ns.0.clone();
     let listed = in_netns(&ns, move || {
         let runtime = tokio::runtime::Builder::new_current_thread()
@@ -269,14 +276,7 @@ fn a_restarted_engine_rewrites_the_table_it_finds() {
             .build()
             .unwrap();
         runtime.block_on(async move {
-            let config = || rvs_nft::NftConfig {
-                render: RenderOptions {
-                    cluster_cidrs: vec!["10.244.0.0/16".parse().unwrap()],
-                    ..Default::default()
-                },
-                ..Default::default()
-            };
-            let before = rvs_nft::NftEngine::new(config());
+            let before = rvs_nft::NftEngine::new(cluster_config());
             before.apply(&first, true).await.unwrap();
             drop(before);
             let leftovers = "add chain ip rvs leftover-chain\n\
@@ -296,7 +296,7 @@ fn a_restarted_engine_rewrites_the_table_it_finds() {
                 })
                 .unwrap();
             assert!(status.success());
-            let after_restart = rvs_nft::NftEngine::new(config());
+            let after_restart = rvs_nft::NftEngine::new(cluster_config());
             after_restart.apply(&second, true).await.unwrap();
             list_table(&ns_name)
         })
@@ -305,4 +305,22 @@ fn a_restarted_engine_rewrites_the_table_it_finds() {
     for gone in ["leftover", "sticky"] {
         assert!(!listed.contains(gone), "{gone} still listed:\n{listed}");
     }
+    // Chains that existed were emptied before their rules went in again (no rule twice):
+    // the same table as a fresh engine writes into an empty namespace.
+    let Some(fresh_ns) = netns("restart-fresh") else {
+        return;
+    };
+    let fresh_name = fresh_ns.0.clone();
+    let fresh = in_netns(&fresh_ns, move || {
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        runtime.block_on(async move {
+            let engine = rvs_nft::NftEngine::new(cluster_config());
+            engine.apply(&second_again, true).await.unwrap();
+            list_table(&fresh_name)
+        })
+    });
+    assert_eq!(listed, fresh);
 }
