@@ -1,5 +1,5 @@
-//! A request's life, in phases: [`route`], [`admit`] (redirects, allow/deny lists, limits,
-//! body size), [`choose_backend`] (canary, affinity), [`forward`] (upstream attempts and
+//! A request's life, in phases: [`route`], CORS preflights, [`admit`] (redirects,
+//! allow/deny lists, limits, body size), [`choose_backend`] (canary, affinity), [`forward`] (upstream attempts and
 //! retries), [`respond`] (response headers), and completion (metrics, access log) when the
 //! last byte went out.
 
@@ -14,8 +14,8 @@ use http::{Method, Request, Response, StatusCode, Uri, Version};
 use hyper::body::{Body, Incoming};
 use hyper_util::rt::TokioIo;
 use rvs_model::ingress::{
-    Backend, Balancing, CookieAffinity, HashKey, HashKeyPart, PathMatch, RoutePolicy, RouteTarget,
-    VirtualHost,
+    Backend, Balancing, CookieAffinity, Cors, HashKey, HashKeyPart, PathMatch, RoutePolicy,
+    RouteTarget, VirtualHost,
 };
 
 use crate::access_log::AccessEntry;
@@ -157,12 +157,37 @@ async fn handle_request(
             done,
         ),
         Some(routed) => {
-            let request = ClientRequest {
-                parts,
-                body,
-                upgrade: client_upgrade,
-            };
-            proxy(request, routed, &conn, &shared, &table, done).await
+            let policy = routed.target.policy.clone();
+            let origin = parts
+                .headers
+                .get(header::ORIGIN)
+                .and_then(|v| v.to_str().ok());
+            let cors = policy
+                .cors
+                .as_ref()
+                .and_then(|cors| Some((cors, cors.allowed_origin(origin)?.to_string())));
+            match cors {
+                // A preflight is answered here, before redirects, allow lists and limits
+                // (ingress-nginx's `return 204` runs in nginx's rewrite phase, before those).
+                Some((cors, allowed)) if parts.method == Method::OPTIONS => {
+                    let mut response = Response::new(ProxyBody::empty());
+                    *response.status_mut() = StatusCode::NO_CONTENT;
+                    set_cors_headers(response.headers_mut(), cors, &allowed, true);
+                    finish(response, done)
+                }
+                cors => {
+                    let request = ClientRequest {
+                        parts,
+                        body,
+                        upgrade: client_upgrade,
+                    };
+                    let mut response = proxy(request, routed, &conn, &shared, &table, done).await;
+                    if let Some((cors, allowed)) = cors {
+                        set_cors_headers(response.headers_mut(), cors, &allowed, false);
+                    }
+                    response
+                }
+            }
         }
     };
     if conn.tls {
@@ -322,6 +347,13 @@ fn admit(
     let target = &routed.target;
     let policy = &target.policy;
     let grpc = is_grpc(&req.headers);
+    if let Some(to) = &policy.redirect {
+        let scheme = if conn.tls { "https" } else { "http" };
+        let request_uri = req.uri.path_and_query().map_or("/", |pq| pq.as_str());
+        let location = to.location(scheme, &request_host(req), request_uri);
+        let status = StatusCode::from_u16(to.status).unwrap_or(StatusCode::MOVED_PERMANENTLY);
+        return Err(redirect(status, &location));
+    }
     if !conn.tls && (policy.force_ssl_redirect || (policy.ssl_redirect && routed.host_tls)) {
         return Err(redirect(
             StatusCode::PERMANENT_REDIRECT,
@@ -1094,6 +1126,33 @@ fn head_length(req: &http::request::Parts) -> u64 {
         .map(|(k, v)| k.as_str().len() + v.len() + 4)
         .sum();
     (line + headers + 2) as u64
+}
+
+/// ingress-nginx's CORS headers, set on every response of the route for an allowed origin
+/// (`more_set_headers`: they replace the backend's own). An echoed origin varies by request,
+/// so caches are told (`Vary: Origin`).
+fn set_cors_headers(headers: &mut HeaderMap, cors: &Cors, allowed: &str, preflight: bool) {
+    let mut set = |name: HeaderName, value: &str| {
+        if let Ok(value) = HeaderValue::from_str(value) {
+            headers.insert(name, value);
+        }
+    };
+    set(header::ACCESS_CONTROL_ALLOW_ORIGIN, allowed);
+    if cors.allow_credentials {
+        set(header::ACCESS_CONTROL_ALLOW_CREDENTIALS, "true");
+    }
+    set(header::ACCESS_CONTROL_ALLOW_METHODS, &cors.allow_methods);
+    set(header::ACCESS_CONTROL_ALLOW_HEADERS, &cors.allow_headers);
+    if let Some(expose) = &cors.expose_headers {
+        set(header::ACCESS_CONTROL_EXPOSE_HEADERS, expose);
+    }
+    set(header::ACCESS_CONTROL_MAX_AGE, &cors.max_age.to_string());
+    if preflight {
+        set(header::CONTENT_TYPE, "text/plain charset=UTF-8");
+    }
+    if allowed != "*" {
+        headers.append(header::VARY, HeaderValue::from_static("Origin"));
+    }
 }
 
 fn redirect(status: StatusCode, location: &str) -> Response<ProxyBody> {

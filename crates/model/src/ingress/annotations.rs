@@ -4,7 +4,9 @@
 use std::collections::BTreeMap;
 
 use super::configmap::REFUSED_SNIPPET;
-use super::types::{BackendProtocol, Balancing, CanaryRule, CookieAffinity, RoutePolicy};
+use super::types::{
+    BackendProtocol, Balancing, CanaryRule, CookieAffinity, Cors, Redirect, RoutePolicy,
+};
 use super::values;
 use crate::objects::{ObjectRef, Origin, Problem};
 
@@ -47,6 +49,8 @@ pub fn parse_annotations(
     p.limits(&mut policy);
     policy.affinity = p.affinity();
     p.protocol_and_headers(&mut policy);
+    policy.cors = p.cors();
+    policy.redirect = p.redirect();
     let rewrite = policy.rewrite_target.is_some();
     let use_regex = p.get("use-regex", values::boolean).unwrap_or(false) || rewrite;
     let canary = p.canary();
@@ -104,6 +108,17 @@ const HONOURED: &[&str] = &[
     "enable-access-log",
     "load-balance",
     "upstream-hash-by",
+    "enable-cors",
+    "cors-allow-origin",
+    "cors-allow-methods",
+    "cors-allow-headers",
+    "cors-expose-headers",
+    "cors-allow-credentials",
+    "cors-max-age",
+    "temporal-redirect",
+    "temporal-redirect-code",
+    "permanent-redirect",
+    "permanent-redirect-code",
 ];
 
 /// The `rvs.io/` annotations an Ingress may carry.
@@ -367,6 +382,55 @@ impl Parser<'_> {
         Some(rule)
     }
 
+    /// `enable-cors: "true"` and the `cors-*` values over ingress-nginx's defaults (read
+    /// only when CORS is on).
+    fn cors(&mut self) -> Option<Cors> {
+        if !self.get("enable-cors", values::boolean).unwrap_or(false) {
+            return None;
+        }
+        let mut cors = Cors::default();
+        self.set(
+            "cors-allow-origin",
+            values::cors_origins,
+            &mut cors.allow_origin,
+        );
+        self.set(
+            "cors-allow-methods",
+            values::cors_methods,
+            &mut cors.allow_methods,
+        );
+        self.set(
+            "cors-allow-headers",
+            values::cors_headers,
+            &mut cors.allow_headers,
+        );
+        if let Some(expose) = self.get("cors-expose-headers", values::cors_expose_headers) {
+            cors.expose_headers = Some(expose);
+        }
+        self.set(
+            "cors-allow-credentials",
+            values::boolean,
+            &mut cors.allow_credentials,
+        );
+        self.set("cors-max-age", values::number, &mut cors.max_age);
+        Some(cors)
+    }
+
+    /// `temporal-redirect` wins over `permanent-redirect`, as in ingress-nginx.
+    fn redirect(&mut self) -> Option<Redirect> {
+        for (name, default_status) in [("temporal-redirect", 302), ("permanent-redirect", 301)] {
+            if self.string(name).is_none() {
+                continue;
+            }
+            let location = self.get(name, values::redirect_location)?;
+            let status = self
+                .get(&format!("{name}-code"), values::redirect_code)
+                .unwrap_or(default_status);
+            return Some(Redirect { status, location });
+        }
+        None
+    }
+
     /// Snippets are refused; unknown `nginx.ingress.kubernetes.io/` and `rvs.io/`
     /// annotations are warned about.
     fn check_keys(&mut self) {
@@ -425,6 +489,7 @@ fn cookie_name(raw: &str) -> Result<String, String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::ingress::CorsOrigins;
     use std::time::Duration;
 
     fn object() -> ObjectRef {
@@ -669,6 +734,141 @@ mod tests {
     }
 
     #[test]
+    fn cors_is_off_unless_enabled_and_takes_ingress_nginx_defaults() {
+        let off = parse(&[("cors-allow-origin", "https://a.example")]);
+        assert_eq!(off.policy.cors, None);
+        assert!(off.warnings.is_empty() && off.problems.is_empty());
+        let on = parse(&[("enable-cors", "true")]);
+        let cors = on.policy.cors.expect("cors");
+        assert_eq!(cors, Cors::default());
+        assert_eq!(cors.allow_origin, CorsOrigins::Any);
+        assert_eq!(cors.allow_methods, "GET, PUT, POST, DELETE, PATCH, OPTIONS");
+        assert!(cors.allow_credentials);
+        assert_eq!(cors.max_age, 1_728_000);
+    }
+
+    #[test]
+    fn cors_values() {
+        let a = parse(&[
+            ("enable-cors", "true"),
+            (
+                "cors-allow-origin",
+                "https://app.example.com, http://*.example.org:8080",
+            ),
+            ("cors-allow-methods", "GET,POST"),
+            ("cors-allow-headers", "X-Token, Content-Type"),
+            ("cors-expose-headers", "*, X-Trace"),
+            ("cors-allow-credentials", "false"),
+            ("cors-max-age", "600"),
+        ]);
+        assert_eq!(texts(&a.problems), Vec::<String>::new());
+        let cors = a.policy.cors.expect("cors");
+        assert_eq!(
+            cors.allow_origin,
+            CorsOrigins::Listed(vec![
+                "https://app.example.com".into(),
+                "http://*.example.org:8080".into()
+            ])
+        );
+        assert_eq!(cors.allow_methods, "GET,POST");
+        assert_eq!(cors.allow_headers, "X-Token, Content-Type");
+        assert_eq!(cors.expose_headers.as_deref(), Some("*, X-Trace"));
+        assert!(!cors.allow_credentials);
+        assert_eq!(cors.max_age, 600);
+        // A `*` among the origins opens it to all, as in ingress-nginx.
+        let any = parse(&[
+            ("enable-cors", "true"),
+            ("cors-allow-origin", "https://a.example, *"),
+        ]);
+        assert_eq!(any.policy.cors.unwrap().allow_origin, CorsOrigins::Any);
+    }
+
+    #[test]
+    fn bad_cors_values_refuse_the_ingress() {
+        let a = parse(&[
+            ("enable-cors", "true"),
+            ("cors-allow-origin", "https://ok.example, $http_origin"),
+            ("cors-allow-methods", "GET; rm -rf"),
+            ("cors-allow-headers", "X-A\r\nSet-Cookie: x"),
+            ("cors-max-age", "1d"),
+        ]);
+        let problems = texts(&a.problems);
+        assert_eq!(problems.len(), 4, "{problems:#?}");
+        for (key, needle) in [
+            ("cors-allow-origin", "\"$http_origin\" is not an origin"),
+            ("cors-allow-methods", "is not a list of methods"),
+            ("cors-allow-headers", "is not a list of header names"),
+            ("cors-max-age", "\"1d\" is not a non-negative integer"),
+        ] {
+            let field = format!("metadata.annotations[nginx.ingress.kubernetes.io/{key}]: ");
+            assert!(
+                problems
+                    .iter()
+                    .any(|p| p.contains(&field) && p.contains(needle)),
+                "{key}: {problems:#?}"
+            );
+        }
+    }
+
+    #[test]
+    fn redirects() {
+        let permanent = parse(&[("permanent-redirect", "https://new.example.com$request_uri")]);
+        let redirect = permanent.policy.redirect.expect("redirect");
+        assert_eq!(redirect.status, 301);
+        assert_eq!(
+            redirect.location("http", "old.example.com", "/a?b=1"),
+            "https://new.example.com/a?b=1"
+        );
+        let coded = parse(&[
+            ("permanent-redirect", "https://$host/moved"),
+            ("permanent-redirect-code", "308"),
+        ]);
+        let redirect = coded.policy.redirect.expect("redirect");
+        assert_eq!(redirect.status, 308);
+        assert_eq!(
+            redirect.location("https", "a.example", "/x"),
+            "https://a.example/moved"
+        );
+        // Temporal wins when both are set (ingress-nginx checks it first).
+        let both = parse(&[
+            ("permanent-redirect", "https://p.example"),
+            ("temporal-redirect", "$scheme://t.example$request_uri"),
+        ]);
+        let redirect = both.policy.redirect.expect("redirect");
+        assert_eq!(redirect.status, 302);
+        assert_eq!(redirect.location("http", "h", "/q"), "http://t.example/q");
+        assert_eq!(parse(&[]).policy.redirect, None);
+    }
+
+    #[test]
+    fn bad_redirects_refuse_the_ingress() {
+        for (pairs, needle) in [
+            (
+                vec![("permanent-redirect", "ftp://files.example")],
+                "is not an http or https URL",
+            ),
+            (
+                vec![("permanent-redirect", "https://x.example$remote_addr")],
+                "$remote_addr is not expanded by rvs",
+            ),
+            (
+                vec![
+                    ("temporal-redirect", "https://x.example"),
+                    ("temporal-redirect-code", "200"),
+                ],
+                "\"200\" is not a redirect status (300-308)",
+            ),
+        ] {
+            let a = parse(&pairs);
+            let problems = texts(&a.problems);
+            assert!(
+                problems.iter().any(|p| p.contains(needle)),
+                "{pairs:?}: {problems:#?}"
+            );
+        }
+    }
+
+    #[test]
     fn snippets_are_refused() {
         let a = parse(&[
             ("configuration-snippet", "more_set_headers \"X: y\";"),
@@ -689,7 +889,7 @@ mod tests {
     fn unsupported_annotations_are_warned() {
         let a = parse(&[
             ("auth-url", "http://auth"),
-            ("enable-cors", "true"),
+            ("custom-http-errors", "404"),
             ("rvs.io/scheduler", "mh"),
             ("kubernetes.io/ingress.class", "rvs"),
             ("example.com/other", "x"),
@@ -699,7 +899,7 @@ mod tests {
             texts(&a.warnings),
             [
                 "api: Ingress default/web: annotation auth-url: not supported by rvs; ignored",
-                "api: Ingress default/web: annotation enable-cors: not supported by rvs; ignored",
+                "api: Ingress default/web: annotation custom-http-errors: not supported by rvs; ignored",
                 "api: Ingress default/web: annotation rvs.io/scheduler: not supported on an Ingress; ignored",
             ]
         );

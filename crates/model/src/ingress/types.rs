@@ -542,6 +542,10 @@ pub struct RoutePolicy {
     pub access_log: bool,
     /// `load-balance` / `upstream-hash-by`.
     pub balancing: Balancing,
+    /// `enable-cors` and the `cors-*` annotations.
+    pub cors: Option<Cors>,
+    /// `temporal-redirect` / `permanent-redirect`: every request is answered with it.
+    pub redirect: Option<Redirect>,
 }
 
 impl Default for RoutePolicy {
@@ -568,7 +572,126 @@ impl Default for RoutePolicy {
             forwarded_prefix: None,
             access_log: true,
             balancing: Balancing::RoundRobin,
+            cors: None,
+            redirect: None,
         }
+    }
+}
+
+/// CORS as ingress-nginx answers it: on an allowed origin every response gets the
+/// `Access-Control-*` headers, and an `OPTIONS` request (a preflight) is answered 204 by the
+/// gateway without reaching the backend.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Cors {
+    pub allow_origin: CorsOrigins,
+    /// `cors-allow-methods`, as written.
+    pub allow_methods: String,
+    /// `cors-allow-headers`, as written.
+    pub allow_headers: String,
+    /// `cors-expose-headers` (none by default).
+    pub expose_headers: Option<String>,
+    /// `cors-allow-credentials` (default true).
+    pub allow_credentials: bool,
+    /// `cors-max-age`, seconds.
+    pub max_age: u64,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum CorsOrigins {
+    /// `*` (the default): every request, with or without `Origin`, gets
+    /// `Access-Control-Allow-Origin: *`.
+    Any,
+    /// Only requests whose `Origin` is one of these (`scheme://host[:port]`, case-insensitive;
+    /// `https://*.example.com` stands for one label) get the headers, with their own origin.
+    Listed(Vec<String>),
+}
+
+impl Default for Cors {
+    fn default() -> Self {
+        Cors {
+            allow_origin: CorsOrigins::Any,
+            allow_methods: "GET, PUT, POST, DELETE, PATCH, OPTIONS".into(),
+            allow_headers: "DNT,Keep-Alive,User-Agent,X-Requested-With,If-Modified-Since,\
+                Cache-Control,Content-Type,Range,Authorization"
+                .into(),
+            expose_headers: None,
+            allow_credentials: true,
+            max_age: 1_728_000,
+        }
+    }
+}
+
+impl Cors {
+    /// The `Access-Control-Allow-Origin` value for a request with this `Origin` header, or
+    /// None when the request gets no CORS headers (its origin is not listed).
+    pub fn allowed_origin<'a>(&self, origin: Option<&'a str>) -> Option<&'a str> {
+        match &self.allow_origin {
+            CorsOrigins::Any => Some("*"),
+            CorsOrigins::Listed(patterns) => {
+                let origin = origin?;
+                patterns
+                    .iter()
+                    .any(|p| origin_matches(p, origin))
+                    .then_some(origin)
+            }
+        }
+    }
+}
+
+/// Whether `origin` matches `pattern`: equal ignoring ASCII case, or, for
+/// `scheme://*.rest`, one DNS label (letters, digits, `-`) in place of the `*`.
+pub fn origin_matches(pattern: &str, origin: &str) -> bool {
+    let Some((prefix, suffix)) = pattern.split_once('*') else {
+        return pattern.eq_ignore_ascii_case(origin);
+    };
+    let (Some(head), Some(rest)) = (origin.get(..prefix.len()), origin.get(prefix.len()..)) else {
+        return false;
+    };
+    let Some(label_len) = rest.len().checked_sub(suffix.len()) else {
+        return false;
+    };
+    let (Some(label), Some(tail)) = (rest.get(..label_len), rest.get(label_len..)) else {
+        return false;
+    };
+    head.eq_ignore_ascii_case(prefix)
+        && tail.eq_ignore_ascii_case(suffix)
+        && !label.is_empty()
+        && label
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'-')
+}
+
+/// `temporal-redirect` (302 by default) or `permanent-redirect` (301): the `Location` is the
+/// URL as written, with `$request_uri`, `$host` and `$scheme` filled in per request.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Redirect {
+    pub status: u16,
+    pub location: Vec<RedirectPart>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum RedirectPart {
+    Text(String),
+    /// nginx's `$request_uri`: the path and query as the client sent them.
+    RequestUri,
+    /// `$host`: the request's host, without port.
+    Host,
+    /// `$scheme`: `http` or `https`.
+    Scheme,
+}
+
+impl Redirect {
+    /// The `Location` for one request.
+    pub fn location(&self, scheme: &str, host: &str, request_uri: &str) -> String {
+        self.location
+            .iter()
+            .map(|part| match part {
+                RedirectPart::Text(text) => text.as_str(),
+                RedirectPart::RequestUri => request_uri,
+                RedirectPart::Host => host,
+                RedirectPart::Scheme => scheme,
+            })
+            .collect()
     }
 }
 
@@ -688,4 +811,72 @@ pub struct IngressBuild {
     /// The warnings that are a host and path another (older) Ingress already serves: what
     /// the admission webhook refuses.
     pub conflicts: Vec<Problem>,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    #[test]
+    fn origins_match_exactly_or_one_label_for_the_wildcard() {
+        assert!(origin_matches("https://a.example", "https://a.example"));
+        assert!(origin_matches("https://a.example", "HTTPS://A.Example"));
+        assert!(!origin_matches("https://a.example", "http://a.example"));
+        assert!(!origin_matches(
+            "https://a.example",
+            "https://a.example:8443"
+        ));
+        assert!(!origin_matches(
+            "https://a.example",
+            "https://a.example.evil"
+        ));
+        let wild = "https://*.example.com:8443";
+        assert!(origin_matches(wild, "https://app.example.com:8443"));
+        assert!(origin_matches(wild, "https://App-2.EXAMPLE.com:8443"));
+        assert!(!origin_matches(wild, "https://example.com:8443"));
+        assert!(!origin_matches(wild, "https://.example.com:8443"));
+        assert!(!origin_matches(wild, "https://a.b.example.com:8443"));
+        assert!(!origin_matches(wild, "https://app.example.com"));
+        assert!(!origin_matches(wild, "https://évil.example.com:8443"));
+        assert!(!origin_matches(wild, "h"));
+    }
+
+    #[test]
+    fn allowed_origin() {
+        let any = Cors::default();
+        assert_eq!(any.allowed_origin(None), Some("*"));
+        assert_eq!(any.allowed_origin(Some("https://x.example")), Some("*"));
+        let listed = Cors {
+            allow_origin: CorsOrigins::Listed(vec!["https://*.example.com".into()]),
+            ..Cors::default()
+        };
+        assert_eq!(listed.allowed_origin(None), None);
+        assert_eq!(
+            listed.allowed_origin(Some("https://app.example.com")),
+            Some("https://app.example.com")
+        );
+        assert_eq!(listed.allowed_origin(Some("https://app.example.net")), None);
+    }
+
+    proptest! {
+        /// A wildcard origin admits exactly one label of letters, digits and `-` in the
+        /// place of its `*`, whatever the rest of the origin.
+        #[test]
+        fn wildcard_is_one_label(label in "[A-Za-z0-9.-]{0,12}", port in 1u16..) {
+            let pattern = format!("https://*.example.com:{port}");
+            let origin = format!("https://{label}.example.com:{port}");
+            let one_label = !label.is_empty() && !label.contains('.');
+            prop_assert_eq!(origin_matches(&pattern, &origin), one_label);
+            // Any other suffix or scheme: never.
+            let other = format!("http://{label}.example.com:{port}");
+            prop_assert!(!origin_matches(&pattern, &other));
+        }
+
+        /// Never panics, whatever the bytes.
+        #[test]
+        fn matching_arbitrary_text_is_total(pattern in ".{0,20}", origin in ".{0,20}") {
+            let _ = origin_matches(&pattern, &origin);
+        }
+    }
 }

@@ -2,9 +2,12 @@
 //! booleans, CIDR lists and `proxy-next-upstream`. Each returns the message of a bad value
 //! (without the field: the caller names it).
 
+use std::sync::LazyLock;
 use std::time::Duration;
 
-use super::types::{Balancing, HashKey, HashKeyPart, NextUpstream};
+use regex::Regex;
+
+use super::types::{Balancing, CorsOrigins, HashKey, HashKeyPart, NextUpstream, RedirectPart};
 
 /// nginx time syntax: `60`, `60s`, `500ms`, `1h`, `1h30m`, `2d` (units ms s m h d w M y;
 /// none = seconds).
@@ -122,6 +125,128 @@ pub fn cidr_list(raw: &str) -> Result<Vec<ipnet::IpNet>, String> {
     out.sort();
     out.dedup();
     Ok(out)
+}
+
+/// ingress-nginx's checks of the `cors-*` lists (the values go into response headers as
+/// written, so only plain tokens pass).
+static CORS_ORIGIN: LazyLock<Regex> = LazyLock::new(|| {
+    Regex::new(r"^https?://(\*\.)?[A-Za-z0-9\-\.]+(:[0-9]+)?$").expect("static regex")
+});
+static CORS_METHODS: LazyLock<Regex> =
+    LazyLock::new(|| Regex::new(r"^([A-Za-z]+,?\s?)+$").expect("static regex"));
+static CORS_HEADERS: LazyLock<Regex> =
+    LazyLock::new(|| Regex::new(r"^([A-Za-z0-9\-_]+,?\s?)+$").expect("static regex"));
+static CORS_EXPOSE_HEADERS: LazyLock<Regex> =
+    LazyLock::new(|| Regex::new(r"^(([A-Za-z0-9\-_]+|\*),?\s?)+$").expect("static regex"));
+
+/// `cors-allow-origin`: `*`, or comma-separated `http(s)://host[:port]` origins, where the
+/// host may start with `*.` (one label). A `*` among them means any origin.
+pub fn cors_origins(raw: &str) -> Result<CorsOrigins, String> {
+    let mut listed = Vec::new();
+    for origin in raw.split(',').map(str::trim).filter(|s| !s.is_empty()) {
+        if origin == "*" {
+            return Ok(CorsOrigins::Any);
+        }
+        if !CORS_ORIGIN.is_match(origin) {
+            return Err(format!(
+                "{origin:?} is not an origin (http(s)://host[:port], host may start with *.)"
+            ));
+        }
+        listed.push(origin.to_string());
+    }
+    if listed.is_empty() {
+        return Err(format!("{raw:?} names no origin"));
+    }
+    Ok(CorsOrigins::Listed(listed))
+}
+
+fn header_list(raw: &str, pattern: &Regex, what: &str) -> Result<String, String> {
+    let value = raw.trim();
+    if pattern.is_match(value) {
+        Ok(value.to_string())
+    } else {
+        Err(format!("{raw:?} is not a list of {what}"))
+    }
+}
+
+/// `cors-allow-methods`: method names separated by commas and/or spaces.
+pub fn cors_methods(raw: &str) -> Result<String, String> {
+    header_list(
+        raw,
+        &CORS_METHODS,
+        "methods (letters, separated by , or space)",
+    )
+}
+
+/// `cors-allow-headers`: header names separated by commas and/or spaces.
+pub fn cors_headers(raw: &str) -> Result<String, String> {
+    header_list(
+        raw,
+        &CORS_HEADERS,
+        "header names (letters, digits, - and _)",
+    )
+}
+
+/// `cors-expose-headers`: header names or `*`.
+pub fn cors_expose_headers(raw: &str) -> Result<String, String> {
+    header_list(raw, &CORS_EXPOSE_HEADERS, "header names or *")
+}
+
+/// A redirect URL (`permanent-redirect`, `temporal-redirect`): http or https, with nginx's
+/// `$request_uri`, `$host` and `$scheme` as the only variables (rvs runs no configuration
+/// text, so any other `$name` is refused rather than sent literally).
+pub fn redirect_location(raw: &str) -> Result<Vec<RedirectPart>, String> {
+    let url = raw.trim();
+    let lower = url.to_ascii_lowercase();
+    if !(lower.starts_with("http://")
+        || lower.starts_with("https://")
+        || url.starts_with("$scheme://"))
+    {
+        return Err(format!("{raw:?} is not an http or https URL"));
+    }
+    if url.chars().any(|c| c.is_whitespace() || c.is_control()) {
+        return Err(format!(
+            "{raw:?}: a URL has no spaces or control characters"
+        ));
+    }
+    let mut parts = Vec::new();
+    let mut text = String::new();
+    let mut rest = url;
+    while let Some(at) = rest.find('$') {
+        text.push_str(&rest[..at]);
+        let after = &rest[at + 1..];
+        let name_len = after
+            .find(|c: char| !(c.is_ascii_alphanumeric() || c == '_'))
+            .unwrap_or(after.len());
+        let part = match &after[..name_len] {
+            "request_uri" => RedirectPart::RequestUri,
+            "host" => RedirectPart::Host,
+            "scheme" => RedirectPart::Scheme,
+            other => {
+                return Err(format!(
+                    "{raw:?}: ${other} is not expanded by rvs (only $request_uri, $host and $scheme are)"
+                ))
+            }
+        };
+        if !text.is_empty() {
+            parts.push(RedirectPart::Text(std::mem::take(&mut text)));
+        }
+        parts.push(part);
+        rest = &after[name_len..];
+    }
+    text.push_str(rest);
+    if !text.is_empty() {
+        parts.push(RedirectPart::Text(text));
+    }
+    Ok(parts)
+}
+
+/// A redirect's status (`permanent-redirect-code`, `temporal-redirect-code`): 300-308.
+pub fn redirect_code(raw: &str) -> Result<u16, String> {
+    match number::<u16>(raw) {
+        Ok(code) if (300..=308).contains(&code) => Ok(code),
+        _ => Err(format!("{raw:?} is not a redirect status (300-308)")),
+    }
 }
 
 /// `proxy-next-upstream`: space-separated conditions over `base` (its tries and total timeout
