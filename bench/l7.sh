@@ -269,23 +269,26 @@ run_wrk() { # REP CONFIG MEASURE PROXY ADDR CONNS
     local rep=$1 config=$2 measure=$3 proxy=$4 addr=$5 conns=$6 pid=$7
     local out=$WORK/runs/$rep-$config-$measure-$proxy.txt
     quiet_gap 20
-    local a0 t0 t1 a1 line
+    local a0 t0 t1 u0 u1 a1 line
     a0=$(accepted)
     t0=$(ticks_of "$pid" $(pgrep -P "$pid" || true))
+    u0=$(user_ticks_of "$pid" $(pgrep -P "$pid" || true))
     pinned wrk -t1 -c"$conns" -d"${DURATION}s" --timeout 5s -s "$WORK/report.lua" -H "Host: $HOST" \
         "http://$addr/" >"$out" 2>&1 || true
     t1=$(ticks_of "$pid" $(pgrep -P "$pid" || true))
+    u1=$(user_ticks_of "$pid" $(pgrep -P "$pid" || true))
     a1=$(accepted)
     line=$(grep '^RESULT ' "$out" || true)
     [[ -n $line ]] || die "wrk failed: $(cat "$out")"
     awk -v rep="$rep" -v c="$config" -v m="$measure" -v p="$proxy" -v dt="$((t1 - t0))" \
-        -v tick="$(getconf CLK_TCK)" -v opened="$((a1 - a0))" '
+        -v du="$((u1 - u0))" -v tick="$(getconf CLK_TCK)" -v opened="$((a1 - a0))" '
         { for (i = 2; i <= NF; i++) { split($i, kv, "="); r[kv[1]] = kv[2] } }
         END {
             secs = r["duration_us"] / 1e6; n = r["requests"];
-            printf "%s\t%s\t%s\t%s\t%.1f\t%.3f\t%.3f\t%d\t%d\t%.2f\t%.4f\n", rep, c, m, p, n / secs,
+            printf "%s\t%s\t%s\t%s\t%.1f\t%.3f\t%.3f\t%d\t%d\t%.2f\t%.4f\t%.2f\n", rep, c, m, p, n / secs,
                 r["p50_us"] / 1000, r["p99_us"] / 1000, r["errors"] + r["non2xx"], n,
-                (n > 0 ? dt / tick * 1e6 / n : 0), (n > 0 ? 1 - opened / n : 0)
+                (n > 0 ? dt / tick * 1e6 / n : 0), (n > 0 ? 1 - opened / n : 0),
+                (n > 0 ? du / tick * 1e6 / n : 0)
         }' <<<"$line" >>"$RESULTS"
     log "  $(tail -n1 "$RESULTS" | awk -F'\t' '{printf "%-8s %-7s %-6s %10s req/s  p99 %7s ms  errors %s  cpu %s us/req  reuse %s", $2, $3, $4, $5, $7, $8, $10, $11}')"
 }
@@ -306,7 +309,7 @@ run_h2load() { # REP CONFIG PROXY ADDR PID
         END {
             # h2load prints mean and sd, not percentiles: p50 column holds the mean, p99 "-".
             conv = (p50 ~ /ms$/) ? 1 : (p50 ~ /us$/ ? 0.001 : 1000); sub(/[a-z]+$/, "", p50);
-            printf "%s\t%s\th2\t%s\t%.1f\t%.3f\t-\t%d\t%d\t%.2f\t-\n", rep, c, p, rps, p50 * conv,
+            printf "%s\t%s\th2\t%s\t%.1f\t%.3f\t-\t%d\t%d\t%.2f\t-\t-\n", rep, c, p, rps, p50 * conv,
                 failed + errored, done, (done > 0 ? dt / tick * 1e6 / done : 0)
         }' "$out" >>"$RESULTS"
     log "  $(tail -n1 "$RESULTS" | awk -F'\t' '{printf "%-8s %-7s %-6s %10s req/s  mean %s ms  errors %s  cpu %s us/req", $2, $3, $4, $5, $6, $8, $10}')"
@@ -382,7 +385,7 @@ SECTION=$WORK/section.md
     echo "- Configuration, the same in both: the peer is nginx configured as ingress-nginx's template renders an Ingress (upstream \`keepalive 320\`, \`keepalive_timeout 60s\`, \`keepalive_requests 10000\`, \`keepalive_time 1h\`; HTTP/1.1 upstream with \`Connection\` cleared; ingress-nginx's \`proxy_set_header\` list incl. \`X-Request-ID \$request_id\`; client \`keepalive_timeout 75s\`, \`keepalive_requests 1000\`; \`proxy_next_upstream error timeout\`, 3 tries); rvs serves an Ingress with no annotations (the same defaults). Backends: one nginx, two addresses, \`return 200\` with 100 bytes."
     echo "- Access log: **log-on** = one JSON line per request to a file in both (nginx \`log_format ... escape=json\` with the same fields as rvs' log); **log-off** = none in both."
     echo "- Steps: ${DURATION} s each, $REPS repetition$( ((REPS > 1)) && echo s) (median), a 2 s warm-up per proxy start, whole run ${ELAPSED} s. wrk \`-t1\` (p50/p99 from its histogram); h2load \`-c 64 -m 10 -t 1 -D ${DURATION}\` over h2c prior knowledge (nginx: a \`listen ... http2\` port; rvs: its one plain port, which detects HTTP/2 per connection); h2load reports mean latency, not percentiles; h2load does not reconnect, so for this step both lift the per-connection request limit (\`keepalive_requests\` on nginx's h2c port, \`keep-alive-requests\` in rvs' ConfigMap)."
-    echo "- Proxy CPU: utime+stime of the proxy (with its children) per request. Upstream reuse: 1 - connections the backend accepted during the step (its \`stub_status\`) / requests."
+    echo "- Proxy CPU: utime+stime of the proxy (with its children) per request, and the two apart (utime: the proxy's own code; stime: the kernel working for it: socket reads and writes, loopback TCP delivery run in the writer's context, epoll). Upstream reuse: 1 - connections the backend accepted during the step (its \`stub_status\`) / requests."
     echo
     for config in log-off log-on; do
         echo "### Access log ${config#log-}"
@@ -405,6 +408,14 @@ SECTION=$WORK/section.md
             fi
             n=$(med "$config" "$m" nginx 10) r=$(med "$config" "$m" rvs 10)
             echo "| ${LABEL[$m]}: proxy CPU µs/request (lower is better) | $(fmt 2 "$n") | $(fmt 2 "$r") | $(ratio "$r" "$n") |"
+            if [[ $m != h2 ]]; then
+                # Split: the proxy's own code vs the kernel working for it.
+                un=$(med "$config" "$m" nginx 12) ur=$(med "$config" "$m" rvs 12)
+                kn=$(awk -v a="$n" -v b="$un" 'BEGIN {print a - b}')
+                kr=$(awk -v a="$r" -v b="$ur" 'BEGIN {print a - b}')
+                echo "| … of which in the proxy's own code (user), µs | $(fmt 2 "$un") | $(fmt 2 "$ur") | $(ratio "$ur" "$un") |"
+                echo "| … of which in the kernel (system), µs | $(fmt 2 "$kn") | $(fmt 2 "$kr") | $(ratio "$kr" "$kn") |"
+            fi
         done
         echo
     done
@@ -416,7 +427,7 @@ SECTION=$WORK/section.md
     echo "| RSS with the idle connections, MiB | $(fmt 1 "$(awk -v k="${MEM_IDLE[nginx]}" 'BEGIN {print k / 1024}')") | $(fmt 1 "$(awk -v k="${MEM_IDLE[rvs]}" 'BEGIN {print k / 1024}')") | $(ratio "${MEM_IDLE[rvs]}" "${MEM_IDLE[nginx]}") |"
     echo "| KiB per idle connection | $(awk -v a="${MEM_BASE[nginx]}" -v b="${MEM_IDLE[nginx]}" -v n="$IDLE_CONNS" 'BEGIN {printf "%.1f", (b - a) / n}') | $(awk -v a="${MEM_BASE[rvs]}" -v b="${MEM_IDLE[rvs]}" -v n="$IDLE_CONNS" 'BEGIN {printf "%.1f", (b - a) / n}') | - |"
     echo
-    echo "(nginx: master + worker. Each connection carried one request, then stayed open and idle.)"
+    echo "(nginx: master + worker. Each connection carried one request, then stayed open and idle; RSS is read 2 s after the last one opened, by when rvs has parked them all: after 1 s without a request a plain HTTP/1.1 connection gives back hyper's buffers.)"
     echo
     echo "rvs' own pool counters after the last log-on run:"
     echo
@@ -426,9 +437,9 @@ SECTION=$WORK/section.md
     echo
     echo "<details><summary>Every run</summary>"
     echo
-    echo "| rep | access log | measurement | proxy | req/s | p50 (h2: mean) ms | p99 ms | errors | requests | CPU µs/req | upstream reuse |"
-    echo "| ---: | --- | --- | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: |"
-    awk -F'\t' '{printf "| %s | %s | %s | %s | %s | %s | %s | %s | %s | %s | %s |\n", $1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11}' "$RESULTS"
+    echo "| rep | access log | measurement | proxy | req/s | p50 (h2: mean) ms | p99 ms | errors | requests | CPU µs/req | upstream reuse | user CPU µs/req |"
+    echo "| ---: | --- | --- | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |"
+    awk -F'\t' '{printf "| %s | %s | %s | %s | %s | %s | %s | %s | %s | %s | %s | %s |\n", $1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12}' "$RESULTS"
     echo
     echo "</details>"
 } >"$SECTION"

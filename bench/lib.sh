@@ -91,13 +91,17 @@ port_free() {
 }
 
 # cpu_ticks PID: utime+stime of a process (all its threads), in clock ticks.
-cpu_ticks() {
+cpu_ticks() { # PID [user]: utime+stime, or utime alone
     # Field 2 (comm) may contain spaces: cut everything up to the last ')'.
     local stat
     stat=$(<"/proc/$1/stat") || return 1
     stat=${stat##*) }
     # After the cut, utime and stime are fields 12 and 13.
-    awk '{print $12 + $13}' <<<"$stat"
+    if [[ ${2:-} == user ]]; then
+        awk '{print $12}' <<<"$stat"
+    else
+        awk '{print $12 + $13}' <<<"$stat"
+    fi
 }
 
 # ticks_of PID...: utime+stime of these processes, summed (those gone count 0).
@@ -105,6 +109,16 @@ ticks_of() {
     local pid sum=0 t
     for pid in "$@"; do
         t=$(cpu_ticks "$pid" 2>/dev/null) || t=0
+        sum=$((sum + t))
+    done
+    echo "$sum"
+}
+
+# user_ticks_of PID...: utime alone (time in the process's own code, not the kernel's).
+user_ticks_of() {
+    local pid sum=0 t
+    for pid in "$@"; do
+        t=$(cpu_ticks "$pid" user 2>/dev/null) || t=0
         sum=$((sum + t))
     done
     echo "$sum"

@@ -49,6 +49,11 @@ pub struct WriteStall {
 }
 
 impl WriteStall {
+    /// A write is waiting for the peer to read.
+    pub fn stalled(&self) -> bool {
+        self.armed
+    }
+
     pub fn new(timeout: Duration, message: &'static str) -> Self {
         WriteStall {
             timeout,

@@ -109,6 +109,8 @@ pub struct Metrics {
     pub config_hash: Gauge<f64, std::sync::atomic::AtomicU64>,
     pub reloads: Family<ReloadLabels, Counter>,
     pub client_connections: Gauge,
+    /// Idle plain HTTP/1.1 client connections parked without hyper's buffers.
+    pub parked_connections: Gauge,
     pub access_log_dropped: Counter,
     pool: Arc<PoolStats>,
     cache: Arc<Mutex<HashMap<CacheKey, Arc<RequestMetrics>>>>,
@@ -144,6 +146,7 @@ impl Metrics {
             config_hash: Gauge::default(),
             reloads: Family::default(),
             client_connections: Gauge::default(),
+            parked_connections: Gauge::default(),
             access_log_dropped: Counter::default(),
             pool,
             cache: Arc::default(),
@@ -236,6 +239,11 @@ impl Metrics {
             self.client_connections.clone(),
         );
         let rvs = registry.sub_registry_with_prefix("rvs_gateway");
+        rvs.register(
+            "parked_client_connections",
+            "Idle HTTP/1.1 client connections holding no buffers (parked after 1 s idle)",
+            self.parked_connections.clone(),
+        );
         rvs.register(
             "config_reloads",
             "Routing table swaps by result",

@@ -11,6 +11,7 @@ use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::Duration;
 
+use bytes::Bytes;
 use hyper::server::conn::{http1, http2};
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
@@ -175,8 +176,13 @@ async fn serve(
             let Ok(Ok(http2)) = first.await else {
                 return;
             };
-            let io = ClientIo::new(stream, in_flight, settings.keep_alive, guard(http2));
-            drive(io, http2, conn, shared, &settings).await;
+            let mut io = ClientIo::new(stream, in_flight, settings.keep_alive, guard(http2));
+            if http2 {
+                drive(io, http2, conn, shared, &settings).await;
+            } else {
+                io.park_after = Some(PARK_AFTER);
+                serve_http1(io, conn, shared, &settings).await;
+            }
         }
         Some(acceptor) => {
             // Boxed: TLS state is large, and plain connections' tasks must not carry room
@@ -243,6 +249,98 @@ macro_rules! until_done {
     }};
 }
 
+/// Resolves when the connection should finish what is in flight and close: shutdown, or an
+/// HTTP/2 connection's last allowed stream.
+fn stopping(shared: &Shared, conn: &Arc<ClientConn>) -> impl Future<Output = ()> + 'static {
+    let mut shutdown = shared.shutdown.clone();
+    let retiring = conn.clone();
+    async move {
+        tokio::select! {
+            _ = shutdown.wait_for(|stop| *stop) => {}
+            () = retiring.retire.notified() => {}
+        }
+    }
+}
+
+/// hyper's HTTP/1.1 server as ingress-nginx's settings configure it.
+fn http1_builder(settings: &rvs_model::ingress::GlobalSettings) -> http1::Builder {
+    let mut builder = http1::Builder::new();
+    builder
+        .timer(TokioTimer::new())
+        .keep_alive(!settings.keep_alive.is_zero())
+        .header_read_timeout(settings.client_header_timeout)
+        // The whole request head must fit: above it hyper answers 431.
+        .max_header_size(settings.max_header_bytes);
+    builder
+}
+
+/// How long a plain HTTP/1.1 connection may sit idle before it is parked. A second keeps
+/// busy connections (a request every few milliseconds) with hyper throughout.
+const PARK_AFTER: Duration = Duration::from_secs(1);
+
+/// Plain HTTP/1.1, with parking: hyper serves the connection until it has been idle for
+/// [`PARK_AFTER`]; then its connection (state, 8 KiB read and 8 KiB write buffer) is
+/// dropped and only the socket waits, for the client's next request (a new hyper connection
+/// takes it, with whatever hyper had read) or the end of the keep-alive timeout. nginx
+/// likewise frees an idle keep-alive connection's buffers; thousands of idle clients then
+/// cost little memory.
+async fn serve_http1(
+    mut io: ClientIo<TcpStream>,
+    conn: Arc<ClientConn>,
+    shared: &Arc<Shared>,
+    settings: &rvs_model::ingress::GlobalSettings,
+) {
+    let parked_gauge = &shared.metrics.parked_connections;
+    loop {
+        let service_shared = shared.clone();
+        let service_conn = conn.clone();
+        let service = service_fn(move |req| {
+            crate::proxy::handle(req, service_conn.clone(), service_shared.clone())
+        });
+        // Boxed: dropped while parked, so an idle connection's task keeps no room for it.
+        let mut connection = Box::new(
+            http1_builder(settings)
+                .serve_connection(TokioIo::new(io), service)
+                .with_upgrades(),
+        );
+        let stopped = tokio::select! {
+            result = &mut *connection => {
+                if let Err(e) = result {
+                    tracing::debug!("client connection ended: {e}");
+                }
+                false
+            }
+            () = stopping(shared, &conn) => {
+                Pin::new(&mut *connection).graceful_shutdown();
+                if let Err(e) = (&mut *connection).await {
+                    tracing::debug!("client connection ended during shutdown: {e}");
+                }
+                true
+            }
+        };
+        // None: upgraded (the tunnel has the socket now).
+        let Some(parts) = connection.into_parts() else {
+            return;
+        };
+        io = parts.io.into_inner();
+        if stopped || !io.parked {
+            return;
+        }
+        parked_gauge.inc();
+        let deadline = io.keep_alive_deadline();
+        let woken = tokio::select! {
+            readable = io.inner.readable() => readable.is_ok(),
+            () = tokio::time::sleep_until(deadline) => false,
+            () = stopping(shared, &conn) => false,
+        };
+        parked_gauge.dec();
+        if !woken {
+            return;
+        }
+        io.unpark(parts.read_buf);
+    }
+}
+
 async fn drive<T>(
     io: ClientIo<T>,
     http2: bool,
@@ -253,16 +351,9 @@ async fn drive<T>(
     T: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
     let service_shared = shared.clone();
-    let retiring = conn.clone();
+    let stopping = stopping(shared, &conn);
     let service =
         service_fn(move |req| crate::proxy::handle(req, conn.clone(), service_shared.clone()));
-    let mut shutdown = shared.shutdown.clone();
-    let stopping = async move {
-        tokio::select! {
-            _ = shutdown.wait_for(|stop| *stop) => {}
-            () = retiring.retire.notified() => {}
-        }
-    };
     let io = TokioIo::new(io);
     if http2 {
         let mut builder = http2::Builder::new(TokioExecutor::new());
@@ -275,14 +366,9 @@ async fn drive<T>(
         let mut connection = Box::pin(builder.serve_connection(io, service));
         until_done!(connection.as_mut(), stopping);
     } else {
-        let mut builder = http1::Builder::new();
-        builder
-            .timer(TokioTimer::new())
-            .keep_alive(!settings.keep_alive.is_zero())
-            .header_read_timeout(settings.client_header_timeout)
-            // The whole request head must fit: above it hyper answers 431.
-            .max_header_size(settings.max_header_bytes);
-        let mut connection = std::pin::pin!(builder.serve_connection(io, service).with_upgrades());
+        let mut connection = std::pin::pin!(http1_builder(settings)
+            .serve_connection(io, service)
+            .with_upgrades());
         until_done!(connection.as_mut(), stopping);
     }
 }
@@ -294,8 +380,17 @@ pub struct ClientIo<T> {
     in_flight: Arc<AtomicUsize>,
     keep_alive: Duration,
     idle: Option<Pin<Box<Sleep>>>,
-    /// The idle timer is running for the current quiet period.
+    /// The idle timer is running for the current quiet period, which began then.
     armed: bool,
+    quiet_since: Instant,
+    /// Plain HTTP/1.1: after this long without a request the connection is parked: reading
+    /// ends (hyper's connection finishes and is dropped with its buffers) and
+    /// [`serve_http1`] waits on the bare socket until the client speaks again.
+    park_after: Option<Duration>,
+    /// Reading ended because of a park, not the client: shutdown must leave the socket open.
+    parked: bool,
+    /// Bytes hyper had read but not used when the connection was parked: read first.
+    replay: Bytes,
     framing: FramingGuard,
     /// Bytes were read before (the HTTP/2 preface can only be at the very start).
     seen_bytes: bool,
@@ -355,6 +450,10 @@ impl<T> ClientIo<T> {
             keep_alive,
             idle: None,
             armed: false,
+            quiet_since: Instant::now(),
+            park_after: None,
+            parked: false,
+            replay: Bytes::new(),
             framing,
             seen_bytes: false,
             write_stall: WriteStall::new(
@@ -362,6 +461,27 @@ impl<T> ClientIo<T> {
                 "client did not read for send_timeout",
             ),
         }
+    }
+
+    /// When the keep-alive timeout of the current quiet period runs out.
+    fn keep_alive_deadline(&self) -> Instant {
+        self.quiet_since + self.keep_alive
+    }
+
+    /// Back from a park: `unread` (what hyper had read of the next request, if anything) is
+    /// read again first.
+    fn unpark(&mut self, unread: Bytes) {
+        self.parked = false;
+        self.armed = false;
+        self.replay = unread;
+    }
+
+    /// Nothing in flight, no request head half read, no response waiting for the client.
+    fn may_park(&self) -> bool {
+        self.park_after.is_some()
+            && self.in_flight.load(Ordering::Acquire) == 0
+            && !self.framing.scanner.in_head()
+            && !self.write_stall.stalled()
     }
 }
 
@@ -372,6 +492,12 @@ impl<T: AsyncRead + Unpin> AsyncRead for ClientIo<T> {
         buf: &mut ReadBuf<'_>,
     ) -> Poll<io::Result<()>> {
         let this = self.get_mut();
+        if !this.replay.is_empty() {
+            // Already seen by the framing guard when first read.
+            let n = this.replay.len().min(buf.remaining());
+            buf.put_slice(&this.replay.split_to(n));
+            return Poll::Ready(Ok(()));
+        }
         let before = buf.filled().len();
         match Pin::new(&mut this.inner).poll_read(cx, buf) {
             Poll::Ready(r) => {
@@ -397,13 +523,32 @@ impl<T: AsyncRead + Unpin> AsyncRead for ClientIo<T> {
                     .idle
                     .get_or_insert_with(|| Box::pin(tokio::time::sleep(keep_alive)));
                 if !this.armed {
-                    idle.as_mut().reset(Instant::now() + keep_alive);
+                    this.quiet_since = Instant::now();
+                    let first = this.park_after.map_or(keep_alive, |p| p.min(keep_alive));
+                    idle.as_mut().reset(this.quiet_since + first);
                     this.armed = true;
                 }
-                match idle.as_mut().poll(cx) {
-                    // End of stream: the connection closes quietly, as nginx's does.
-                    Poll::Ready(()) => Poll::Ready(Ok(())),
-                    Poll::Pending => Poll::Pending,
+                loop {
+                    let fired = match this.idle.as_mut() {
+                        Some(timer) => timer.as_mut().poll(cx).is_ready(),
+                        None => false,
+                    };
+                    if !fired {
+                        return Poll::Pending;
+                    }
+                    // End of stream either way: the keep-alive timeout closes the connection
+                    // quietly, as nginx's does; a park hands the socket back to serve_http1.
+                    if Instant::now() >= this.keep_alive_deadline() {
+                        return Poll::Ready(Ok(()));
+                    }
+                    if this.may_park() {
+                        this.parked = true;
+                        return Poll::Ready(Ok(()));
+                    }
+                    let deadline = this.keep_alive_deadline();
+                    if let Some(timer) = this.idle.as_mut() {
+                        timer.as_mut().reset(deadline);
+                    }
                 }
             }
         }
@@ -440,6 +585,11 @@ impl<T: AsyncWrite + Unpin> AsyncWrite for ClientIo<T> {
     }
 
     fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        Pin::new(&mut self.get_mut().inner).poll_shutdown(cx)
+        let this = self.get_mut();
+        if this.parked {
+            // The connection lives on without hyper: no FIN.
+            return Poll::Ready(Ok(()));
+        }
+        Pin::new(&mut this.inner).poll_shutdown(cx)
     }
 }

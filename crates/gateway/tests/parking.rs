@@ -1,0 +1,182 @@
+//! Idle plain HTTP/1.1 client connections are parked after a second without a request: hyper's
+//! connection and buffers are dropped, the socket stays open, and the next request on it is
+//! served as if nothing happened. Raw sockets, so every byte on the wire is the test's.
+
+mod common;
+
+use std::time::{Duration, Instant};
+
+use common::{path, rule, Backend, Env, Manifests};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+
+/// Longer than the gateway's one second before it parks an idle connection.
+const PAST_PARK: Duration = Duration::from_millis(1600);
+
+async fn env(config: &[(&str, &str)]) -> (Env, Backend) {
+    let b = Backend::echo("web").await;
+    let mut m = Manifests::new();
+    for (k, v) in config {
+        m.config(k, v);
+    }
+    m.service("web", &[b.addr]).ingress(
+        "web",
+        &[],
+        &[rule(Some("p.example.com"), &[path("/", "Prefix", "web")])],
+        "",
+    );
+    (Env::start(&m).await, b)
+}
+
+fn parked(env: &Env) -> u64 {
+    env.metrics_text()
+        .lines()
+        .find_map(|l| l.strip_prefix("rvs_gateway_parked_client_connections "))
+        .and_then(|v| v.trim().parse().ok())
+        .expect("parked connections gauge")
+}
+
+/// Reads one response (head and Content-Length body); returns the head.
+async fn read_response(tcp: &mut TcpStream) -> String {
+    read_exchange(tcp).await.0
+}
+
+/// Reads one response: its head and its Content-Length body.
+async fn read_exchange(tcp: &mut TcpStream) -> (String, String) {
+    let mut data = Vec::new();
+    let mut chunk = [0u8; 4096];
+    loop {
+        if let Some(end) = data.windows(4).position(|w| w == b"\r\n\r\n") {
+            let head = String::from_utf8_lossy(&data[..end]).to_string();
+            let length: usize = head
+                .lines()
+                .find_map(|l| {
+                    let (name, value) = l.split_once(':')?;
+                    name.eq_ignore_ascii_case("content-length")
+                        .then(|| value.trim().parse().ok())?
+                })
+                .unwrap_or(0);
+            while data.len() < end + 4 + length {
+                let n = tcp.read(&mut chunk).await.unwrap();
+                assert!(n > 0, "connection closed inside a body");
+                data.extend_from_slice(&chunk[..n]);
+            }
+            let body = String::from_utf8_lossy(&data[end + 4..end + 4 + length]).to_string();
+            return (head, body);
+        }
+        let n = tokio::time::timeout(Duration::from_secs(10), tcp.read(&mut chunk))
+            .await
+            .expect("a response in time")
+            .unwrap();
+        assert!(n > 0, "connection closed before a response: {data:?}");
+        data.extend_from_slice(&chunk[..n]);
+    }
+}
+
+const GET: &[u8] = b"GET /x HTTP/1.1\r\nHost: p.example.com\r\n\r\n";
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_idle_connection_parks_and_serves_its_next_request() {
+    // keep-alive-requests 2: the count survives the park, so the second response closes.
+    let (env, b) = env(&[("keep-alive-requests", "2")]).await;
+    let mut tcp = TcpStream::connect(env.http).await.unwrap();
+    tcp.write_all(GET).await.unwrap();
+    let head = read_response(&mut tcp).await;
+    assert!(head.starts_with("HTTP/1.1 200"), "{head}");
+    assert!(!head.to_ascii_lowercase().contains("connection: close"));
+    assert_eq!(parked(&env), 0, "not parked while recently busy");
+    tokio::time::sleep(PAST_PARK).await;
+    assert_eq!(parked(&env), 1);
+    assert_eq!(env.gateway().client_connections(), 1, "still open");
+
+    tcp.write_all(GET).await.unwrap();
+    let head = read_response(&mut tcp).await;
+    assert!(head.starts_with("HTTP/1.1 200"), "{head}");
+    assert!(
+        head.to_ascii_lowercase().contains("connection: close"),
+        "the connection's second request of 2: {head}"
+    );
+    assert_eq!(parked(&env), 0);
+    assert_eq!(b.hits(), 2);
+    let mut rest = Vec::new();
+    let read = tokio::time::timeout(Duration::from_secs(5), tcp.read_to_end(&mut rest)).await;
+    assert!(matches!(read, Ok(Ok(0))), "closed after the last request");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_parked_connection_still_closes_at_the_keep_alive_timeout() {
+    let (env, _b) = env(&[("keep-alive", "3")]).await;
+    let mut tcp = TcpStream::connect(env.http).await.unwrap();
+    tcp.write_all(GET).await.unwrap();
+    read_response(&mut tcp).await;
+    let quiet = Instant::now();
+    tokio::time::sleep(PAST_PARK).await;
+    assert_eq!(parked(&env), 1);
+    let mut rest = Vec::new();
+    let read = tokio::time::timeout(Duration::from_secs(6), tcp.read_to_end(&mut rest)).await;
+    assert!(
+        matches!(read, Ok(Ok(0))),
+        "closed quietly: {read:?} {rest:?}"
+    );
+    let after = quiet.elapsed();
+    assert!(
+        after >= Duration::from_millis(2800) && after < Duration::from_millis(4500),
+        "closed after {after:?}, keep-alive is 3 s"
+    );
+    assert!(
+        common::eventually(Duration::from_secs(2), || parked(&env) == 0).await,
+        "no longer counted as parked"
+    );
+}
+
+/// A client that stalls inside a request head: the bytes already sent are not lost, whether
+/// the head was recognised as begun (no park) or not (parked with hyper's unread bytes, which
+/// the next connection reads first).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stalled_request_head_survives() {
+    let (env, b) = env(&[]).await;
+    // (sent before the stall, after it, parked during it)
+    for (first, rest, parks) in [
+        (&GET[..20], &GET[20..], false),
+        (&GET[..2], &GET[2..], true),
+        (&GET[..0], GET, true),
+    ] {
+        let mut tcp = TcpStream::connect(env.http).await.unwrap();
+        tcp.write_all(GET).await.unwrap();
+        read_response(&mut tcp).await;
+        tcp.write_all(first).await.unwrap();
+        tokio::time::sleep(PAST_PARK).await;
+        let sent = String::from_utf8_lossy(first);
+        assert_eq!(parked(&env), u64::from(parks), "stalled after {sent:?}");
+        tcp.write_all(rest).await.unwrap();
+        let (head, body) = read_exchange(&mut tcp).await;
+        assert!(head.starts_with("HTTP/1.1 200"), "after {sent:?}: {head}");
+        assert!(
+            body.contains("\"method\":\"GET\""),
+            "the backend got the whole request line after {sent:?}: {body}"
+        );
+    }
+    assert_eq!(b.hits(), 6);
+    assert!(b.paths.lock().unwrap().iter().all(|p| p == "/x"));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn shutdown_closes_parked_connections() {
+    let (mut env, _b) = env(&[]).await;
+    let mut tcp = TcpStream::connect(env.http).await.unwrap();
+    tcp.write_all(GET).await.unwrap();
+    read_response(&mut tcp).await;
+    tokio::time::sleep(PAST_PARK).await;
+    assert_eq!(parked(&env), 1);
+    let gateway = env.gateway.take().unwrap();
+    let start = Instant::now();
+    gateway.shutdown(Duration::from_secs(10)).await;
+    assert!(
+        start.elapsed() < Duration::from_secs(3),
+        "shutdown waited {:?} for a parked connection",
+        start.elapsed()
+    );
+    let mut rest = Vec::new();
+    let read = tokio::time::timeout(Duration::from_secs(2), tcp.read_to_end(&mut rest)).await;
+    assert!(matches!(read, Ok(Ok(0))), "closed: {read:?}");
+}
