@@ -172,13 +172,19 @@ async fn serve(
         None => {
             // HTTP/2 prior knowledge or HTTP/1.1, by the first bytes (nothing sent within
             // client-header-timeout: closed, as nginx does).
-            let first = tokio::time::timeout(settings.client_header_timeout, starts_http2(&stream));
+            // Boxed: only a new connection needs room for this wait.
+            let first = Box::pin(tokio::time::timeout(
+                settings.client_header_timeout,
+                starts_http2(&stream),
+            ));
             let Ok(Ok(http2)) = first.await else {
                 return;
             };
             let mut io = ClientIo::new(stream, in_flight, settings.keep_alive, guard(http2));
             if http2 {
-                drive(io, http2, conn, shared, &settings).await;
+                // Boxed: room for HTTP/2 (and the generic HTTP/1.1 path) would otherwise be in
+                // every plain connection's task, parked ones included.
+                Box::pin(drive(io, http2, conn, shared, &settings)).await;
             } else {
                 io.park_after = Some(PARK_AFTER);
                 serve_http1(io, conn, shared, &settings).await;
@@ -292,53 +298,67 @@ async fn serve_http1(
 ) {
     let parked_gauge = &shared.metrics.parked_connections;
     loop {
-        let service_shared = shared.clone();
-        let service_conn = conn.clone();
-        let service = service_fn(move |req| {
-            crate::proxy::handle(req, service_conn.clone(), service_shared.clone())
-        });
-        // Boxed: dropped while parked, so an idle connection's task keeps no room for it.
-        let mut connection = Box::new(
-            http1_builder(settings)
-                .serve_connection(TokioIo::new(io), service)
-                .with_upgrades(),
-        );
-        let stopped = tokio::select! {
-            result = &mut *connection => {
-                if let Err(e) = result {
-                    tracing::debug!("client connection ended: {e}");
-                }
-                false
-            }
-            () = stopping(shared, &conn) => {
-                Pin::new(&mut *connection).graceful_shutdown();
-                if let Err(e) = (&mut *connection).await {
-                    tracing::debug!("client connection ended during shutdown: {e}");
-                }
-                true
-            }
-        };
-        // None: upgraded (the tunnel has the socket now).
-        let Some(parts) = connection.into_parts() else {
+        // Boxed: while parked, the task holds only what waiting on the socket needs.
+        let Some((back, unread)) = Box::pin(http1_until_idle(io, &conn, shared, settings)).await
+        else {
             return;
         };
-        io = parts.io.into_inner();
-        if stopped || !io.parked {
-            return;
-        }
+        io = back;
         parked_gauge.inc();
         let deadline = io.keep_alive_deadline();
+        let mut shutdown = shared.shutdown.clone();
         let woken = tokio::select! {
             readable = io.inner.readable() => readable.is_ok(),
             () = tokio::time::sleep_until(deadline) => false,
-            () = stopping(shared, &conn) => false,
+            _ = shutdown.wait_for(|stop| *stop) => false,
         };
         parked_gauge.dec();
         if !woken {
             return;
         }
-        io.unpark(parts.read_buf);
+        io.unpark(unread);
     }
+}
+
+/// hyper serves the connection until it parks (the socket comes back, with what hyper had
+/// read of the next request) or ends (None: closed, upgraded, or shutting down).
+async fn http1_until_idle(
+    io: ClientIo<TcpStream>,
+    conn: &Arc<ClientConn>,
+    shared: &Arc<Shared>,
+    settings: &rvs_model::ingress::GlobalSettings,
+) -> Option<(ClientIo<TcpStream>, Bytes)> {
+    let service_shared = shared.clone();
+    let service_conn = conn.clone();
+    let service = service_fn(move |req| {
+        crate::proxy::handle(req, service_conn.clone(), service_shared.clone())
+    });
+    let mut connection = http1_builder(settings)
+        .serve_connection(TokioIo::new(io), service)
+        .with_upgrades();
+    let stopped = tokio::select! {
+        result = &mut connection => {
+            if let Err(e) = result {
+                tracing::debug!("client connection ended: {e}");
+            }
+            false
+        }
+        () = stopping(shared, conn) => {
+            Pin::new(&mut connection).graceful_shutdown();
+            if let Err(e) = (&mut connection).await {
+                tracing::debug!("client connection ended during shutdown: {e}");
+            }
+            true
+        }
+    };
+    // None: upgraded (the tunnel has the socket now).
+    let parts = connection.into_parts()?;
+    let io = parts.io.into_inner();
+    if stopped || !io.parked {
+        return None;
+    }
+    // A copy: `read_buf` shares hyper's whole read buffer, which must go now.
+    Some((io, Bytes::copy_from_slice(&parts.read_buf)))
 }
 
 async fn drive<T>(

@@ -69,7 +69,10 @@ pub(crate) fn parse_duration(s: &str) -> Result<Duration, String> {
 }
 
 // The gateway allocates and frees small buffers per request; mimalloc's thread-local free
-// lists make that markedly cheaper than glibc malloc (see docs/benchmarks.md, L7).
+// lists make that markedly cheaper than glibc malloc (see docs/benchmarks.md, L7). Built
+// without transparent huge pages (`no_thp`): a 2 MiB page stays resident while any byte of
+// it is used, which kept freed buffers of idle connections in RSS (7.1 vs 5.1 KiB per idle
+// connection).
 #[global_allocator]
 static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
