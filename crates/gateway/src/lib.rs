@@ -8,6 +8,7 @@
 //! the table they started with.
 
 mod access_log;
+mod auth;
 mod balancer;
 mod body;
 mod framing;

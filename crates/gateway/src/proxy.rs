@@ -239,11 +239,18 @@ async fn proxy(
     let target = routed.target.clone();
     let grpc = is_grpc(&parts.headers);
     let settings = &table.snapshot.settings;
-    // Phase 2: admission.
+    // Phase 2: admission, then credentials (after the limits, so a flood of bad passwords
+    // is limited before any hash is computed; checking is async: slow hashes run off the
+    // event loop).
     done.slot = match admit(&parts, &routed, conn, shared, settings) {
         Ok(slot) => slot,
         Err(response) => return finish(response, done),
     };
+    if let Some(auth) = &target.policy.basic_auth {
+        if !crate::auth::allows(auth, parts.headers.get(header::AUTHORIZATION)).await {
+            return finish(unauthorized(&auth.realm, grpc), done);
+        }
+    }
     // Phase 3: backend and policy.
     let (backend, policy, canary) = choose_backend(&parts, &target);
     done.canary = canary.then(|| backend.clone());
@@ -1155,6 +1162,17 @@ fn set_cors_headers(headers: &mut HeaderMap, cors: &Cors, allowed: &str, preflig
     }
 }
 
+/// nginx's `auth_basic` refusal: 401 with the realm to ask the user for.
+fn unauthorized(realm: &str, grpc: bool) -> Response<ProxyBody> {
+    let mut response = error_response(StatusCode::UNAUTHORIZED, grpc);
+    if let Ok(challenge) = HeaderValue::from_str(&format!("Basic realm=\"{realm}\"")) {
+        response
+            .headers_mut()
+            .insert(header::WWW_AUTHENTICATE, challenge);
+    }
+    response
+}
+
 fn redirect(status: StatusCode, location: &str) -> Response<ProxyBody> {
     let mut response = html_page(status);
     if let Ok(v) = HeaderValue::from_str(location) {
@@ -1184,6 +1202,7 @@ pub fn error_response(status: StatusCode, grpc: bool) -> Response<ProxyBody> {
             StatusCode::GATEWAY_TIMEOUT => ("4", "upstream timed out"),
             StatusCode::NOT_FOUND => ("12", "no route"),
             StatusCode::FORBIDDEN => ("7", "forbidden"),
+            StatusCode::UNAUTHORIZED => ("16", "unauthenticated"),
             StatusCode::TOO_MANY_REQUESTS => ("8", "rate limited"),
             StatusCode::PAYLOAD_TOO_LARGE => ("8", "request too large"),
             _ => ("14", "upstream unavailable"),

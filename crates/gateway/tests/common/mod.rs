@@ -372,6 +372,22 @@ impl Manifests {
     }
 
     /// A `kubernetes.io/tls` Secret.
+    /// An Opaque Secret in `default` with these `stringData` keys.
+    pub fn secret(&mut self, name: &str, data: &[(&str, &str)]) -> &mut Self {
+        self.secret_in("default", name, data)
+    }
+
+    pub fn secret_in(&mut self, namespace: &str, name: &str, data: &[(&str, &str)]) -> &mut Self {
+        let mut doc = format!(
+            "apiVersion: v1\nkind: Secret\nmetadata: {{name: {name}, namespace: {namespace}}}\ntype: Opaque\nstringData:\n"
+        );
+        for (key, value) in data {
+            doc.push_str(&format!("  {}: {}\n", q(key), q(value)));
+        }
+        self.docs.push(doc);
+        self
+    }
+
     pub fn tls_secret(&mut self, name: &str, cert_pem: &str, key_pem: &str) -> &mut Self {
         self.docs.push(format!(
             "apiVersion: v1\nkind: Secret\nmetadata: {{name: {name}, namespace: default}}\ntype: kubernetes.io/tls\nstringData:\n  tls.crt: {}\n  tls.key: {}\n",

@@ -21,6 +21,8 @@ pub struct ParsedAnnotations {
     pub use_regex: bool,
     /// `canary: "true"` and its rule.
     pub canary: Option<CanaryRule>,
+    /// `auth-type: basic`: the Secret to read users from (the build resolves it).
+    pub basic_auth: Option<BasicAuthSource>,
     /// Annotations not honoured (served anyway).
     pub warnings: Vec<Problem>,
     /// Bad values and snippets: the Ingress is refused.
@@ -54,11 +56,13 @@ pub fn parse_annotations(
     let rewrite = policy.rewrite_target.is_some();
     let use_regex = p.get("use-regex", values::boolean).unwrap_or(false) || rewrite;
     let canary = p.canary();
+    let basic_auth = p.basic_auth();
     p.check_keys();
     ParsedAnnotations {
         policy,
         use_regex,
         canary,
+        basic_auth,
         warnings: p.warnings,
         problems: p.problems,
     }
@@ -119,10 +123,27 @@ const HONOURED: &[&str] = &[
     "temporal-redirect-code",
     "permanent-redirect",
     "permanent-redirect-code",
+    "auth-type",
+    "auth-secret",
+    "auth-secret-type",
+    "auth-realm",
 ];
 
 /// The `rvs.io/` annotations an Ingress may carry.
 const RVS_HONOURED: &[&str] = &["limit-rps", "limit-burst"];
+
+/// `auth-secret` (`[namespace/]name`), `auth-secret-type` and `auth-realm` of
+/// `auth-type: basic`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct BasicAuthSource {
+    /// None: the Ingress's own namespace.
+    pub namespace: Option<String>,
+    pub secret: String,
+    /// `auth-secret-type: auth-map` (a key per user) instead of `auth-file` (an htpasswd
+    /// file under the key `auth`).
+    pub map: bool,
+    pub realm: String,
+}
 
 struct Parser<'a> {
     annotations: &'a BTreeMap<String, String>,
@@ -414,6 +435,68 @@ impl Parser<'_> {
         );
         self.set("cors-max-age", values::number, &mut cors.max_age);
         Some(cors)
+    }
+
+    /// `auth-type: basic` (`digest` is refused: nginx never had it either without a module).
+    fn basic_auth(&mut self) -> Option<BasicAuthSource> {
+        self.get("auth-type", |raw| match raw.trim() {
+            "basic" => Ok(()),
+            "digest" => Err("\"digest\" is not supported by rvs (use basic)".to_string()),
+            other => Err(format!("{other:?} is not an authentication type (basic)")),
+        })?;
+        let secret = self.get("auth-secret", |raw| {
+            let raw = raw.trim();
+            let (namespace, name) = match raw.split_once('/') {
+                Some((ns, name)) => (Some(ns), name),
+                None => (None, raw),
+            };
+            let dns_label = |s: &str| {
+                !s.is_empty()
+                    && s.len() <= 253
+                    && s.bytes().all(|b| {
+                        b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-' || b == b'.'
+                    })
+            };
+            if dns_label(name) && namespace.is_none_or(dns_label) {
+                Ok((namespace.map(String::from), name.to_string()))
+            } else {
+                Err(format!("{raw:?} is not a Secret name ([namespace/]name)"))
+            }
+        });
+        let Some((namespace, secret)) = secret else {
+            if self.raw("auth-secret").is_none() {
+                let p = self.report(
+                    format!("metadata.annotations[{NGINX_PREFIX}auth-secret]"),
+                    "auth-type basic needs the Secret with the users".into(),
+                );
+                self.problems.push(p);
+            }
+            return None;
+        };
+        let map = self
+            .get("auth-secret-type", |raw| match raw.trim() {
+                "auth-file" => Ok(false),
+                "auth-map" => Ok(true),
+                other => Err(format!("{other:?} is not auth-file or auth-map")),
+            })
+            .unwrap_or(false);
+        let realm = self
+            .get("auth-realm", |raw| {
+                if raw.chars().any(|c| c == '"' || c == '\\' || c.is_control()) {
+                    Err(format!(
+                        "{raw:?}: a realm has no quotes, backslashes or control characters"
+                    ))
+                } else {
+                    Ok(raw.trim().to_string())
+                }
+            })
+            .unwrap_or_default();
+        Some(BasicAuthSource {
+            namespace,
+            secret,
+            map,
+            realm,
+        })
     }
 
     /// `temporal-redirect` wins over `permanent-redirect`, as in ingress-nginx.
@@ -861,6 +944,66 @@ mod tests {
         ] {
             let a = parse(&pairs);
             let problems = texts(&a.problems);
+            assert!(
+                problems.iter().any(|p| p.contains(needle)),
+                "{pairs:?}: {problems:#?}"
+            );
+        }
+    }
+
+    #[test]
+    fn basic_auth_annotations() {
+        assert_eq!(parse(&[]).basic_auth, None);
+        let a = parse(&[
+            ("auth-type", "basic"),
+            ("auth-secret", "auth/users"),
+            ("auth-secret-type", "auth-map"),
+            ("auth-realm", "Staff only"),
+        ]);
+        assert_eq!(texts(&a.problems), Vec::<String>::new());
+        assert_eq!(
+            a.basic_auth,
+            Some(BasicAuthSource {
+                namespace: Some("auth".into()),
+                secret: "users".into(),
+                map: true,
+                realm: "Staff only".into(),
+            })
+        );
+        let plain = parse(&[("auth-type", "basic"), ("auth-secret", "users")]);
+        let source = plain.basic_auth.expect("basic auth");
+        assert_eq!((source.namespace, source.map), (None, false));
+        for (pairs, needle) in [
+            (
+                vec![("auth-type", "digest"), ("auth-secret", "u")],
+                "\"digest\" is not supported by rvs (use basic)",
+            ),
+            (
+                vec![("auth-type", "basic")],
+                "auth-type basic needs the Secret with the users",
+            ),
+            (
+                vec![("auth-type", "basic"), ("auth-secret", "Bad_Name")],
+                "is not a Secret name",
+            ),
+            (
+                vec![
+                    ("auth-type", "basic"),
+                    ("auth-secret", "u"),
+                    ("auth-secret-type", "ldap"),
+                ],
+                "\"ldap\" is not auth-file or auth-map",
+            ),
+            (
+                vec![
+                    ("auth-type", "basic"),
+                    ("auth-secret", "u"),
+                    ("auth-realm", "a\"b"),
+                ],
+                "a realm has no quotes",
+            ),
+        ] {
+            let problems = texts(&parse(&pairs).problems);
             assert!(
                 problems.iter().any(|p| p.contains(needle)),
                 "{pairs:?}: {problems:#?}"

@@ -10,12 +10,14 @@ use std::sync::Arc;
 use k8s_openapi::api::core::v1::Secret;
 use k8s_openapi::api::networking::v1::{Ingress, IngressBackend, IngressClass};
 
-use super::annotations::parse_annotations;
+use super::annotations::NGINX_PREFIX;
+use super::annotations::{parse_annotations, BasicAuthSource};
 use super::configmap::parse_config_map;
 use super::types::{
-    Backend, BackendService, Canary, Certificate, GatewayOptions, GlobalSettings, HostMatch,
-    HostMatchOrAny, IngressBuild, IngressRef, IngressSnapshot, ParsedIngress, ParsedRule,
-    PathMatch, RegexPath, Route, RoutePolicy, RouteTarget, ServicePortRef, VirtualHost,
+    parse_htpasswd, Backend, BackendService, BasicAuth, Canary, Certificate, GatewayOptions,
+    GlobalSettings, HostMatch, HostMatchOrAny, IngressBuild, IngressRef, IngressSnapshot,
+    ParsedIngress, ParsedRule, PasswordHash, PathMatch, RegexPath, Route, RoutePolicy, RouteTarget,
+    ServicePortRef, VirtualHost,
 };
 use crate::objects::{ObjectRef, ObjectSet, Origin, Problem, Sourced};
 use crate::{Frontend, FrontendKind, Protocol, Snapshot};
@@ -258,6 +260,16 @@ fn parse_ingress(
     );
     ctx.problems.extend(annotations.problems);
     let use_regex = annotations.use_regex;
+    let mut policy = annotations.policy;
+    if let Some(source) = &annotations.basic_auth {
+        match basic_auth(secrets, &iref.namespace, source) {
+            Ok(auth) => policy.basic_auth = Some(Arc::new(auth)),
+            Err(message) => ctx.problem(
+                format!("metadata.annotations[{NGINX_PREFIX}auth-secret]"),
+                message,
+            ),
+        }
+    }
 
     let spec = ingress.spec.clone().unwrap_or_default();
     let mut rules = Vec::new();
@@ -335,7 +347,7 @@ fn parse_ingress(
         rules,
         default_backend,
         tls,
-        policy: Arc::new(annotations.policy),
+        policy: Arc::new(policy),
         canary: annotations.canary,
         created: created(ingress, &iref),
     });
@@ -501,19 +513,69 @@ fn parse_backend(
     })
 }
 
+/// The users of `auth-type: basic`: an htpasswd file under the Secret's `auth` key
+/// (`auth-file`), or one key per user whose value is the hash (`auth-map`). `stringData` is
+/// read too, as the API server would have merged it.
+fn basic_auth(
+    secrets: &[Sourced<Secret>],
+    ingress_namespace: &str,
+    source: &BasicAuthSource,
+) -> Result<BasicAuth, String> {
+    let namespace = source.namespace.as_deref().unwrap_or(ingress_namespace);
+    let name = &source.secret;
+    let secret = find_secret(secrets, namespace, name)?;
+    let mut entries: BTreeMap<String, String> = BTreeMap::new();
+    for (key, value) in secret.data.iter().flatten() {
+        entries.insert(key.clone(), String::from_utf8_lossy(&value.0).into_owned());
+    }
+    for (key, value) in secret.string_data.iter().flatten() {
+        entries.insert(key.clone(), value.clone());
+    }
+    let users = if source.map {
+        let mut users = BTreeMap::new();
+        for (user, hash) in &entries {
+            let hash = PasswordHash::parse(hash)
+                .map_err(|e| format!("Secret {namespace}/{name}: user {user}: {e}"))?;
+            users.insert(user.clone(), hash);
+        }
+        if users.is_empty() {
+            return Err(format!("Secret {namespace}/{name} has no users"));
+        }
+        users
+    } else {
+        let file = entries
+            .get("auth")
+            .ok_or_else(|| format!("Secret {namespace}/{name} has no auth (an htpasswd file)"))?;
+        parse_htpasswd(file).map_err(|e| format!("Secret {namespace}/{name}: auth: {e}"))?
+    };
+    Ok(BasicAuth {
+        realm: source.realm.clone(),
+        users,
+    })
+}
+
+fn find_secret<'a>(
+    secrets: &'a [Sourced<Secret>],
+    namespace: &str,
+    name: &str,
+) -> Result<&'a Secret, String> {
+    secrets
+        .iter()
+        .map(|s| &*s.object)
+        .find(|s| {
+            s.metadata.name.as_deref() == Some(name)
+                && namespace_of(s.metadata.namespace.as_deref()) == namespace
+        })
+        .ok_or_else(|| format!("Secret {namespace}/{name} not found"))
+}
+
 /// A `kubernetes.io/tls` Secret's chain and key, checked to look like PEM.
 fn tls_secret(
     secrets: &[Sourced<Secret>],
     namespace: &str,
     name: &str,
 ) -> Result<(Vec<u8>, Vec<u8>), String> {
-    let Some(secret) = secrets.iter().find(|s| {
-        s.object.metadata.name.as_deref() == Some(name)
-            && namespace_of(s.object.metadata.namespace.as_deref()) == namespace
-    }) else {
-        return Err(format!("Secret {namespace}/{name} not found"));
-    };
-    let secret = &secret.object;
+    let secret = find_secret(secrets, namespace, name)?;
     let kind = secret.type_.as_deref().unwrap_or("Opaque");
     if kind != TLS_SECRET_TYPE {
         return Err(format!(

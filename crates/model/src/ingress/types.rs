@@ -1,6 +1,7 @@
 //! The L7 gateway's domain: virtual hosts, routes, backends and per-Ingress policy, as
 //! ingress-nginx reads them from Ingress objects, annotations and its ConfigMap.
 
+use std::collections::BTreeMap;
 use std::fmt;
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -546,6 +547,8 @@ pub struct RoutePolicy {
     pub cors: Option<Cors>,
     /// `temporal-redirect` / `permanent-redirect`: every request is answered with it.
     pub redirect: Option<Redirect>,
+    /// `auth-type: basic`: users from the `auth-secret` Secret.
+    pub basic_auth: Option<Arc<BasicAuth>>,
 }
 
 impl Default for RoutePolicy {
@@ -574,8 +577,79 @@ impl Default for RoutePolicy {
             balancing: Balancing::RoundRobin,
             cors: None,
             redirect: None,
+            basic_auth: None,
         }
     }
+}
+
+/// HTTP Basic authentication as nginx's `auth_basic` does it: a request without valid
+/// credentials gets 401 and `WWW-Authenticate: Basic realm="..."`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct BasicAuth {
+    /// `auth-realm`.
+    pub realm: String,
+    pub users: BTreeMap<String, PasswordHash>,
+}
+
+/// A password hash as an htpasswd file holds it, in the schemes nginx reads.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum PasswordHash {
+    /// `$2y$`, `$2a$`, `$2b$` (`htpasswd -B`).
+    Bcrypt(String),
+    /// `$apr1$` (`htpasswd`'s default) and `$1$`: MD5-crypt. The whole string.
+    Md5Crypt(String),
+    /// `$5$` and `$6$`: SHA-crypt. The whole string.
+    ShaCrypt(String),
+    /// `{SHA}`: base64 of the password's SHA-1 (`htpasswd -s`).
+    Sha1(String),
+    /// `{PLAIN}`.
+    Plain(String),
+}
+
+impl PasswordHash {
+    /// The scheme of an htpasswd hash; DES `crypt` and anything else unknown is refused.
+    pub fn parse(raw: &str) -> Result<Self, String> {
+        let hash = raw.trim();
+        let known = if ["$2y$", "$2a$", "$2b$"].iter().any(|p| hash.starts_with(p)) {
+            PasswordHash::Bcrypt(hash.to_string())
+        } else if hash.starts_with("$apr1$") || hash.starts_with("$1$") {
+            PasswordHash::Md5Crypt(hash.to_string())
+        } else if hash.starts_with("$5$") || hash.starts_with("$6$") {
+            PasswordHash::ShaCrypt(hash.to_string())
+        } else if let Some(digest) = hash.strip_prefix("{SHA}") {
+            PasswordHash::Sha1(digest.to_string())
+        } else if let Some(plain) = hash.strip_prefix("{PLAIN}") {
+            PasswordHash::Plain(plain.to_string())
+        } else {
+            return Err(
+                "is not a hash rvs checks (bcrypt, $apr1$/$1$ MD5, $5$/$6$ SHA-crypt, {SHA}, {PLAIN})"
+                    .into(),
+            );
+        };
+        Ok(known)
+    }
+}
+
+/// An htpasswd file (`auth-secret-type: auth-file`, the Secret's `auth` key): `user:hash`
+/// per line; blank lines and `#` comments skipped.
+pub fn parse_htpasswd(text: &str) -> Result<BTreeMap<String, PasswordHash>, String> {
+    let mut users = BTreeMap::new();
+    for (i, line) in text.lines().enumerate() {
+        let line = line.trim();
+        if line.is_empty() || line.starts_with('#') {
+            continue;
+        }
+        let Some((user, hash)) = line.split_once(':') else {
+            return Err(format!("line {}: not user:hash", i + 1));
+        };
+        let hash =
+            PasswordHash::parse(hash).map_err(|e| format!("line {} (user {user}): {e}", i + 1))?;
+        users.insert(user.to_string(), hash);
+    }
+    if users.is_empty() {
+        return Err("no users".into());
+    }
+    Ok(users)
 }
 
 /// CORS as ingress-nginx answers it: on an allowed origin every response gets the
@@ -857,6 +931,34 @@ mod tests {
             Some("https://app.example.com")
         );
         assert_eq!(listed.allowed_origin(Some("https://app.example.net")), None);
+    }
+
+    #[test]
+    fn htpasswd_files() {
+        let users = parse_htpasswd(
+            "# team\n\nalice:$apr1$abcdefgh$aJUuGLjz3OI4ylHF//t5U1\nbob:{SHA}W6ph5Mm5Pz8GgiULbPgzG37mj9g=\n\
+             carol:$2y$05$CCCCCCCCCCCCCCCCCCCCC.E5YPO9kmyuRGyh0XouQYb4YMJKvyOeW\n\
+             dave:$6$saltsalt$x\nerin:{PLAIN}pw\n",
+        )
+        .unwrap();
+        assert_eq!(users.len(), 5);
+        assert!(matches!(users["alice"], PasswordHash::Md5Crypt(_)));
+        assert_eq!(
+            users["bob"],
+            PasswordHash::Sha1("W6ph5Mm5Pz8GgiULbPgzG37mj9g=".into())
+        );
+        assert!(matches!(users["carol"], PasswordHash::Bcrypt(_)));
+        assert!(matches!(users["dave"], PasswordHash::ShaCrypt(_)));
+        assert_eq!(users["erin"], PasswordHash::Plain("pw".into()));
+        assert_eq!(
+            parse_htpasswd("alice:$apr1$a$b\neve:abJnggxhB/yWI").unwrap_err(),
+            "line 2 (user eve): is not a hash rvs checks (bcrypt, $apr1$/$1$ MD5, $5$/$6$ SHA-crypt, {SHA}, {PLAIN})"
+        );
+        assert_eq!(
+            parse_htpasswd("alice").unwrap_err(),
+            "line 1: not user:hash"
+        );
+        assert_eq!(parse_htpasswd("# nobody\n").unwrap_err(), "no users");
     }
 
     proptest! {

@@ -1,0 +1,188 @@
+//! `auth-type: basic` with `auth-secret` (an htpasswd file or a map of users), as nginx's
+//! `auth_basic` answers: 401 with `WWW-Authenticate` until the credentials match.
+
+mod common;
+
+use base64::Engine;
+use bytes::Bytes;
+use common::{path, rule, Backend, Env, Manifests, Resp};
+use http::{Method, StatusCode};
+
+/// `openssl passwd -apr1 -salt abcdefgh 'p@ss word'` and `htpasswd -s` of "password".
+const HTPASSWD: &str = "# users\nalice:$apr1$abcdefgh$aJUuGLjz3OI4ylHF//t5U1\n\nbob:{SHA}W6ph5Mm5Pz8GgiULbPgzG37mj9g=\n";
+
+fn basic(user: &str, password: &str) -> String {
+    let token = base64::engine::general_purpose::STANDARD.encode(format!("{user}:{password}"));
+    format!("Basic {token}")
+}
+
+async fn get_as(env: &Env, host: &str, authorization: Option<&str>) -> Resp {
+    let headers: Vec<(&str, &str)> = authorization
+        .map(|a| ("authorization", a))
+        .into_iter()
+        .collect();
+    env.send(Method::GET, host, "/", &headers, Bytes::new())
+        .await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn htpasswd_file_users_get_through_and_others_get_401() {
+    let b = Backend::echo("web").await;
+    let mut m = Manifests::new();
+    m.service("web", &[b.addr])
+        .secret("users", &[("auth", HTPASSWD)])
+        .ingress(
+            "web",
+            &[
+                ("auth-type", "basic"),
+                ("auth-secret", "users"),
+                ("auth-realm", "Authentication Required - ops"),
+            ],
+            &[rule(Some("a.example.com"), &[path("/", "Prefix", "web")])],
+            "",
+        );
+    let env = Env::start(&m).await;
+    for (who, password) in [("alice", "p@ss word"), ("bob", "password")] {
+        let r = get_as(&env, "a.example.com", Some(&basic(who, password))).await;
+        assert_eq!(r.status, StatusCode::OK, "{who}");
+        assert_eq!(r.backend(), "web");
+    }
+    let hits = b.hits();
+    for authorization in [
+        None,
+        Some(basic("alice", "wrong")),
+        Some(basic("mallory", "password")),
+        Some("Bearer abc".to_string()),
+    ] {
+        let r = get_as(&env, "a.example.com", authorization.as_deref()).await;
+        assert_eq!(r.status, StatusCode::UNAUTHORIZED, "{authorization:?}");
+        assert_eq!(
+            r.header("www-authenticate").as_deref(),
+            Some("Basic realm=\"Authentication Required - ops\""),
+            "{authorization:?}"
+        );
+    }
+    assert_eq!(b.hits(), hits, "refused requests never reach the backend");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn auth_map_secret_in_another_namespace() {
+    let b = Backend::echo("web").await;
+    let mut m = Manifests::new();
+    m.service("web", &[b.addr])
+        .secret_in(
+            "auth",
+            "team",
+            &[
+                ("carol", "$1$saltsalt$qjXMvbEw8oaL.CzflDtaK/"),
+                // OpenBSD's bcrypt test vector for "U*U".
+                (
+                    "dave",
+                    "$2a$05$CCCCCCCCCCCCCCCCCCCCC.E5YPO9kmyuRGyh0XouQYb4YMJKvyOeW",
+                ),
+            ],
+        )
+        .ingress(
+            "web",
+            &[
+                ("auth-type", "basic"),
+                ("auth-secret", "auth/team"),
+                ("auth-secret-type", "auth-map"),
+            ],
+            &[rule(Some("m.example.com"), &[path("/", "Prefix", "web")])],
+            "",
+        );
+    let env = Env::start(&m).await;
+    let r = get_as(&env, "m.example.com", Some(&basic("carol", "password"))).await;
+    assert_eq!(r.status, StatusCode::OK);
+    let r = get_as(&env, "m.example.com", Some(&basic("dave", "U*U"))).await;
+    assert_eq!(r.status, StatusCode::OK);
+    let r = get_as(&env, "m.example.com", Some(&basic("dave", "U*V"))).await;
+    assert_eq!(r.status, StatusCode::UNAUTHORIZED);
+    assert_eq!(
+        r.header("www-authenticate").as_deref(),
+        Some("Basic realm=\"\"")
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_missing_or_bad_secret_refuses_the_ingress_and_its_last_version_serves() {
+    let b = Backend::echo("web").await;
+    let mut m = Manifests::new();
+    m.service("web", &[b.addr]).ingress(
+        "open",
+        &[],
+        &[rule(Some("o.example.com"), &[path("/", "Prefix", "web")])],
+        "",
+    );
+    let mut env = Env::start(&m).await;
+    // The same Ingress, now asking for users from a Secret that is not there: refused, and
+    // its previous (open) version keeps serving.
+    let mut with_auth = Manifests::new();
+    with_auth.service("web", &[b.addr]).ingress(
+        "open",
+        &[("auth-type", "basic"), ("auth-secret", "nobody")],
+        &[rule(Some("o.example.com"), &[path("/", "Prefix", "web")])],
+        "",
+    );
+    let problems = common::texts(&env.apply(&with_auth));
+    assert!(
+        problems.iter().any(|p| p.contains("Ingress default/open")
+            && p.contains("auth-secret")
+            && p.contains("Secret default/nobody not found")),
+        "{problems:#?}"
+    );
+    assert_eq!(
+        env.get("o.example.com", "/").await.status,
+        StatusCode::OK,
+        "the last good version serves"
+    );
+    // A DES crypt hash (which rvs does not check) is named with its user.
+    with_auth.secret("nobody", &[("auth", "eve:abJnggxhB/yWI\n")]);
+    let problems = common::texts(&env.apply(&with_auth));
+    assert!(
+        problems
+            .iter()
+            .any(|p| p.contains("line 1 (user eve)") && p.contains("is not a hash rvs checks")),
+        "{problems:#?}"
+    );
+}
+
+/// A CORS preflight carries no credentials: it is answered before authentication, as in
+/// ingress-nginx (its `return 204` runs before nginx's access phase).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cors_preflights_come_before_authentication() {
+    let b = Backend::echo("web").await;
+    let mut m = Manifests::new();
+    m.service("web", &[b.addr])
+        .secret("users", &[("auth", HTPASSWD)])
+        .ingress(
+            "web",
+            &[
+                ("auth-type", "basic"),
+                ("auth-secret", "users"),
+                ("enable-cors", "true"),
+            ],
+            &[rule(Some("c.example.com"), &[path("/", "Prefix", "web")])],
+            "",
+        );
+    let env = Env::start(&m).await;
+    let preflight = [("origin", "https://app.example")];
+    let r = env
+        .send(
+            Method::OPTIONS,
+            "c.example.com",
+            "/",
+            &preflight,
+            Bytes::new(),
+        )
+        .await;
+    assert_eq!(r.status, StatusCode::NO_CONTENT);
+    let r = get_as(&env, "c.example.com", None).await;
+    assert_eq!(r.status, StatusCode::UNAUTHORIZED);
+    assert_eq!(
+        r.header("access-control-allow-origin").as_deref(),
+        Some("*"),
+        "the refusal carries the CORS headers too"
+    );
+}
