@@ -25,23 +25,33 @@ async fn get_as(env: &Env, host: &str, authorization: Option<&str>) -> Resp {
         .await
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn htpasswd_file_users_get_through_and_others_get_401() {
+/// Service `web` behind Ingress `web` for every path of `host`, with the Secret `users`
+/// holding [`HTPASSWD`].
+async fn protected(host: &str, annotations: &[(&str, &str)]) -> (Env, Backend) {
     let b = Backend::echo("web").await;
     let mut m = Manifests::new();
     m.service("web", &[b.addr])
         .secret("users", &[("auth", HTPASSWD)])
         .ingress(
             "web",
-            &[
-                ("auth-type", "basic"),
-                ("auth-secret", "users"),
-                ("auth-realm", "Authentication Required - ops"),
-            ],
-            &[rule(Some("a.example.com"), &[path("/", "Prefix", "web")])],
+            annotations,
+            &[rule(Some(host), &[path("/", "Prefix", "web")])],
             "",
         );
-    let env = Env::start(&m).await;
+    (Env::start(&m).await, b)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn htpasswd_file_users_get_through_and_others_get_401() {
+    let (env, b) = protected(
+        "a.example.com",
+        &[
+            ("auth-type", "basic"),
+            ("auth-secret", "users"),
+            ("auth-realm", "Authentication Required - ops"),
+        ],
+    )
+    .await;
     for (who, password) in [("alice", "p@ss word"), ("bob", "password")] {
         let r = get_as(&env, "a.example.com", Some(&basic(who, password))).await;
         assert_eq!(r.status, StatusCode::OK, "{who}");
@@ -152,21 +162,15 @@ async fn a_missing_or_bad_secret_refuses_the_ingress_and_its_last_version_serves
 /// ingress-nginx (its `return 204` runs before nginx's access phase).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn cors_preflights_come_before_authentication() {
-    let b = Backend::echo("web").await;
-    let mut m = Manifests::new();
-    m.service("web", &[b.addr])
-        .secret("users", &[("auth", HTPASSWD)])
-        .ingress(
-            "web",
-            &[
-                ("auth-type", "basic"),
-                ("auth-secret", "users"),
-                ("enable-cors", "true"),
-            ],
-            &[rule(Some("c.example.com"), &[path("/", "Prefix", "web")])],
-            "",
-        );
-    let env = Env::start(&m).await;
+    let (env, _b) = protected(
+        "c.example.com",
+        &[
+            ("auth-type", "basic"),
+            ("auth-secret", "users"),
+            ("enable-cors", "true"),
+        ],
+    )
+    .await;
     let preflight = [("origin", "https://app.example")];
     let r = env
         .send(

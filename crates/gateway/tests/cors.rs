@@ -8,15 +8,7 @@ use common::{path, rule, Backend, Env, Manifests, Resp};
 use http::{Method, StatusCode};
 
 async fn env(annotations: &[(&str, &str)]) -> (Env, Backend) {
-    let b = Backend::echo("web").await;
-    let mut m = Manifests::new();
-    m.service("web", &[b.addr]).ingress(
-        "web",
-        annotations,
-        &[rule(Some("s.example.com"), &[path("/", "Prefix", "web")])],
-        "",
-    );
-    (Env::start(&m).await, b)
+    common::single_route("s.example.com", &[], annotations).await
 }
 
 async fn call(env: &Env, method: Method, origin: Option<&str>) -> Resp {

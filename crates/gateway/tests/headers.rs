@@ -4,22 +4,11 @@
 mod common;
 
 use bytes::Bytes;
-use common::{path, rule, send_with, tls_get, Backend, Env, Manifests};
+use common::{send_with, tls_get, Backend, Env};
 use http::Method;
 
 async fn env(config: &[(&str, &str)]) -> (Env, Backend) {
-    let b = Backend::echo("web").await;
-    let mut m = Manifests::new();
-    for (k, v) in config {
-        m.config(k, v);
-    }
-    m.service("web", &[b.addr]).ingress(
-        "web",
-        &[],
-        &[rule(Some("h.example.com"), &[path("/", "Prefix", "web")])],
-        "",
-    );
-    (Env::start(&m).await, b)
+    common::single_route("h.example.com", config, &[]).await
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

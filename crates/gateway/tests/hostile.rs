@@ -5,23 +5,12 @@ mod common;
 
 use std::time::{Duration, Instant};
 
-use common::{path, raw_exchange, rule, statuses, Backend, Env, Manifests};
+use common::{raw_exchange, statuses, Backend, Env};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
 async fn env(config: &[(&str, &str)]) -> (Env, Backend) {
-    let b = Backend::echo("web").await;
-    let mut m = Manifests::new();
-    for (k, v) in config {
-        m.config(k, v);
-    }
-    m.service("web", &[b.addr]).ingress(
-        "web",
-        &[],
-        &[rule(Some("h.example.com"), &[path("/", "Prefix", "web")])],
-        "",
-    );
-    (Env::start(&m).await, b)
+    common::single_route("h.example.com", config, &[]).await
 }
 
 const SMUGGLING: [&str; 2] = [

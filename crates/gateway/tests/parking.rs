@@ -6,7 +6,7 @@ mod common;
 
 use std::time::{Duration, Instant};
 
-use common::{path, rule, Backend, Env, Manifests};
+use common::{Backend, Env};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
@@ -14,18 +14,7 @@ use tokio::net::TcpStream;
 const PAST_PARK: Duration = Duration::from_millis(1600);
 
 async fn env(config: &[(&str, &str)]) -> (Env, Backend) {
-    let b = Backend::echo("web").await;
-    let mut m = Manifests::new();
-    for (k, v) in config {
-        m.config(k, v);
-    }
-    m.service("web", &[b.addr]).ingress(
-        "web",
-        &[],
-        &[rule(Some("p.example.com"), &[path("/", "Prefix", "web")])],
-        "",
-    );
-    (Env::start(&m).await, b)
+    common::single_route("p.example.com", config, &[]).await
 }
 
 fn parked(env: &Env) -> u64 {

@@ -6,7 +6,7 @@ mod common;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use common::{path, rule, Backend, Env, Manifests, Resp};
+use common::{Backend, Env, Resp};
 use http::{Request, StatusCode};
 use http_body_util::Full;
 use hyper_util::rt::TokioIo;
@@ -14,18 +14,7 @@ use tokio::io::AsyncReadExt;
 use tokio::net::TcpStream;
 
 async fn env(config: &[(&str, &str)], annotations: &[(&str, &str)]) -> (Env, Backend) {
-    let b = Backend::echo("web").await;
-    let mut m = Manifests::new();
-    for (k, v) in config {
-        m.config(k, v);
-    }
-    m.service("web", &[b.addr]).ingress(
-        "web",
-        annotations,
-        &[rule(Some("s.example.com"), &[path("/", "Prefix", "web")])],
-        "",
-    );
-    (Env::start(&m).await, b)
+    common::single_route("s.example.com", config, annotations).await
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -428,6 +428,27 @@ pub struct Env {
     pub client: Client<HttpConnector, Full<Bytes>>,
 }
 
+/// One echo backend, Service `web`, behind Ingress `web` for every path of `host`, with these
+/// ConfigMap keys and annotations.
+pub async fn single_route(
+    host: &str,
+    config: &[(&str, &str)],
+    annotations: &[(&str, &str)],
+) -> (Env, Backend) {
+    let b = Backend::echo("web").await;
+    let mut m = Manifests::new();
+    for (k, v) in config {
+        m.config(k, v);
+    }
+    m.service("web", &[b.addr]).ingress(
+        "web",
+        annotations,
+        &[rule(Some(host), &[path("/", "Prefix", "web")])],
+        "",
+    );
+    (Env::start(&m).await, b)
+}
+
 pub fn options() -> GatewayOptions {
     GatewayOptions {
         configmap: Some(("default".into(), "rvs".into())),
