@@ -1,5 +1,5 @@
-//! `enable-cors` and the `cors-*` annotations, `permanent-redirect` and `temporal-redirect`,
-//! as ingress-nginx answers them, through real HTTP clients.
+//! `enable-cors` and the `cors-*` annotations, `permanent-redirect`, `temporal-redirect` and
+//! `from-to-www-redirect`, as ingress-nginx answers them, through real HTTP clients.
 
 mod common;
 
@@ -200,4 +200,49 @@ async fn a_bad_cors_value_refuses_only_its_ingress() {
         env.get("bad.example", "/").await.status,
         StatusCode::NOT_FOUND
     );
+}
+
+/// `from-to-www-redirect`: the other name of each host (with or without `www.`) answers 308
+/// to the Ingress's host, unless an Ingress serves that name itself.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn from_to_www_redirect() {
+    let b = Backend::echo("web").await;
+    let other = Backend::echo("other").await;
+    let redirecting = [("from-to-www-redirect", "true")];
+    let mut m = Manifests::new();
+    m.service("web", &[b.addr])
+        .service("other", &[other.addr])
+        .ingress(
+            "shop",
+            &redirecting,
+            &[
+                rule(Some("www.shop.example"), &[path("/", "Prefix", "web")]),
+                rule(Some("blog.example"), &[path("/", "Prefix", "web")]),
+                rule(Some("taken.example"), &[path("/", "Prefix", "web")]),
+            ],
+            "",
+        )
+        .ingress(
+            "taken",
+            &[],
+            &[rule(
+                Some("www.taken.example"),
+                &[path("/", "Prefix", "other")],
+            )],
+            "",
+        );
+    let env = Env::start(&m).await;
+    for (host, to) in [
+        ("shop.example", "http://www.shop.example/a/b?c=1"),
+        ("www.blog.example", "http://blog.example/a/b?c=1"),
+    ] {
+        let r = env.get(host, "/a/b?c=1").await;
+        assert_eq!(r.status, StatusCode::PERMANENT_REDIRECT, "{host}");
+        assert_eq!(r.header("location").as_deref(), Some(to), "{host}");
+    }
+    assert_eq!(b.hits(), 0, "redirects never reach the backend");
+    assert_eq!(env.get("www.shop.example", "/").await.backend(), "web");
+    assert_eq!(env.get("blog.example", "/").await.backend(), "web");
+    // Another Ingress serves www.taken.example: it keeps it.
+    assert_eq!(env.get("www.taken.example", "/").await.backend(), "other");
 }

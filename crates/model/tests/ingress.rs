@@ -1342,3 +1342,51 @@ endpoints:
     let endpoints = endpoints_of(&built, "db.test", "/");
     assert_eq!(endpoints, ["10.3.0.9:5432"]);
 }
+
+/// `from-to-www-redirect` adds the other name of each host as a redirect-only virtual host,
+/// except where an Ingress serves that name (it keeps its routes, and only those).
+#[test]
+fn from_to_www_redirect_adds_only_free_names() {
+    let yaml = [
+        ingress(
+            "shop",
+            &[("from-to-www-redirect", "true")],
+            &[
+                ("www.shop.example", "/", "Prefix", "web"),
+                ("taken.example", "/", "Prefix", "web"),
+            ],
+        ),
+        ingress("taken", &[], &[("www.taken.example", "/", "Prefix", "web")]),
+    ]
+    .concat();
+    let built = build(&yaml);
+    assert_eq!(texts(&built.problems), Vec::<String>::new());
+    let alias = built.snapshot.virtual_host("shop.example");
+    assert_eq!(alias.routes.len(), 1);
+    let redirect = alias.routes[0]
+        .target
+        .policy
+        .redirect
+        .as_ref()
+        .expect("redirect");
+    assert_eq!(redirect.status, 308);
+    assert_eq!(
+        redirect.location("https", "shop.example", "/x?y"),
+        "https://www.shop.example/x?y"
+    );
+    let kept = built.snapshot.virtual_host("www.taken.example");
+    assert_eq!(
+        kept.routes.len(),
+        1,
+        "no redirect route beside the served one"
+    );
+    assert_eq!(kept.routes[0].target.ingress.name, "taken");
+    assert!(kept.routes[0].target.policy.redirect.is_none());
+    // Without the annotation, no other names.
+    let plain = build(&ingress(
+        "p",
+        &[],
+        &[("www.p.example", "/", "Prefix", "web")],
+    ));
+    assert!(plain.snapshot.virtual_host("p.example").routes.is_empty());
+}

@@ -53,6 +53,11 @@ pub fn parse_annotations(
     p.protocol_and_headers(&mut policy);
     policy.cors = p.cors();
     policy.redirect = p.redirect();
+    p.set(
+        "from-to-www-redirect",
+        values::boolean,
+        &mut policy.from_to_www_redirect,
+    );
     let rewrite = policy.rewrite_target.is_some();
     let use_regex = p.get("use-regex", values::boolean).unwrap_or(false) || rewrite;
     let canary = p.canary();
@@ -123,6 +128,7 @@ const HONOURED: &[&str] = &[
     "temporal-redirect-code",
     "permanent-redirect",
     "permanent-redirect-code",
+    "from-to-www-redirect",
     "auth-type",
     "auth-secret",
     "auth-secret-type",

@@ -10,14 +10,13 @@ use std::sync::Arc;
 use k8s_openapi::api::core::v1::Secret;
 use k8s_openapi::api::networking::v1::{Ingress, IngressBackend, IngressClass};
 
-use super::annotations::NGINX_PREFIX;
-use super::annotations::{parse_annotations, BasicAuthSource};
+use super::annotations::{parse_annotations, BasicAuthSource, NGINX_PREFIX};
 use super::configmap::parse_config_map;
 use super::types::{
     parse_htpasswd, Backend, BackendService, BasicAuth, Canary, Certificate, GatewayOptions,
     GlobalSettings, HostMatch, HostMatchOrAny, IngressBuild, IngressRef, IngressSnapshot,
-    ParsedIngress, ParsedRule, PasswordHash, PathMatch, RegexPath, Route, RoutePolicy, RouteTarget,
-    ServicePortRef, VirtualHost,
+    ParsedIngress, ParsedRule, PasswordHash, PathMatch, Redirect, RedirectPart, RegexPath, Route,
+    RoutePolicy, RouteTarget, ServicePortRef, VirtualHost,
 };
 use crate::objects::{ObjectRef, ObjectSet, Origin, Problem, Sourced};
 use crate::{Frontend, FrontendKind, Protocol, Snapshot};
@@ -629,6 +628,66 @@ struct Pending {
 type Hosts = BTreeMap<Option<String>, Vec<Pending>>;
 
 impl Assembly<'_> {
+    /// `from-to-www-redirect`: for each host of such an Ingress, the other name (`www.` added
+    /// or taken off) answers every request with a 308 to the same path on the Ingress's host,
+    /// as ingress-nginx's extra server block does; a name some Ingress serves is left alone.
+    fn www_redirects(&mut self, served: &[Arc<ParsedIngress>], hosts: &mut Hosts) {
+        let mut added: Vec<(String, Pending)> = Vec::new();
+        for ingress in served.iter().filter(|i| i.canary.is_none()) {
+            if !ingress.policy.from_to_www_redirect {
+                continue;
+            }
+            for rule in &ingress.rules {
+                let Some(host) = rule.host.as_deref().filter(|h| !h.starts_with('*')) else {
+                    continue;
+                };
+                let other = match host.strip_prefix("www.") {
+                    Some(bare) => bare.to_string(),
+                    None => format!("www.{host}"),
+                };
+                let taken = hosts.contains_key(&Some(other.clone()))
+                    || added.iter().any(|(name, _)| *name == other);
+                if taken {
+                    continue;
+                }
+                let policy = RoutePolicy {
+                    redirect: Some(Redirect {
+                        status: 308,
+                        location: vec![
+                            RedirectPart::Scheme,
+                            RedirectPart::Text(format!("://{host}")),
+                            RedirectPart::RequestUri,
+                        ],
+                    }),
+                    // Nothing on the other name is served: it only redirects.
+                    basic_auth: None,
+                    cors: None,
+                    ..(*ingress.policy).clone()
+                };
+                let backend = self.backend(&ingress.ingress, &rule.backend);
+                added.push((
+                    other,
+                    Pending {
+                        path: PathMatch::Prefix {
+                            path: "/".into(),
+                            element_wise: true,
+                        },
+                        target: RouteTarget {
+                            ingress: ingress.ingress.clone(),
+                            path: "/".into(),
+                            backend,
+                            canary: None,
+                            policy: Arc::new(policy),
+                        },
+                    },
+                ));
+            }
+        }
+        for (name, pending) in added {
+            hosts.entry(Some(name)).or_default().push(pending);
+        }
+    }
+
     fn problem(&self, ingress: &IngressRef, message: String) -> Problem {
         Problem {
             origin: self.origins.get(ingress).cloned().unwrap_or_default(),
@@ -689,6 +748,7 @@ impl Assembly<'_> {
         for ingress in served.iter().filter(|i| i.canary.is_some()) {
             self.attach_canary(ingress, &mut hosts);
         }
+        self.www_redirects(served, &mut hosts);
 
         let mut named = Vec::new();
         let mut default_host = VirtualHost::default();

@@ -549,6 +549,9 @@ pub struct RoutePolicy {
     pub redirect: Option<Redirect>,
     /// `auth-type: basic`: users from the `auth-secret` Secret.
     pub basic_auth: Option<Arc<BasicAuth>>,
+    /// `from-to-www-redirect`: `www.` + host (or host without `www.`) redirects here (308),
+    /// unless an Ingress serves that name itself.
+    pub from_to_www_redirect: bool,
 }
 
 impl Default for RoutePolicy {
@@ -578,6 +581,7 @@ impl Default for RoutePolicy {
             cors: None,
             redirect: None,
             basic_auth: None,
+            from_to_www_redirect: false,
         }
     }
 }
