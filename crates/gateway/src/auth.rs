@@ -3,12 +3,20 @@
 //! reads. Slow schemes (bcrypt, SHA-crypt, MD5-crypt) are checked on the blocking pool: a
 //! bcrypt check takes tens of milliseconds, which must not stall every other connection.
 
+use std::sync::LazyLock;
+
 use base64::Engine;
 use http::HeaderValue;
 use md5::{Digest, Md5};
 use rvs_model::ingress::{BasicAuth, PasswordHash};
 use sha1::Sha1;
 use sha_crypt::PasswordVerifier;
+use tokio::sync::Semaphore;
+
+/// One slow check per CPU at a time: a flood of wrong passwords waits here instead of
+/// filling the blocking pool (hundreds of threads) and starving everything else.
+static SLOW_CHECKS: LazyLock<Semaphore> =
+    LazyLock::new(|| Semaphore::new(std::thread::available_parallelism().map_or(1, |n| n.get())));
 
 /// Whether `authorization` (the request's `Authorization` header) holds credentials of one of
 /// `auth`'s users.
@@ -22,6 +30,9 @@ pub async fn allows(auth: &BasicAuth, authorization: Option<&HeaderValue>) -> bo
     match hash {
         PasswordHash::Sha1(_) | PasswordHash::Plain(_) => verify(hash, &password),
         slow => {
+            let Ok(_turn) = SLOW_CHECKS.acquire().await else {
+                return false;
+            };
             let hash = slow.clone();
             tokio::task::spawn_blocking(move || verify(&hash, &password))
                 .await
@@ -84,7 +95,7 @@ pub fn md5_crypt(password: &str, setting: &str) -> Option<String> {
         .find(|m| setting.starts_with(m))?;
     let rest = &setting[magic.len()..];
     let salt = rest.split('$').next()?;
-    let salt = &salt[..salt.len().min(8)];
+    let salt = salt.get(..8).unwrap_or(salt);
     let (pw, salt_bytes) = (password.as_bytes(), salt.as_bytes());
 
     let mut alternate = Md5::new();

@@ -11,7 +11,6 @@ use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::Duration;
 
-use bytes::Bytes;
 use hyper::server::conn::{http1, http2};
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
@@ -99,8 +98,8 @@ pub struct ClientConn {
     pub peer: SocketAddr,
     pub local: SocketAddr,
     pub tls: bool,
-    /// Requests served so far (`keep-alive-requests`).
-    pub requests: AtomicU32,
+    /// Requests served so far (`keep-alive-requests`; parking reads it too).
+    pub requests: Arc<AtomicU32>,
     /// Requests in flight: the keep-alive idle timer runs only at zero.
     pub in_flight: Arc<AtomicUsize>,
     /// The request head just read declared both Content-Length and Transfer-Encoding: the
@@ -158,7 +157,7 @@ async fn serve(
         peer,
         local,
         tls: acceptor.is_some(),
-        requests: AtomicU32::new(0),
+        requests: Arc::new(AtomicU32::new(0)),
         in_flight: in_flight.clone(),
         conflicting_framing: conflicting_framing.clone(),
         retire: Notify::new(),
@@ -186,7 +185,11 @@ async fn serve(
                 // every plain connection's task, parked ones included.
                 Box::pin(drive(io, http2, conn, shared, &settings)).await;
             } else {
-                io.park_after = Some(PARK_AFTER);
+                io.parking = Some(Parking {
+                    after: PARK_AFTER,
+                    requests: conn.requests.clone(),
+                    requests_at_last_read: 0,
+                });
                 serve_http1(io, conn, shared, &settings).await;
             }
         }
@@ -299,8 +302,7 @@ async fn serve_http1(
     let parked_gauge = &shared.metrics.parked_connections;
     loop {
         // Boxed: while parked, the task holds only what waiting on the socket needs.
-        let Some((back, unread)) = Box::pin(http1_until_idle(io, &conn, shared, settings)).await
-        else {
+        let Some(back) = Box::pin(http1_until_idle(io, &conn, shared, settings)).await else {
             return;
         };
         io = back;
@@ -316,18 +318,18 @@ async fn serve_http1(
         if !woken {
             return;
         }
-        io.unpark(unread);
+        io.unpark();
     }
 }
 
-/// hyper serves the connection until it parks (the socket comes back, with what hyper had
-/// read of the next request) or ends (None: closed, upgraded, or shutting down).
+/// hyper serves the connection until it parks (the socket comes back) or ends (None:
+/// closed, upgraded, failed, or shutting down).
 async fn http1_until_idle(
     io: ClientIo<TcpStream>,
     conn: &Arc<ClientConn>,
     shared: &Arc<Shared>,
     settings: &rvs_model::ingress::GlobalSettings,
-) -> Option<(ClientIo<TcpStream>, Bytes)> {
+) -> Option<ClientIo<TcpStream>> {
     let service_shared = shared.clone();
     let service_conn = conn.clone();
     let service = service_fn(move |req| {
@@ -336,29 +338,29 @@ async fn http1_until_idle(
     let mut connection = http1_builder(settings)
         .serve_connection(TokioIo::new(io), service)
         .with_upgrades();
-    let stopped = tokio::select! {
-        result = &mut connection => {
-            if let Err(e) = result {
+    let ended_cleanly = tokio::select! {
+        result = &mut connection => match result {
+            Ok(()) => true,
+            Err(e) => {
                 tracing::debug!("client connection ended: {e}");
+                false
             }
-            false
-        }
+        },
         () = stopping(shared, conn) => {
             Pin::new(&mut connection).graceful_shutdown();
             if let Err(e) = (&mut connection).await {
                 tracing::debug!("client connection ended during shutdown: {e}");
             }
-            true
+            false
         }
     };
     // None: upgraded (the tunnel has the socket now).
     let parts = connection.into_parts()?;
     let io = parts.io.into_inner();
-    if stopped || !io.parked {
-        return None;
-    }
-    // A copy: `read_buf` shares hyper's whole read buffer, which must go now.
-    Some((io, Bytes::copy_from_slice(&parts.read_buf)))
+    // Parked only from a clean end between requests: hyper holding bytes of a request it
+    // did not finish (a body still arriving, a head half read) means the socket is not
+    // idle, and those bytes must not be taken for the start of another request.
+    (ended_cleanly && io.parked && parts.read_buf.is_empty()).then_some(io)
 }
 
 async fn drive<T>(
@@ -403,20 +405,28 @@ pub struct ClientIo<T> {
     /// The idle timer is running for the current quiet period, which began then.
     armed: bool,
     quiet_since: Instant,
-    /// Plain HTTP/1.1: after this long without a request the connection is parked: reading
-    /// ends (hyper's connection finishes and is dropped with its buffers) and
-    /// [`serve_http1`] waits on the bare socket until the client speaks again.
-    park_after: Option<Duration>,
+    /// Plain HTTP/1.1: parked when idle (see [`Parking`]).
+    parking: Option<Parking>,
     /// Reading ended because of a park, not the client: shutdown must leave the socket open.
     parked: bool,
-    /// Bytes hyper had read but not used when the connection was parked: read first.
-    replay: Bytes,
     framing: FramingGuard,
     /// Bytes were read before (the HTTP/2 preface can only be at the very start).
     seen_bytes: bool,
     /// Armed while a write to the client makes no progress (nginx `send_timeout`): a client
     /// that stops reading cannot hold its upstream connection and limit slots forever.
     write_stall: WriteStall,
+}
+
+/// After `after` without a request a plain HTTP/1.1 connection is parked: reading ends
+/// (hyper's connection finishes and is dropped with its buffers) and [`serve_http1`] waits
+/// on the bare socket until the client speaks again.
+struct Parking {
+    after: Duration,
+    /// The connection's request count (requests begun).
+    requests: Arc<AtomicU32>,
+    /// The count when bytes last arrived with no request in flight: while it is still the
+    /// count, those bytes began a request not yet begun (a head half sent), so no park.
+    requests_at_last_read: u32,
 }
 
 /// nginx's `send_timeout` default.
@@ -471,9 +481,8 @@ impl<T> ClientIo<T> {
             idle: None,
             armed: false,
             quiet_since: Instant::now(),
-            park_after: None,
+            parking: None,
             parked: false,
-            replay: Bytes::new(),
             framing,
             seen_bytes: false,
             write_stall: WriteStall::new(
@@ -488,20 +497,20 @@ impl<T> ClientIo<T> {
         self.quiet_since + self.keep_alive
     }
 
-    /// Back from a park: `unread` (what hyper had read of the next request, if anything) is
-    /// read again first.
-    fn unpark(&mut self, unread: Bytes) {
+    /// Back from a park: a new hyper connection reads on.
+    fn unpark(&mut self) {
         self.parked = false;
         self.armed = false;
-        self.replay = unread;
     }
 
-    /// Nothing in flight, no request head half read, no response waiting for the client.
+    /// Nothing in flight, no byte of a next request read, no response waiting for the client.
     fn may_park(&self) -> bool {
-        self.park_after.is_some()
-            && self.in_flight.load(Ordering::Acquire) == 0
-            && !self.framing.scanner.in_head()
-            && !self.write_stall.stalled()
+        self.parking.as_ref().is_some_and(|p| {
+            p.requests.load(Ordering::Acquire) != p.requests_at_last_read
+                && self.in_flight.load(Ordering::Acquire) == 0
+                && !self.framing.scanner.in_head()
+                && !self.write_stall.stalled()
+        })
     }
 }
 
@@ -512,18 +521,15 @@ impl<T: AsyncRead + Unpin> AsyncRead for ClientIo<T> {
         buf: &mut ReadBuf<'_>,
     ) -> Poll<io::Result<()>> {
         let this = self.get_mut();
-        if !this.replay.is_empty() {
-            // Already seen by the framing guard when first read.
-            let n = this.replay.len().min(buf.remaining());
-            buf.put_slice(&this.replay.split_to(n));
-            return Poll::Ready(Ok(()));
-        }
         let before = buf.filled().len();
         match Pin::new(&mut this.inner).poll_read(cx, buf) {
             Poll::Ready(r) => {
                 if buf.filled().len() > before {
                     this.armed = false;
                     let idle = this.in_flight.load(Ordering::Acquire) == 0;
+                    if let Some(parking) = this.parking.as_mut().filter(|_| idle) {
+                        parking.requests_at_last_read = parking.requests.load(Ordering::Acquire);
+                    }
                     this.framing.observe(
                         &buf.filled()[before..],
                         idle,
@@ -544,7 +550,10 @@ impl<T: AsyncRead + Unpin> AsyncRead for ClientIo<T> {
                     .get_or_insert_with(|| Box::pin(tokio::time::sleep(keep_alive)));
                 if !this.armed {
                     this.quiet_since = Instant::now();
-                    let first = this.park_after.map_or(keep_alive, |p| p.min(keep_alive));
+                    let first = this
+                        .parking
+                        .as_ref()
+                        .map_or(keep_alive, |p| p.after.min(keep_alive));
                     idle.as_mut().reset(this.quiet_since + first);
                     this.armed = true;
                 }

@@ -76,6 +76,7 @@ pub struct ApiSource {
     ingresses: Store<Ingress>,
     ingress_classes: Store<IngressClass>,
     secrets: Option<Store<Secret>>,
+    opaque_secrets: Option<Store<Secret>>,
     config_maps: Option<Store<ConfigMap>>,
     nodes: Option<Store<Node>>,
     tasks: Vec<JoinHandle<()>>,
@@ -144,11 +145,21 @@ impl ApiSource {
             watch("ingressclasses"),
             &mut tasks,
         );
-        // Only TLS Secrets: the only ones an Ingress can use, and the API server filters them.
+        // The Secrets an Ingress can use, filtered by the API server: TLS certificates, and
+        // Opaque ones (`auth-type: basic` users); service-account tokens, registry
+        // credentials and Helm releases are never read.
         let secrets = all.then(|| {
             spawn(
                 scoped::<Secret>(&client, ns),
                 config.clone().fields("type=kubernetes.io/tls"),
+                watch("secrets"),
+                &mut tasks,
+            )
+        });
+        let opaque_secrets = all.then(|| {
+            spawn(
+                scoped::<Secret>(&client, ns),
+                config.clone().fields("type=Opaque"),
                 watch("secrets"),
                 &mut tasks,
             )
@@ -178,6 +189,7 @@ impl ApiSource {
             ingresses,
             ingress_classes,
             secrets,
+            opaque_secrets,
             config_maps,
             nodes,
             tasks,
@@ -231,7 +243,11 @@ impl ApiSource {
             endpoint_slices: read(self.endpoint_slices.as_ref()),
             ingresses: read(Some(&self.ingresses)),
             ingress_classes: read(Some(&self.ingress_classes)),
-            secrets: read(self.secrets.as_ref()),
+            secrets: [
+                read(self.secrets.as_ref()),
+                read(self.opaque_secrets.as_ref()),
+            ]
+            .concat(),
             config_maps: read(self.config_maps.as_ref()),
         }
     }

@@ -136,6 +136,6 @@ fn decide(
 /// The webhook watches no Services or Secrets: their absence is for the gateway to report
 /// (they may well be created after the Ingress).
 fn about_unwatched(warning: &Problem) -> bool {
-    warning.message.starts_with("backend ")
-        || (warning.field.starts_with("spec.tls") && warning.message.contains("not found"))
+    let secret = warning.field.starts_with("spec.tls") || warning.field.contains("auth-secret");
+    warning.message.starts_with("backend ") || (secret && warning.message.contains("not found"))
 }

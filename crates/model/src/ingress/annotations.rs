@@ -488,9 +488,10 @@ impl Parser<'_> {
             .unwrap_or(false);
         let realm = self
             .get("auth-realm", |raw| {
-                if raw.chars().any(|c| c == '"' || c == '\\' || c.is_control()) {
+                let plain = |c: char| c == ' ' || (c.is_ascii_graphic() && c != '"' && c != '\\');
+                if !raw.chars().all(plain) {
                     Err(format!(
-                        "{raw:?}: a realm has no quotes, backslashes or control characters"
+                        "{raw:?}: a realm is ASCII text without quotes or backslashes"
                     ))
                 } else {
                     Ok(raw.trim().to_string())
@@ -1006,7 +1007,7 @@ mod tests {
                     ("auth-secret", "u"),
                     ("auth-realm", "a\"b"),
                 ],
-                "a realm has no quotes",
+                "a realm is ASCII text without quotes or backslashes",
             ),
         ] {
             let problems = texts(&parse(&pairs).problems);

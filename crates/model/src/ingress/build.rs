@@ -260,14 +260,23 @@ fn parse_ingress(
     ctx.problems.extend(annotations.problems);
     let use_regex = annotations.use_regex;
     let mut policy = annotations.policy;
+    let mut auth_warning = None;
     if let Some(source) = &annotations.basic_auth {
-        match basic_auth(secrets, &iref.namespace, source) {
-            Ok(auth) => policy.basic_auth = Some(Arc::new(auth)),
-            Err(message) => ctx.problem(
-                format!("metadata.annotations[{NGINX_PREFIX}auth-secret]"),
-                message,
-            ),
-        }
+        // As ingress-nginx (a denied location): without usable users the routes are served
+        // but let nobody in, rather than staying open or keeping an older open version.
+        let auth = basic_auth(secrets, &iref.namespace, source).unwrap_or_else(|message| {
+            auth_warning = Some(Problem {
+                origin: sourced.origin.clone(),
+                object: Some(object.clone()),
+                field: format!("metadata.annotations[{NGINX_PREFIX}auth-secret]"),
+                message: format!("{message}; every request to its routes gets 401"),
+            });
+            BasicAuth {
+                realm: source.realm.clone(),
+                users: BTreeMap::new(),
+            }
+        });
+        policy.basic_auth = Some(Arc::new(auth));
     }
 
     let spec = ingress.spec.clone().unwrap_or_default();
@@ -352,6 +361,7 @@ fn parse_ingress(
     });
     let mut warnings = annotations.warnings;
     warnings.extend(tls_warnings);
+    warnings.extend(auth_warning);
     IngressParse {
         ingress: iref,
         parsed,
@@ -522,6 +532,12 @@ fn basic_auth(
 ) -> Result<BasicAuth, String> {
     let namespace = source.namespace.as_deref().unwrap_or(ingress_namespace);
     let name = &source.secret;
+    if namespace != ingress_namespace {
+        // Whoever may write an Ingress must not get to read another namespace's Secrets.
+        return Err(format!(
+            "Secret {namespace}/{name} is in another namespace than the Ingress ({ingress_namespace})"
+        ));
+    }
     let secret = find_secret(secrets, namespace, name)?;
     let mut entries: BTreeMap<String, String> = BTreeMap::new();
     for (key, value) in secret.data.iter().flatten() {
@@ -630,7 +646,8 @@ type Hosts = BTreeMap<Option<String>, Vec<Pending>>;
 impl Assembly<'_> {
     /// `from-to-www-redirect`: for each host of such an Ingress, the other name (`www.` added
     /// or taken off) answers every request with a 308 to the same path on the Ingress's host,
-    /// as ingress-nginx's extra server block does; a name some Ingress serves is left alone.
+    /// as ingress-nginx's extra server block does; a name some Ingress serves exactly is left
+    /// alone (a wildcard host does not count, as in ingress-nginx).
     fn www_redirects(&mut self, served: &[Arc<ParsedIngress>], hosts: &mut Hosts) {
         let mut added: Vec<(String, Pending)> = Vec::new();
         for ingress in served.iter().filter(|i| i.canary.is_none()) {

@@ -614,6 +614,9 @@ impl PasswordHash {
     /// The scheme of an htpasswd hash; DES `crypt` and anything else unknown is refused.
     pub fn parse(raw: &str) -> Result<Self, String> {
         let hash = raw.trim();
+        if !hash.is_ascii() {
+            return Err("is not a hash rvs checks (not ASCII)".into());
+        }
         let known = if ["$2y$", "$2a$", "$2b$"].iter().any(|p| hash.starts_with(p)) {
             PasswordHash::Bcrypt(hash.to_string())
         } else if hash.starts_with("$apr1$") || hash.starts_with("$1$") {
@@ -648,7 +651,8 @@ pub fn parse_htpasswd(text: &str) -> Result<BTreeMap<String, PasswordHash>, Stri
         };
         let hash =
             PasswordHash::parse(hash).map_err(|e| format!("line {} (user {user}): {e}", i + 1))?;
-        users.insert(user.to_string(), hash);
+        // nginx reads the file top down: a user's first line counts.
+        users.entry(user.to_string()).or_insert(hash);
     }
     if users.is_empty() {
         return Err("no users".into());

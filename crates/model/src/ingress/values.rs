@@ -128,16 +128,17 @@ pub fn cidr_list(raw: &str) -> Result<Vec<ipnet::IpNet>, String> {
 }
 
 /// ingress-nginx's checks of the `cors-*` lists (the values go into response headers as
-/// written, so only plain tokens pass).
+/// written, so only plain tokens pass), with a plain space where it allows any whitespace
+/// (a line break would make the header invalid).
 static CORS_ORIGIN: LazyLock<Regex> = LazyLock::new(|| {
     Regex::new(r"^https?://(\*\.)?[A-Za-z0-9\-\.]+(:[0-9]+)?$").expect("static regex")
 });
 static CORS_METHODS: LazyLock<Regex> =
-    LazyLock::new(|| Regex::new(r"^([A-Za-z]+,?\s?)+$").expect("static regex"));
+    LazyLock::new(|| Regex::new(r"^([A-Za-z]+,? ?)+$").expect("static regex"));
 static CORS_HEADERS: LazyLock<Regex> =
-    LazyLock::new(|| Regex::new(r"^([A-Za-z0-9\-_]+,?\s?)+$").expect("static regex"));
+    LazyLock::new(|| Regex::new(r"^([A-Za-z0-9\-_]+,? ?)+$").expect("static regex"));
 static CORS_EXPOSE_HEADERS: LazyLock<Regex> =
-    LazyLock::new(|| Regex::new(r"^(([A-Za-z0-9\-_]+|\*),?\s?)+$").expect("static regex"));
+    LazyLock::new(|| Regex::new(r"^(([A-Za-z0-9\-_]+|\*),? ?)+$").expect("static regex"));
 
 /// `cors-allow-origin`: `*`, or comma-separated `http(s)://host[:port]` origins, where the
 /// host may start with `*.` (one label). A `*` among them means any origin.
@@ -311,6 +312,15 @@ pub fn optional_seconds(raw: &str) -> Result<Option<Duration>, String> {
 mod tests {
     use super::*;
     use proptest::prelude::*;
+
+    #[test]
+    fn cors_lists_are_tokens_on_one_line() {
+        assert_eq!(cors_methods("GET, POST").as_deref(), Ok("GET, POST"));
+        assert_eq!(cors_methods("GET,POST").as_deref(), Ok("GET,POST"));
+        assert!(cors_methods("GET\nPOST").is_err(), "a line break splits the header");
+        assert!(cors_headers("X-A,\tX-B").is_err());
+        assert_eq!(cors_expose_headers("*, X-Trace").as_deref(), Ok("*, X-Trace"));
+    }
 
     #[test]
     fn durations() {
