@@ -317,9 +317,15 @@ mod tests {
     fn cors_lists_are_tokens_on_one_line() {
         assert_eq!(cors_methods("GET, POST").as_deref(), Ok("GET, POST"));
         assert_eq!(cors_methods("GET,POST").as_deref(), Ok("GET,POST"));
-        assert!(cors_methods("GET\nPOST").is_err(), "a line break splits the header");
+        assert!(
+            cors_methods("GET\nPOST").is_err(),
+            "a line break splits the header"
+        );
         assert!(cors_headers("X-A,\tX-B").is_err());
-        assert_eq!(cors_expose_headers("*, X-Trace").as_deref(), Ok("*, X-Trace"));
+        assert_eq!(
+            cors_expose_headers("*, X-Trace").as_deref(),
+            Ok("*, X-Trace")
+        );
     }
 
     #[test]
