@@ -187,9 +187,14 @@ fn list_table(ns: &str) -> String {
     String::from_utf8_lossy(&out.stdout).to_string()
 }
 
-/// Runs `work` on a thread of its own inside `ns` (as `ip netns exec` would the process):
-/// the engine, libnftables' thread and the nft processes it starts all inherit it.
-fn in_netns<T: Send + 'static>(ns: &Netns, work: impl FnOnce() -> T + Send + 'static) -> T {
+/// Runs `work` on a thread of its own inside `ns` (as `ip netns exec` would the process),
+/// on a current-thread runtime there: the engine, libnftables' thread and the nft processes
+/// it starts all inherit the namespace.
+fn in_netns<T, F>(ns: &Netns, work: impl FnOnce() -> F + Send + 'static) -> T
+where
+    T: Send + 'static,
+    F: std::future::Future<Output = T>,
+{
     let path = format!("/run/netns/{}", ns.0);
     std::thread::spawn(move || {
         let file = std::fs::File::open(&path).unwrap();
@@ -199,7 +204,11 @@ fn in_netns<T: Send + 'static>(ns: &Netns, work: impl FnOnce() -> T + Send + 'st
         assert_eq!(rc, 0, "setns into {path}");
         let now = std::fs::read_link("/proc/thread-self/ns/net").unwrap();
         assert_ne!(own, now, "this thread is in the test's namespace");
-        work()
+        tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap()
+            .block_on(work())
     })
     .join()
     .unwrap()
@@ -214,29 +223,23 @@ fn engine_programs_the_same_table_through_libnftables_and_the_nft_tool() {
     let mut listings = Vec::new();
     for library in [true, false] {
         let (ns_name, first, second) = (ns.0.clone(), first.clone(), second.clone());
-        let steps = in_netns(&ns, move || {
-            let runtime = tokio::runtime::Builder::new_current_thread()
-                .enable_all()
-                .build()
-                .unwrap();
-            runtime.block_on(async move {
-                let engine = rvs_nft::NftEngine::new(rvs_nft::NftConfig {
-                    library,
-                    ..cluster_config()
-                });
-                let backend = if library { "libnftables" } else { "nft" };
-                assert_eq!(engine.backend(), backend);
-                let mut steps = Vec::new();
-                let stats = engine.apply(&first, true).await.unwrap();
-                assert!(stats.full);
-                steps.push(list_table(&ns_name));
-                let stats = engine.apply(&second, false).await.unwrap();
-                assert!(!stats.full && stats.script_bytes > 0, "{backend}: a delta");
-                steps.push(list_table(&ns_name));
-                engine.remove_all().await.unwrap();
-                steps.push(list_table(&ns_name));
-                steps
-            })
+        let steps = in_netns(&ns, move || async move {
+            let engine = rvs_nft::NftEngine::new(rvs_nft::NftConfig {
+                library,
+                ..cluster_config()
+            });
+            let backend = if library { "libnftables" } else { "nft" };
+            assert_eq!(engine.backend(), backend);
+            let mut steps = Vec::new();
+            let stats = engine.apply(&first, true).await.unwrap();
+            assert!(stats.full);
+            steps.push(list_table(&ns_name));
+            let stats = engine.apply(&second, false).await.unwrap();
+            assert!(!stats.full && stats.script_bytes > 0, "{backend}: a delta");
+            steps.push(list_table(&ns_name));
+            engine.remove_all().await.unwrap();
+            steps.push(list_table(&ns_name));
+            steps
         });
         assert!(steps[0].contains("dnat to 10.244.2.11"), "{}", steps[0]);
         assert!(!steps[1].contains("10.244.2.11:"), "{}", steps[1]);
@@ -270,36 +273,30 @@ fn a_restarted_engine_rewrites_the_table_it_finds() {
     let second = std::sync::Arc::new(snapshot(&second_yaml));
     let second_again = second.clone();
     let ns_name = ns.0.clone();
-    let listed = in_netns(&ns, move || {
-        let runtime = tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build()
-            .unwrap();
-        runtime.block_on(async move {
-            let before = rvs_nft::NftEngine::new(cluster_config());
-            before.apply(&first, true).await.unwrap();
-            drop(before);
-            let leftovers = "add chain ip rvs leftover-chain\n\
+    let listed = in_netns(&ns, move || async move {
+        let before = rvs_nft::NftEngine::new(cluster_config());
+        before.apply(&first, true).await.unwrap();
+        drop(before);
+        let leftovers = "add chain ip rvs leftover-chain\n\
                 add set ip rvs leftover-set { type ipv4_addr; }\n\
                 add map ip rvs leftover-map { type ipv4_addr : verdict; }\n";
-            let status = std::process::Command::new("nft")
-                .args(["-f", "-"])
-                .stdin(Stdio::piped())
-                .spawn()
-                .and_then(|mut child| {
-                    child
-                        .stdin
-                        .take()
-                        .unwrap()
-                        .write_all(leftovers.as_bytes())?;
-                    child.wait()
-                })
-                .unwrap();
-            assert!(status.success());
-            let after_restart = rvs_nft::NftEngine::new(cluster_config());
-            after_restart.apply(&second, true).await.unwrap();
-            list_table(&ns_name)
-        })
+        let status = std::process::Command::new("nft")
+            .args(["-f", "-"])
+            .stdin(Stdio::piped())
+            .spawn()
+            .and_then(|mut child| {
+                child
+                    .stdin
+                    .take()
+                    .unwrap()
+                    .write_all(leftovers.as_bytes())?;
+                child.wait()
+            })
+            .unwrap();
+        assert!(status.success());
+        let after_restart = rvs_nft::NftEngine::new(cluster_config());
+        after_restart.apply(&second, true).await.unwrap();
+        list_table(&ns_name)
     });
     assert!(listed.contains("dnat to 10.244.2.11"), "{listed}");
     for gone in ["leftover", "sticky"] {
@@ -311,16 +308,10 @@ fn a_restarted_engine_rewrites_the_table_it_finds() {
         return;
     };
     let fresh_name = fresh_ns.0.clone();
-    let fresh = in_netns(&fresh_ns, move || {
-        let runtime = tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build()
-            .unwrap();
-        runtime.block_on(async move {
-            let engine = rvs_nft::NftEngine::new(cluster_config());
-            engine.apply(&second_again, true).await.unwrap();
-            list_table(&fresh_name)
-        })
+    let fresh = in_netns(&fresh_ns, move || async move {
+        let engine = rvs_nft::NftEngine::new(cluster_config());
+        engine.apply(&second_again, true).await.unwrap();
+        list_table(&fresh_name)
     });
     assert_eq!(listed, fresh);
 }
