@@ -1,7 +1,7 @@
 //! A request's life, in phases: [`route`], CORS preflights, [`admit`] (redirects,
-//! allow/deny lists, limits, body size), [`choose_backend`] (canary, affinity), [`forward`] (upstream attempts and
-//! retries), [`respond`] (response headers), and completion (metrics, access log) when the
-//! last byte went out.
+//! allow/deny lists, limits, body size), credentials, [`choose_backend`] (canary, affinity),
+//! [`forward`] (upstream attempts and retries), [`respond`] (response headers), and
+//! completion (metrics, access log) when the last byte went out.
 
 use std::convert::Infallible;
 use std::net::{IpAddr, SocketAddr};
@@ -14,8 +14,8 @@ use http::{Method, Request, Response, StatusCode, Uri, Version};
 use hyper::body::{Body, Incoming};
 use hyper_util::rt::TokioIo;
 use rvs_model::ingress::{
-    Backend, Balancing, CookieAffinity, Cors, HashKey, HashKeyPart, PathMatch, RoutePolicy,
-    RouteTarget, VirtualHost,
+    Backend, Balancing, CookieAffinity, Cors, PathMatch, RoutePolicy, RouteTarget, Template,
+    TemplatePart, VirtualHost,
 };
 
 use crate::access_log::AccessEntry;
@@ -157,22 +157,21 @@ async fn handle_request(
             done,
         ),
         Some(routed) => {
-            let policy = routed.target.policy.clone();
-            let origin = parts
-                .headers
-                .get(header::ORIGIN)
-                .and_then(|v| v.to_str().ok());
-            let cors = policy
-                .cors
-                .as_ref()
-                .and_then(|cors| Some((cors, cors.allowed_origin(origin)?.to_string())));
+            // Looked at only on routes with CORS on: nothing to pay on the others.
+            let cors = routed.target.policy.cors.as_ref().and_then(|cors| {
+                let origin = parts
+                    .headers
+                    .get(header::ORIGIN)
+                    .and_then(|v| v.to_str().ok());
+                Some((cors.clone(), cors.allowed_origin(origin)?.to_string()))
+            });
             match cors {
                 // A preflight is answered here, before redirects, allow lists and limits
                 // (ingress-nginx's `return 204` runs in nginx's rewrite phase, before those).
                 Some((cors, allowed)) if parts.method == Method::OPTIONS => {
                     let mut response = Response::new(ProxyBody::empty());
                     *response.status_mut() = StatusCode::NO_CONTENT;
-                    set_cors_headers(response.headers_mut(), cors, &allowed, true);
+                    set_cors_headers(response.headers_mut(), &cors, &allowed, true);
                     finish(response, done)
                 }
                 cors => {
@@ -183,7 +182,7 @@ async fn handle_request(
                     };
                     let mut response = proxy(request, routed, &conn, &shared, &table, done).await;
                     if let Some((cors, allowed)) = cors {
-                        set_cors_headers(response.headers_mut(), cors, &allowed, false);
+                        set_cors_headers(response.headers_mut(), &cors, &allowed, false);
                     }
                     response
                 }
@@ -279,7 +278,7 @@ async fn proxy(
         .unwrap_or_default();
     // Phase 4: upstream attempts.
     let hash_key = match &policy.balancing {
-        Balancing::Hash(key) => Some(hash_key_value(key, &parts, conn, &done.info.host)),
+        Balancing::Hash(key) => Some(expand(key, &parts, conn, &done.info.host)),
         _ => None,
     };
     let attempt = Attempt {
@@ -355,9 +354,7 @@ fn admit(
     let policy = &target.policy;
     let grpc = is_grpc(&req.headers);
     if let Some(to) = &policy.redirect {
-        let scheme = if conn.tls { "https" } else { "http" };
-        let request_uri = req.uri.path_and_query().map_or("/", |pq| pq.as_str());
-        let location = to.location(scheme, &request_host(req), request_uri);
+        let location = expand(&to.location, req, conn, &request_host(req));
         let status = StatusCode::from_u16(to.status).unwrap_or(StatusCode::MOVED_PERMANENTLY);
         return Err(redirect(status, &location));
     }
@@ -607,31 +604,32 @@ enum AttemptError {
 const EWMA_FAILURE: Duration = Duration::from_secs(1);
 
 /// `upstream-hash-by`: the key's value for this request, from its nginx variables.
-fn hash_key_value(
-    key: &HashKey,
+/// `template` filled in for this request, as nginx would its variables.
+fn expand(
+    template: &Template,
     req: &http::request::Parts,
     conn: &ClientConn,
     host: &str,
 ) -> String {
     let mut out = String::new();
-    for part in &key.parts {
+    for part in &template.parts {
         match part {
-            HashKeyPart::Literal(text) => out.push_str(text),
-            HashKeyPart::RequestUri => {
+            TemplatePart::Literal(text) => out.push_str(text),
+            TemplatePart::RequestUri => {
                 out.push_str(req.uri.path_and_query().map_or("/", |p| p.as_str()))
             }
-            HashKeyPart::Uri => out.push_str(req.uri.path()),
-            HashKeyPart::Args => out.push_str(req.uri.query().unwrap_or("")),
-            HashKeyPart::Host => out.push_str(host),
-            HashKeyPart::RemoteAddr => out.push_str(&canonical(conn.peer.ip()).to_string()),
-            HashKeyPart::Scheme => out.push_str(if conn.tls { "https" } else { "http" }),
-            HashKeyPart::Method => out.push_str(req.method.as_str()),
-            HashKeyPart::Header(name) => {
+            TemplatePart::Uri => out.push_str(req.uri.path()),
+            TemplatePart::Args => out.push_str(req.uri.query().unwrap_or("")),
+            TemplatePart::Host => out.push_str(host),
+            TemplatePart::RemoteAddr => out.push_str(&canonical(conn.peer.ip()).to_string()),
+            TemplatePart::Scheme => out.push_str(if conn.tls { "https" } else { "http" }),
+            TemplatePart::Method => out.push_str(req.method.as_str()),
+            TemplatePart::Header(name) => {
                 if let Some(v) = req.headers.get(name.as_str()).and_then(|v| v.to_str().ok()) {
                     out.push_str(v);
                 }
             }
-            HashKeyPart::Cookie(name) => {
+            TemplatePart::Cookie(name) => {
                 let value = req
                     .headers
                     .get_all(header::COOKIE)
@@ -640,7 +638,7 @@ fn hash_key_value(
                     .find_map(|h| balancer::cookie(h, name));
                 out.push_str(value.unwrap_or(""));
             }
-            HashKeyPart::Arg(name) => {
+            TemplatePart::Arg(name) => {
                 let value = req.uri.query().and_then(|q| {
                     q.split('&')
                         .find_map(|pair| pair.strip_prefix(name.as_str())?.strip_prefix('='))

@@ -186,7 +186,6 @@ async fn serve(
                 Box::pin(drive(io, http2, conn, shared, &settings)).await;
             } else {
                 io.parking = Some(Parking {
-                    after: PARK_AFTER,
                     requests: conn.requests.clone(),
                     requests_at_last_read: 0,
                 });
@@ -290,7 +289,7 @@ const PARK_AFTER: Duration = Duration::from_secs(1);
 /// Plain HTTP/1.1, with parking: hyper serves the connection until it has been idle for
 /// [`PARK_AFTER`]; then its connection (state, 8 KiB read and 8 KiB write buffer) is
 /// dropped and only the socket waits, for the client's next request (a new hyper connection
-/// takes it, with whatever hyper had read) or the end of the keep-alive timeout. nginx
+/// reads it) or the end of the keep-alive timeout. nginx
 /// likewise frees an idle keep-alive connection's buffers; thousands of idle clients then
 /// cost little memory.
 async fn serve_http1(
@@ -417,15 +416,15 @@ pub struct ClientIo<T> {
     write_stall: WriteStall,
 }
 
-/// After `after` without a request a plain HTTP/1.1 connection is parked: reading ends
-/// (hyper's connection finishes and is dropped with its buffers) and [`serve_http1`] waits
-/// on the bare socket until the client speaks again.
+/// After [`PARK_AFTER`] without a request a plain HTTP/1.1 connection is parked: reading
+/// ends (hyper's connection finishes and is dropped with its buffers) and [`serve_http1`]
+/// waits on the bare socket until the client speaks again.
 struct Parking {
-    after: Duration,
     /// The connection's request count (requests begun).
     requests: Arc<AtomicU32>,
     /// The count when bytes last arrived with no request in flight: while it is still the
-    /// count, those bytes began a request not yet begun (a head half sent), so no park.
+    /// count, those bytes began a request not yet begun (a head half sent, however short),
+    /// so no park.
     requests_at_last_read: u32,
 }
 
@@ -508,7 +507,6 @@ impl<T> ClientIo<T> {
         self.parking.as_ref().is_some_and(|p| {
             p.requests.load(Ordering::Acquire) != p.requests_at_last_read
                 && self.in_flight.load(Ordering::Acquire) == 0
-                && !self.framing.scanner.in_head()
                 && !self.write_stall.stalled()
         })
     }
@@ -550,10 +548,10 @@ impl<T: AsyncRead + Unpin> AsyncRead for ClientIo<T> {
                     .get_or_insert_with(|| Box::pin(tokio::time::sleep(keep_alive)));
                 if !this.armed {
                     this.quiet_since = Instant::now();
-                    let first = this
-                        .parking
-                        .as_ref()
-                        .map_or(keep_alive, |p| p.after.min(keep_alive));
+                    let first = match this.parking {
+                        Some(_) => PARK_AFTER.min(keep_alive),
+                        None => keep_alive,
+                    };
                     idle.as_mut().reset(this.quiet_since + first);
                     this.armed = true;
                 }

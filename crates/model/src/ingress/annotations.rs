@@ -2,6 +2,7 @@
 //! ConfigMap's defaults, with ingress-nginx's names, defaults and semantics. Pure.
 
 use std::collections::BTreeMap;
+use std::sync::Arc;
 
 use super::configmap::REFUSED_SNIPPET;
 use super::types::{
@@ -51,7 +52,7 @@ pub fn parse_annotations(
     p.limits(&mut policy);
     policy.affinity = p.affinity();
     p.protocol_and_headers(&mut policy);
-    policy.cors = p.cors();
+    policy.cors = p.cors().map(Arc::new);
     policy.redirect = p.redirect();
     p.set(
         "from-to-www-redirect",
@@ -359,7 +360,7 @@ impl Parser<'_> {
             &mut policy.backend_protocol,
         );
         self.set("load-balance", values::load_balance, &mut policy.balancing);
-        if let Some(key) = self.get("upstream-hash-by", values::hash_key) {
+        if let Some(key) = self.get("upstream-hash-by", values::template) {
             policy.balancing = Balancing::Hash(key);
         }
         policy.upstream_vhost = self.string("upstream-vhost");
@@ -579,7 +580,7 @@ fn cookie_name(raw: &str) -> Result<String, String> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::ingress::CorsOrigins;
+    use crate::ingress::{CorsOrigins, TemplatePart};
     use std::time::Duration;
 
     fn object() -> ObjectRef {
@@ -830,7 +831,7 @@ mod tests {
         assert!(off.warnings.is_empty() && off.problems.is_empty());
         let on = parse(&[("enable-cors", "true")]);
         let cors = on.policy.cors.expect("cors");
-        assert_eq!(cors, Cors::default());
+        assert_eq!(*cors, Cors::default());
         assert_eq!(cors.allow_origin, CorsOrigins::Any);
         assert_eq!(cors.allow_methods, "GET, PUT, POST, DELETE, PATCH, OPTIONS");
         assert!(cors.allow_credentials);
@@ -906,8 +907,11 @@ mod tests {
         let redirect = permanent.policy.redirect.expect("redirect");
         assert_eq!(redirect.status, 301);
         assert_eq!(
-            redirect.location("http", "old.example.com", "/a?b=1"),
-            "https://new.example.com/a?b=1"
+            redirect.location.parts,
+            [
+                TemplatePart::Literal("https://new.example.com".into()),
+                TemplatePart::RequestUri
+            ]
         );
         let coded = parse(&[
             ("permanent-redirect", "https://$host/moved"),
@@ -916,8 +920,12 @@ mod tests {
         let redirect = coded.policy.redirect.expect("redirect");
         assert_eq!(redirect.status, 308);
         assert_eq!(
-            redirect.location("https", "a.example", "/x"),
-            "https://a.example/moved"
+            redirect.location.parts,
+            [
+                TemplatePart::Literal("https://".into()),
+                TemplatePart::Host,
+                TemplatePart::Literal("/moved".into())
+            ]
         );
         // Temporal wins when both are set (ingress-nginx checks it first).
         let both = parse(&[
@@ -926,7 +934,14 @@ mod tests {
         ]);
         let redirect = both.policy.redirect.expect("redirect");
         assert_eq!(redirect.status, 302);
-        assert_eq!(redirect.location("http", "h", "/q"), "http://t.example/q");
+        assert_eq!(
+            redirect.location.parts,
+            [
+                TemplatePart::Scheme,
+                TemplatePart::Literal("://t.example".into()),
+                TemplatePart::RequestUri
+            ]
+        );
         assert_eq!(parse(&[]).policy.redirect, None);
     }
 
@@ -938,8 +953,8 @@ mod tests {
                 "is not an http or https URL",
             ),
             (
-                vec![("permanent-redirect", "https://x.example$remote_addr")],
-                "$remote_addr is not expanded by rvs",
+                vec![("permanent-redirect", "https://x.example$upstream_addr")],
+                "$upstream_addr is not a variable rvs knows",
             ),
             (
                 vec![

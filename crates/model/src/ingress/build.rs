@@ -15,8 +15,8 @@ use super::configmap::parse_config_map;
 use super::types::{
     parse_htpasswd, Backend, BackendService, BasicAuth, Canary, Certificate, GatewayOptions,
     GlobalSettings, HostMatch, HostMatchOrAny, IngressBuild, IngressRef, IngressSnapshot,
-    ParsedIngress, ParsedRule, PasswordHash, PathMatch, Redirect, RedirectPart, RegexPath, Route,
-    RoutePolicy, RouteTarget, ServicePortRef, VirtualHost,
+    ParsedIngress, ParsedRule, PasswordHash, PathMatch, Redirect, RegexPath, Route, RoutePolicy,
+    RouteTarget, ServicePortRef, Template, TemplatePart, VirtualHost,
 };
 use crate::objects::{ObjectRef, ObjectSet, Origin, Problem, Sourced};
 use crate::{Frontend, FrontendKind, Protocol, Snapshot};
@@ -670,11 +670,14 @@ impl Assembly<'_> {
                 let policy = RoutePolicy {
                     redirect: Some(Redirect {
                         status: 308,
-                        location: vec![
-                            RedirectPart::Scheme,
-                            RedirectPart::Text(format!("://{host}")),
-                            RedirectPart::RequestUri,
-                        ],
+                        location: Template {
+                            template: format!("$scheme://{host}$request_uri"),
+                            parts: vec![
+                                TemplatePart::Scheme,
+                                TemplatePart::Literal(format!("://{host}")),
+                                TemplatePart::RequestUri,
+                            ],
+                        },
                     }),
                     // Nothing on the other name is served: it only redirects.
                     basic_auth: None,

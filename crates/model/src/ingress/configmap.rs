@@ -126,7 +126,7 @@ fn apply(s: &mut GlobalSettings, key: &str, raw: &str) -> Result<Applied, String
                 d.balancing = values::load_balance(raw)?;
             }
         }
-        "upstream-hash-by" => d.balancing = Balancing::Hash(values::hash_key(raw)?),
+        "upstream-hash-by" => d.balancing = Balancing::Hash(values::template(raw)?),
         _ => return Ok(Applied::Unsupported),
     }
     Ok(Applied::Yes)

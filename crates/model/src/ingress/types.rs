@@ -455,20 +455,21 @@ pub enum Balancing {
     Ewma,
     /// `upstream-hash-by`: a key made of request variables picks the endpoint, consistently
     /// (rendezvous hashing: an endpoint change moves only the keys it served).
-    Hash(HashKey),
+    Hash(Template),
 }
 
-/// An `upstream-hash-by` key such as `$request_uri` or `$host$http_x_user`.
+/// Text with nginx variables, filled in per request: an `upstream-hash-by` key such as
+/// `$request_uri` or `$host$http_x_user`, a redirect's `https://new.example$request_uri`.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct HashKey {
+pub struct Template {
     /// As written.
     pub template: String,
-    pub parts: Vec<HashKeyPart>,
+    pub parts: Vec<TemplatePart>,
 }
 
-/// One piece of a hash key: literal text or an nginx variable.
+/// One piece of a template: literal text or an nginx variable.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub enum HashKeyPart {
+pub enum TemplatePart {
     Literal(String),
     /// `$request_uri`: path and query as sent.
     RequestUri,
@@ -543,8 +544,8 @@ pub struct RoutePolicy {
     pub access_log: bool,
     /// `load-balance` / `upstream-hash-by`.
     pub balancing: Balancing,
-    /// `enable-cors` and the `cors-*` annotations.
-    pub cors: Option<Cors>,
+    /// `enable-cors` and the `cors-*` annotations (shared: a request on the route holds it).
+    pub cors: Option<Arc<Cors>>,
     /// `temporal-redirect` / `permanent-redirect`: every request is answered with it.
     pub redirect: Option<Redirect>,
     /// `auth-type: basic`: users from the `auth-secret` Secret.
@@ -744,37 +745,11 @@ pub fn origin_matches(pattern: &str, origin: &str) -> bool {
 }
 
 /// `temporal-redirect` (302 by default) or `permanent-redirect` (301): the `Location` is the
-/// URL as written, with `$request_uri`, `$host` and `$scheme` filled in per request.
+/// URL as written, its nginx variables (`$request_uri`, `$host`...) filled in per request.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Redirect {
     pub status: u16,
-    pub location: Vec<RedirectPart>,
-}
-
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum RedirectPart {
-    Text(String),
-    /// nginx's `$request_uri`: the path and query as the client sent them.
-    RequestUri,
-    /// `$host`: the request's host, without port.
-    Host,
-    /// `$scheme`: `http` or `https`.
-    Scheme,
-}
-
-impl Redirect {
-    /// The `Location` for one request.
-    pub fn location(&self, scheme: &str, host: &str, request_uri: &str) -> String {
-        self.location
-            .iter()
-            .map(|part| match part {
-                RedirectPart::Text(text) => text.as_str(),
-                RedirectPart::RequestUri => request_uri,
-                RedirectPart::Host => host,
-                RedirectPart::Scheme => scheme,
-            })
-            .collect()
-    }
+    pub location: Template,
 }
 
 /// ConfigMap keys that are not per-Ingress: client connections, upstream pools, shutdown.

@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use regex::Regex;
 
-use super::types::{Balancing, CorsOrigins, HashKey, HashKeyPart, NextUpstream, RedirectPart};
+use super::types::{Balancing, CorsOrigins, NextUpstream, Template, TemplatePart};
 
 /// nginx time syntax: `60`, `60s`, `500ms`, `1h`, `1h30m`, `2d` (units ms s m h d w M y;
 /// none = seconds).
@@ -193,10 +193,10 @@ pub fn cors_expose_headers(raw: &str) -> Result<String, String> {
     header_list(raw, &CORS_EXPOSE_HEADERS, "header names or *")
 }
 
-/// A redirect URL (`permanent-redirect`, `temporal-redirect`): http or https, with nginx's
-/// `$request_uri`, `$host` and `$scheme` as the only variables (rvs runs no configuration
-/// text, so any other `$name` is refused rather than sent literally).
-pub fn redirect_location(raw: &str) -> Result<Vec<RedirectPart>, String> {
+/// A redirect URL (`permanent-redirect`, `temporal-redirect`): http or https (or
+/// `$scheme://`), with nginx variables filled in per request (rvs runs no configuration
+/// text: a variable it does not know is refused rather than sent literally).
+pub fn redirect_location(raw: &str) -> Result<Template, String> {
     let url = raw.trim();
     let lower = url.to_ascii_lowercase();
     if !(lower.starts_with("http://")
@@ -210,36 +210,7 @@ pub fn redirect_location(raw: &str) -> Result<Vec<RedirectPart>, String> {
             "{raw:?}: a URL has no spaces or control characters"
         ));
     }
-    let mut parts = Vec::new();
-    let mut text = String::new();
-    let mut rest = url;
-    while let Some(at) = rest.find('$') {
-        text.push_str(&rest[..at]);
-        let after = &rest[at + 1..];
-        let name_len = after
-            .find(|c: char| !(c.is_ascii_alphanumeric() || c == '_'))
-            .unwrap_or(after.len());
-        let part = match &after[..name_len] {
-            "request_uri" => RedirectPart::RequestUri,
-            "host" => RedirectPart::Host,
-            "scheme" => RedirectPart::Scheme,
-            other => {
-                return Err(format!(
-                    "{raw:?}: ${other} is not expanded by rvs (only $request_uri, $host and $scheme are)"
-                ))
-            }
-        };
-        if !text.is_empty() {
-            parts.push(RedirectPart::Text(std::mem::take(&mut text)));
-        }
-        parts.push(part);
-        rest = &after[name_len..];
-    }
-    text.push_str(rest);
-    if !text.is_empty() {
-        parts.push(RedirectPart::Text(text));
-    }
-    Ok(parts)
+    template(url)
 }
 
 /// A redirect's status (`permanent-redirect-code`, `temporal-redirect-code`): 300-308.
@@ -475,13 +446,13 @@ pub fn load_balance(raw: &str) -> Result<Balancing, String> {
     }
 }
 
-/// An `upstream-hash-by` key: literal text and nginx variables (`$request_uri`, `$uri`,
-/// `$args`, `$host`, `$remote_addr`, `$scheme`, `$request_method`, `$http_NAME`,
-/// `$cookie_NAME`, `$arg_NAME`; `${name}` too).
-pub fn hash_key(raw: &str) -> Result<HashKey, String> {
+/// Literal text and nginx variables (`$request_uri`, `$uri`, `$args`, `$host`,
+/// `$remote_addr`, `$scheme`, `$request_method`, `$http_NAME`, `$cookie_NAME`, `$arg_NAME`;
+/// `${name}` too): an `upstream-hash-by` key, a redirect's location.
+pub fn template(raw: &str) -> Result<Template, String> {
     let template = raw.trim();
     if template.is_empty() {
-        return Err("empty hash key".into());
+        return Err("empty template".into());
     }
     let mut parts = Vec::new();
     let mut literal = String::new();
@@ -501,46 +472,45 @@ pub fn hash_key(raw: &str) -> Result<HashKey, String> {
             (&rest[..end], &rest[end..])
         };
         if !literal.is_empty() {
-            parts.push(HashKeyPart::Literal(std::mem::take(&mut literal)));
+            parts.push(TemplatePart::Literal(std::mem::take(&mut literal)));
         }
         parts.push(
-            variable(name).ok_or_else(|| {
-                format!("{template:?}: ${name} is not a variable rvs can hash by")
-            })?,
+            variable(name)
+                .ok_or_else(|| format!("{template:?}: ${name} is not a variable rvs knows"))?,
         );
         rest = after;
     }
     literal.push_str(rest);
     if !literal.is_empty() {
-        parts.push(HashKeyPart::Literal(literal));
+        parts.push(TemplatePart::Literal(literal));
     }
-    Ok(HashKey {
+    Ok(Template {
         template: template.to_string(),
         parts,
     })
 }
 
-fn variable(name: &str) -> Option<HashKeyPart> {
+fn variable(name: &str) -> Option<TemplatePart> {
     let named = |prefix: &str| {
         name.strip_prefix(prefix)
             .filter(|n| !n.is_empty())
             .map(str::to_ascii_lowercase)
     };
     Some(match name {
-        "request_uri" => HashKeyPart::RequestUri,
-        "uri" | "document_uri" => HashKeyPart::Uri,
-        "args" | "query_string" => HashKeyPart::Args,
-        "host" => HashKeyPart::Host,
-        "remote_addr" | "binary_remote_addr" => HashKeyPart::RemoteAddr,
-        "scheme" => HashKeyPart::Scheme,
-        "request_method" => HashKeyPart::Method,
+        "request_uri" => TemplatePart::RequestUri,
+        "uri" | "document_uri" => TemplatePart::Uri,
+        "args" | "query_string" => TemplatePart::Args,
+        "host" => TemplatePart::Host,
+        "remote_addr" | "binary_remote_addr" => TemplatePart::RemoteAddr,
+        "scheme" => TemplatePart::Scheme,
+        "request_method" => TemplatePart::Method,
         _ => {
             if let Some(h) = named("http_") {
-                HashKeyPart::Header(h.replace('_', "-"))
+                TemplatePart::Header(h.replace('_', "-"))
             } else if let Some(c) = named("cookie_") {
-                HashKeyPart::Cookie(c)
+                TemplatePart::Cookie(c)
             } else if let Some(a) = named("arg_") {
-                HashKeyPart::Arg(a)
+                TemplatePart::Arg(a)
             } else {
                 return None;
             }
@@ -549,32 +519,32 @@ fn variable(name: &str) -> Option<HashKeyPart> {
 }
 
 #[cfg(test)]
-mod hash_key_tests {
+mod template_tests {
     use super::*;
 
     #[test]
     fn parses_nginx_variables() {
-        let k = hash_key("$host${request_uri}-x$http_x_user_id$cookie_sid$arg_id").unwrap();
+        let k = template("$host${request_uri}-x$http_x_user_id$cookie_sid$arg_id").unwrap();
         assert_eq!(
             k.parts,
             [
-                HashKeyPart::Host,
-                HashKeyPart::RequestUri,
-                HashKeyPart::Literal("-x".into()),
-                HashKeyPart::Header("x-user-id".into()),
-                HashKeyPart::Cookie("sid".into()),
-                HashKeyPart::Arg("id".into()),
+                TemplatePart::Host,
+                TemplatePart::RequestUri,
+                TemplatePart::Literal("-x".into()),
+                TemplatePart::Header("x-user-id".into()),
+                TemplatePart::Cookie("sid".into()),
+                TemplatePart::Arg("id".into()),
             ]
         );
         assert_eq!(
-            hash_key("$remote_addr").unwrap().parts,
-            [HashKeyPart::RemoteAddr]
+            template("$remote_addr").unwrap().parts,
+            [TemplatePart::RemoteAddr]
         );
-        assert!(hash_key("$nope")
+        assert!(template("$nope")
             .unwrap_err()
             .contains("$nope is not a variable"));
-        assert!(hash_key("${uri").is_err());
-        assert!(hash_key("  ").is_err());
+        assert!(template("${uri").is_err());
+        assert!(template("  ").is_err());
     }
 
     #[test]
