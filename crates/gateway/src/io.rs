@@ -37,6 +37,30 @@ impl TimedIo {
     }
 }
 
+impl TimedIo {
+    /// Whether the peer is quiet: nothing to read and no end of stream, checked without
+    /// waiting. It leaves a no-op waker as the socket's reader, so an idle socket does not keep
+    /// the waker, and with it the memory, of the finished task that read it last.
+    pub fn is_quiet(&self) -> bool {
+        let tcp = match &self.transport {
+            Transport::Plain(s) => s,
+            Transport::Tls(s) => s.get_ref().0,
+        };
+        let mut byte = [std::mem::MaybeUninit::uninit(); 1];
+        let peeked = tcp.try_io(tokio::io::Interest::READABLE, || {
+            socket2::SockRef::from(tcp).peek(&mut byte)
+        });
+        match peeked {
+            // Nothing there (tokio cleared its readiness): wait-free re-registration below.
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
+            // Bytes nobody asked for, the end of the stream, or an error.
+            _ => return false,
+        }
+        let mut noop = Context::from_waker(std::task::Waker::noop());
+        tcp.poll_read_ready(&mut noop).is_pending()
+    }
+}
+
 /// Fails a write that makes no progress for its timeout (nginx's `proxy_send_timeout` and
 /// `send_timeout`: the time between two successive writes). The timer is made on the first
 /// stall and re-armed on later ones.

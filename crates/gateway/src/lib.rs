@@ -78,25 +78,27 @@ pub(crate) struct BackendState {
 pub(crate) struct RoutingTable {
     pub snapshot: Arc<IngressSnapshot>,
     pub backends: HashMap<BackendService, Arc<BackendState>>,
+    /// Every endpoint a route leads to (upstream pools of others are closed).
+    endpoints: std::collections::HashSet<SocketAddr>,
 }
 
 impl RoutingTable {
     fn new(snapshot: Arc<IngressSnapshot>, previous: Option<&RoutingTable>) -> Self {
         let mut backends = HashMap::new();
+        let mut endpoints = std::collections::HashSet::new();
         for backend in all_backends(&snapshot) {
+            endpoints.extend(backend.endpoints.iter().copied());
             let state = previous
                 .and_then(|p| p.backends.get(&backend.service).cloned())
                 .unwrap_or_default();
             balancer::ewma_retain(&state, &backend.endpoints);
             backends.entry(backend.service.clone()).or_insert(state);
         }
-        RoutingTable { snapshot, backends }
-    }
-
-    fn endpoints(&self) -> std::collections::HashSet<SocketAddr> {
-        all_backends(&self.snapshot)
-            .flat_map(|b| b.endpoints.iter().copied())
-            .collect()
+        RoutingTable {
+            snapshot,
+            backends,
+            endpoints,
+        }
     }
 }
 
@@ -294,13 +296,16 @@ fn pool_limits(settings: &rvs_model::ingress::GlobalSettings) -> PoolLimits {
     }
 }
 
-/// Housekeeping: idle upstream connections past their timeout, idle limit buckets.
+/// Housekeeping: idle upstream connections past their timeout or due to be parked (every
+/// second), idle limit buckets (every 5 s).
 async fn maintain(shared: Arc<Shared>) {
-    let mut tick = tokio::time::interval(Duration::from_secs(5));
-    loop {
+    let mut tick = tokio::time::interval(Duration::from_secs(1));
+    for round in 0u64.. {
         tick.tick().await;
-        let live = shared.table.load().endpoints();
-        shared.pools.sweep(&|addr| live.contains(&addr));
-        shared.limits.sweep(Duration::from_secs(120));
+        let table = shared.table.load();
+        shared.pools.sweep(&|addr| table.endpoints.contains(&addr));
+        if round % 5 == 4 {
+            shared.limits.sweep(Duration::from_secs(120));
+        }
     }
 }

@@ -267,6 +267,7 @@ impl Collector for PoolCollector {
         let stats = &self.0;
         let idle = stats.idle.load(Ordering::Relaxed) as i64;
         let active = stats.active.load(Ordering::Relaxed) as i64;
+        let parked = stats.parked.load(Ordering::Relaxed) as i64;
         let opened = stats.opened.load(Ordering::Relaxed);
         let reused = stats.reused.load(Ordering::Relaxed);
         let gauges = [
@@ -274,6 +275,12 @@ impl Collector for PoolCollector {
                 "upstream_idle_connections",
                 "Kept-alive upstream connections waiting for a request",
                 idle,
+            ),
+            (
+                "upstream_parked_connections",
+                "Kept-alive upstream HTTP/1.1 connections idle long enough to hold no buffers \
+                 (counted in upstream_idle_connections too)",
+                parked,
             ),
             (
                 "upstream_active_connections",

@@ -11,6 +11,7 @@ use hyper::client::conn::{http1, http2};
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use rvs_model::ingress::BackendProtocol;
 use tokio::net::TcpStream;
+use tokio::sync::oneshot;
 
 use crate::body::UpstreamBody;
 use crate::io::TimedIo;
@@ -51,6 +52,8 @@ pub struct PoolStats {
     pub reused: AtomicU64,
     /// Connections opened.
     pub opened: AtomicU64,
+    /// Idle connections parked (counted in `idle` too).
+    pub parked: AtomicUsize,
 }
 
 #[derive(Clone, Copy, PartialEq, Eq, Hash, Debug)]
@@ -62,11 +65,31 @@ struct PoolKey {
     send_timeout: Duration,
 }
 
+/// How long a kept-alive HTTP/1.1 connection stays idle with hyper's connection (its state
+/// and 16 KiB of buffers) before it is parked. nginx keeps no buffers for idle upstream
+/// connections; a burst's 320 kept-alive connections per endpoint would otherwise hold 6 MiB.
+const PARK_AFTER: Duration = Duration::from_secs(1);
+
+/// The socket of an HTTP/1.1 connection, handed back by its connection task once hyper's
+/// connection ended cleanly (its sender dropped while idle).
+type SocketBack = oneshot::Receiver<TokioIo<TimedIo>>;
+
 struct Idle {
-    sender: http1::SendRequest<UpstreamBody>,
+    conn: IdleConn,
     created: Instant,
     idle_since: Instant,
     requests: u32,
+}
+
+enum IdleConn {
+    /// hyper's connection runs; `socket` (None for connections made for an upgrade) brings
+    /// the socket back when it is parked.
+    Live {
+        sender: http1::SendRequest<UpstreamBody>,
+        socket: Option<SocketBack>,
+    },
+    /// Only the socket: a new hyper connection is made on it when it is taken.
+    Parked(SocketBack),
 }
 
 struct SharedH2 {
@@ -79,6 +102,62 @@ struct SharedH2 {
 struct EndpointPool {
     idle: Mutex<Vec<Idle>>,
     h2: Mutex<Option<SharedH2>>,
+}
+
+impl PoolStats {
+    /// An idle connection left the pool (taken, or closed).
+    fn forget(&self, conn: &Idle) {
+        self.idle.fetch_sub(1, Ordering::Relaxed);
+        if matches!(conn.conn, IdleConn::Parked(_)) {
+            self.parked.fetch_sub(1, Ordering::Relaxed);
+        }
+    }
+}
+
+impl Idle {
+    /// Ends hyper's connection (dropping its sender ends its task, which hands the socket
+    /// back); the socket waits in the pool.
+    fn park(&mut self, stats: &PoolStats) {
+        let IdleConn::Live { socket, .. } = &mut self.conn else {
+            return;
+        };
+        if let Some(socket) = socket.take() {
+            self.conn = IdleConn::Parked(socket);
+            stats.parked.fetch_add(1, Ordering::Relaxed);
+        }
+    }
+}
+
+/// Starts hyper's HTTP/1.1 client on a connection. A connection that may be parked
+/// (`parkable`) has its task give the socket back when hyper's connection ends cleanly;
+/// other ones (made for an upgrade) can hand themselves over to a tunnel instead.
+async fn start_http1(
+    io: TokioIo<TimedIo>,
+    addr: SocketAddr,
+    parkable: bool,
+) -> Result<(http1::SendRequest<UpstreamBody>, Option<SocketBack>), hyper::Error> {
+    let (sender, conn) = http1::Builder::new().handshake(io).await?;
+    if !parkable {
+        tokio::spawn(async move {
+            if let Err(e) = conn.with_upgrades().await {
+                tracing::debug!(%addr, "upstream connection ended: {e}");
+            }
+        });
+        return Ok((sender, None));
+    }
+    let (back, socket) = oneshot::channel();
+    tokio::spawn(async move {
+        match conn.without_shutdown().await {
+            // Nothing unread, and the backend quiet: the socket may carry another request.
+            // (A receiver gone means the connection was not kept: the socket closes.)
+            Ok(parts) if parts.read_buf.is_empty() && parts.io.inner().is_quiet() => {
+                let _ = back.send(parts.io);
+            }
+            Ok(_) => {}
+            Err(e) => tracing::debug!(%addr, "upstream connection ended: {e}"),
+        }
+    });
+    Ok((sender, Some(socket)))
 }
 
 /// All upstream pools of the gateway.
@@ -98,6 +177,7 @@ pub enum Checkout {
 /// An HTTP/1.1 connection serving one request; [`PooledHttp1::release`] puts it back.
 pub struct PooledHttp1 {
     sender: http1::SendRequest<UpstreamBody>,
+    socket: Option<SocketBack>,
     created: Instant,
     requests: u32,
     pool: Arc<EndpointPool>,
@@ -128,6 +208,7 @@ impl PooledHttp1 {
     pub fn release(self) {
         let PooledHttp1 {
             sender,
+            socket,
             created,
             requests,
             pool,
@@ -149,11 +230,11 @@ impl PooledHttp1 {
         };
         if idle.len() >= limits.idle_per_endpoint {
             // The oldest idle one goes, as nginx's LRU cache of kept-alive connections.
-            idle.remove(0);
-            stats.idle.fetch_sub(1, Ordering::Relaxed);
+            let oldest = idle.remove(0);
+            stats.forget(&oldest);
         }
         idle.push(Idle {
-            sender,
+            conn: IdleConn::Live { sender, socket },
             created,
             idle_since: now,
             requests,
@@ -210,7 +291,8 @@ impl Pools {
 
     /// A connection to `addr` speaking `protocol`: a kept-alive one if there is one (and
     /// not `fresh`), else a new one (within `connect_timeout`). `send_timeout` bounds a
-    /// stalled write. Also says whether the connection was reused.
+    /// stalled write. A request asking for an `upgrade` (WebSocket...) gets a connection
+    /// that can become a tunnel. Also says whether the connection was reused.
     pub async fn checkout(
         &self,
         addr: SocketAddr,
@@ -218,6 +300,7 @@ impl Pools {
         connect_timeout: Duration,
         send_timeout: Duration,
         fresh: bool,
+        upgrade: bool,
     ) -> Result<(Checkout, bool), ConnectError> {
         let key = PoolKey {
             addr,
@@ -237,38 +320,42 @@ impl Pools {
                 .await
                 .map(|(s, reused)| (Checkout::Http2(s), reused));
         }
-        let now = Instant::now();
-        let reused = {
-            let mut found = None;
-            let idle = if fresh { None } else { pool.idle.lock().ok() };
-            if let Some(mut idle) = idle {
-                while let Some(conn) = idle.pop() {
-                    self.stats.idle.fetch_sub(1, Ordering::Relaxed);
-                    let fresh = now.duration_since(conn.idle_since) < limits.idle_timeout
-                        && now.duration_since(conn.created) < limits.max_lifetime;
-                    if fresh && conn.sender.is_ready() {
-                        found = Some(conn);
-                        break;
+        // A kept-alive connection cannot become a tunnel (its task hands the socket back to
+        // the pool instead): an upgrade gets a new one.
+        let mut reuse = !fresh && !upgrade;
+        let (sender, socket, created, requests, was_reused) = loop {
+            let taken = if reuse {
+                self.take_idle(&pool, limits)
+            } else {
+                None
+            };
+            let Some(taken) = taken else {
+                let io = self.connect(key, connect_timeout, send_timeout).await?;
+                let (sender, socket) = start_http1(io, addr, !upgrade)
+                    .await
+                    .map_err(|source| ConnectError::Handshake { addr, source })?;
+                break (sender, socket, Instant::now(), 0, false);
+            };
+            match taken.conn {
+                IdleConn::Live { sender, socket } => {
+                    break (sender, socket, taken.created, taken.requests, true)
+                }
+                IdleConn::Parked(mut back) => {
+                    // The socket is back from its last hyper connection if that ended
+                    // cleanly, and quiet if the backend has not closed it meanwhile.
+                    let Some(io) = back.try_recv().ok().filter(|io| io.inner().is_quiet()) else {
+                        continue;
+                    };
+                    match start_http1(io, addr, true).await {
+                        Ok((sender, socket)) => {
+                            break (sender, socket, taken.created, taken.requests, true)
+                        }
+                        Err(e) => tracing::debug!(%addr, "parked upstream connection: {e}"),
                     }
                 }
             }
-            found
-        };
-        let (sender, created, requests, was_reused) = match reused {
-            Some(conn) => (conn.sender, conn.created, conn.requests, true),
-            None => {
-                let io = self.connect(key, connect_timeout, send_timeout).await?;
-                let (sender, conn) = http1::Builder::new()
-                    .handshake(io)
-                    .await
-                    .map_err(|source| ConnectError::Handshake { addr, source })?;
-                tokio::spawn(async move {
-                    if let Err(e) = conn.with_upgrades().await {
-                        tracing::debug!(%addr, "upstream connection ended: {e}");
-                    }
-                });
-                (sender, Instant::now(), 0, false)
-            }
+            // Taking the next idle one could run into the same trouble: a new one.
+            reuse = false;
         };
         if was_reused {
             self.stats.reused.fetch_add(1, Ordering::Relaxed);
@@ -276,6 +363,7 @@ impl Pools {
         Ok((
             Checkout::Http1(PooledHttp1 {
                 sender,
+                socket,
                 created,
                 requests: requests + 1,
                 pool,
@@ -284,6 +372,25 @@ impl Pools {
             }),
             was_reused,
         ))
+    }
+
+    /// The most recently idle HTTP/1.1 connection still within its limits, if any.
+    fn take_idle(&self, pool: &EndpointPool, limits: PoolLimits) -> Option<Idle> {
+        let now = Instant::now();
+        let mut idle = pool.idle.lock().ok()?;
+        while let Some(conn) = idle.pop() {
+            self.stats.forget(&conn);
+            let in_limits = now.duration_since(conn.idle_since) < limits.idle_timeout
+                && now.duration_since(conn.created) < limits.max_lifetime;
+            let usable = match &conn.conn {
+                IdleConn::Live { sender, .. } => sender.is_ready(),
+                IdleConn::Parked(_) => true,
+            };
+            if in_limits && usable {
+                return Some(conn);
+            }
+        }
+        None
     }
 
     async fn checkout_h2(
@@ -363,36 +470,55 @@ impl Pools {
         Ok(TokioIo::new(connected))
     }
 
-    /// Closes idle connections past their idle timeout or lifetime, and forgets pools of
-    /// endpoints no longer in `live`.
+    /// Closes idle connections past their idle timeout or lifetime, parks those idle for
+    /// [`PARK_AFTER`], and forgets pools of endpoints no longer in `live`. Requests wait for
+    /// it only where it removes pools.
     pub fn sweep(&self, live: &dyn Fn(SocketAddr) -> bool) {
         let limits = self.limits();
         let now = Instant::now();
-        let Ok(mut pools) = self.pools.write() else {
+        let stats = &self.stats;
+        let mut gone = Vec::new();
+        if let Ok(pools) = self.pools.read() {
+            for (key, pool) in pools.iter() {
+                let alive = live(key.addr);
+                if let Ok(mut idle) = pool.idle.lock() {
+                    idle.retain_mut(|c| {
+                        let keep = alive
+                            && now.duration_since(c.idle_since) < limits.idle_timeout
+                            && now.duration_since(c.created) < limits.max_lifetime
+                            && match &c.conn {
+                                IdleConn::Live { sender, .. } => !sender.is_closed(),
+                                IdleConn::Parked(_) => true,
+                            };
+                        if !keep {
+                            stats.forget(c);
+                        } else if now.duration_since(c.idle_since) >= PARK_AFTER {
+                            c.park(stats);
+                        }
+                        keep
+                    });
+                }
+                if !alive {
+                    if let Ok(mut h2) = pool.h2.lock() {
+                        *h2 = None;
+                    }
+                    gone.push(*key);
+                }
+            }
+        }
+        if gone.is_empty() {
             return;
-        };
-        pools.retain(|key, pool| {
-            if let Ok(mut idle) = pool.idle.lock() {
-                let before = idle.len();
-                idle.retain(|c| {
-                    now.duration_since(c.idle_since) < limits.idle_timeout
-                        && now.duration_since(c.created) < limits.max_lifetime
-                        && !c.sender.is_closed()
-                });
-                if !live(key.addr) {
-                    idle.clear();
+        }
+        if let Ok(mut pools) = self.pools.write() {
+            for key in gone {
+                // Still held by a request in flight: forgotten by a later sweep.
+                if pools
+                    .get(&key)
+                    .is_some_and(|pool| Arc::strong_count(pool) == 1)
+                {
+                    pools.remove(&key);
                 }
-                self.stats
-                    .idle
-                    .fetch_sub(before - idle.len(), Ordering::Relaxed);
             }
-            if !live(key.addr) {
-                if let Ok(mut h2) = pool.h2.lock() {
-                    *h2 = None;
-                }
-                return Arc::strong_count(pool) > 1;
-            }
-            true
-        });
+        }
     }
 }

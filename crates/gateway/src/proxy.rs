@@ -288,6 +288,7 @@ async fn proxy(
         pinned,
         hash_key: hash_key.as_deref(),
         client_body_timeout: settings.client_body_timeout,
+        upgrade: upgrade.is_some(),
     };
     // Boxed: an idle keep-alive connection keeps its handler's future allocation, so the
     // large upstream state machine (connect, TLS, send) must not live inline in it.
@@ -660,6 +661,8 @@ struct Attempt<'a> {
     /// `upstream-hash-by`'s key for this request.
     hash_key: Option<&'a str>,
     client_body_timeout: Duration,
+    /// The client asked for an upgrade (WebSocket...): the connection may become a tunnel.
+    upgrade: bool,
 }
 
 /// Phase 4: attempts on endpoints until one answers, retrying as `proxy-next-upstream` says:
@@ -680,6 +683,7 @@ async fn forward(
         pinned,
         hash_key,
         client_body_timeout,
+        upgrade,
     } = attempt;
     let next = &policy.next_upstream;
     let endpoints = &backend.endpoints;
@@ -752,6 +756,7 @@ async fn forward(
                 policy.connect_timeout,
                 policy.send_timeout,
                 std::mem::take(&mut fresh),
+                upgrade,
             )
             .await;
         done.connect_time = Some(connect_start.elapsed());

@@ -99,12 +99,12 @@ pub struct ClientConn {
     pub local: SocketAddr,
     pub tls: bool,
     /// Requests served so far (`keep-alive-requests`; parking reads it too).
-    pub requests: Arc<AtomicU32>,
+    pub requests: AtomicU32,
     /// Requests in flight: the keep-alive idle timer runs only at zero.
-    pub in_flight: Arc<AtomicUsize>,
+    pub in_flight: AtomicUsize,
     /// The request head just read declared both Content-Length and Transfer-Encoding: the
     /// handler answers 400 and closes (see [`crate::framing`]).
-    pub conflicting_framing: Arc<AtomicBool>,
+    pub conflicting_framing: AtomicBool,
     /// Notified when an HTTP/2 connection served `keep-alive-requests` streams: it is
     /// closed gracefully (GOAWAY; streams in flight finish), as nginx does.
     pub retire: Notify,
@@ -135,10 +135,28 @@ pub async fn accept_loop(
         let tracked = tracker.track();
         let shared = shared.clone();
         let acceptor = acceptor.clone();
-        tokio::spawn(async move {
-            let _tracked = tracked;
-            serve(stream, peer, acceptor, &shared).await;
-        });
+        tokio::spawn(serve(stream, peer, acceptor, shared, tracked));
+    }
+}
+
+/// What a client connection needs of the global settings (copied: a connection must not hold
+/// a whole configuration alive).
+#[derive(Clone, Copy)]
+struct ClientSettings {
+    keep_alive: Duration,
+    client_header_timeout: Duration,
+    max_header_bytes: usize,
+}
+
+impl ClientSettings {
+    fn current(shared: &Shared) -> Self {
+        let table = shared.table.load();
+        let settings = &table.snapshot.settings;
+        ClientSettings {
+            keep_alive: settings.keep_alive,
+            client_header_timeout: settings.client_header_timeout,
+            max_header_bytes: settings.max_header_bytes,
+        }
     }
 }
 
@@ -146,27 +164,22 @@ async fn serve(
     stream: TcpStream,
     peer: SocketAddr,
     acceptor: Option<TlsAcceptor>,
-    shared: &Arc<Shared>,
+    shared: Arc<Shared>,
+    tracked: Tracked,
 ) {
+    let shared = &shared;
     let _ = stream.set_nodelay(true);
     let local = stream.local_addr().unwrap_or(peer);
-    let settings = shared.table.load().snapshot.settings.clone();
-    let in_flight = Arc::new(AtomicUsize::new(0));
-    let conflicting_framing = Arc::new(AtomicBool::new(false));
+    let settings = ClientSettings::current(shared);
     let conn = Arc::new(ClientConn {
         peer,
         local,
         tls: acceptor.is_some(),
-        requests: Arc::new(AtomicU32::new(0)),
-        in_flight: in_flight.clone(),
-        conflicting_framing: conflicting_framing.clone(),
+        requests: AtomicU32::new(0),
+        in_flight: AtomicUsize::new(0),
+        conflicting_framing: AtomicBool::new(false),
         retire: Notify::new(),
     });
-    let guard = |http2| FramingGuard {
-        scanner: HeadScanner::default(),
-        flag: conflicting_framing.clone(),
-        http2,
-    };
     match acceptor {
         None => {
             // HTTP/2 prior knowledge or HTTP/1.1, by the first bytes (nothing sent within
@@ -179,29 +192,26 @@ async fn serve(
             let Ok(Ok(http2)) = first.await else {
                 return;
             };
-            let mut io = ClientIo::new(stream, in_flight, settings.keep_alive, guard(http2));
+            let io = ClientIo::new(stream, conn.clone(), settings.keep_alive, http2);
             if http2 {
-                // Boxed: room for HTTP/2 (and the generic HTTP/1.1 path) would otherwise be in
-                // every plain connection's task, parked ones included.
+                let _tracked = tracked;
+                // Boxed: an HTTP/1.1 connection's task need not carry room for HTTP/2's.
                 Box::pin(drive(io, http2, conn, shared, &settings)).await;
             } else {
-                io.parking = Some(Parking {
-                    requests: conn.requests.clone(),
-                    requests_at_last_read: 0,
-                });
-                serve_http1(io, conn, shared, &settings).await;
+                serve_http1(io.parkable(), conn, shared.clone(), tracked, settings).await;
             }
         }
         Some(acceptor) => {
             // Boxed: TLS state is large, and plain connections' tasks must not carry room
             // for it.
             Box::pin(async move {
+                let _tracked = tracked;
                 let handshake =
                     tokio::time::timeout(settings.client_header_timeout, acceptor.accept(stream));
                 match handshake.await {
                     Ok(Ok(tls)) => {
                         let http2 = tls.get_ref().1.alpn_protocol() == Some(b"h2");
-                        let io = ClientIo::new(tls, in_flight, settings.keep_alive, guard(http2));
+                        let io = ClientIo::new(tls, conn.clone(), settings.keep_alive, http2);
                         drive(io, http2, conn, shared, &settings).await;
                     }
                     Ok(Err(e)) => tracing::debug!(%peer, "TLS handshake failed: {e}"),
@@ -271,7 +281,7 @@ fn stopping(shared: &Shared, conn: &Arc<ClientConn>) -> impl Future<Output = ()>
 }
 
 /// hyper's HTTP/1.1 server as ingress-nginx's settings configure it.
-fn http1_builder(settings: &rvs_model::ingress::GlobalSettings) -> http1::Builder {
+fn http1_builder(settings: &ClientSettings) -> http1::Builder {
     let mut builder = http1::Builder::new();
     builder
         .timer(TokioTimer::new())
@@ -287,38 +297,57 @@ fn http1_builder(settings: &rvs_model::ingress::GlobalSettings) -> http1::Builde
 const PARK_AFTER: Duration = Duration::from_secs(1);
 
 /// Plain HTTP/1.1, with parking: hyper serves the connection until it has been idle for
-/// [`PARK_AFTER`]; then its connection (state, 8 KiB read and 8 KiB write buffer) is
-/// dropped and only the socket waits, for the client's next request (a new hyper connection
-/// reads it) or the end of the keep-alive timeout. nginx
-/// likewise frees an idle keep-alive connection's buffers; thousands of idle clients then
-/// cost little memory.
+/// [`PARK_AFTER`]; then its connection (state, 8 KiB read and 8 KiB write buffer) and this
+/// task end, and a small task of its own ([`park`]) waits on the bare socket for the
+/// client's next request (a new task with a new hyper connection reads it) or the end of the
+/// keep-alive timeout. nginx likewise frees an idle keep-alive connection's buffers;
+/// thousands of idle clients then cost little memory.
 async fn serve_http1(
-    mut io: ClientIo<TcpStream>,
+    io: ClientIo<TcpStream>,
     conn: Arc<ClientConn>,
-    shared: &Arc<Shared>,
-    settings: &rvs_model::ingress::GlobalSettings,
+    shared: Arc<Shared>,
+    tracked: Tracked,
+    settings: ClientSettings,
 ) {
-    let parked_gauge = &shared.metrics.parked_connections;
-    loop {
-        // Boxed: while parked, the task holds only what waiting on the socket needs.
-        let Some(back) = Box::pin(http1_until_idle(io, &conn, shared, settings)).await else {
-            return;
-        };
-        io = back;
-        parked_gauge.inc();
-        let deadline = io.keep_alive_deadline();
+    // Boxed: the parked task below must not be as large as hyper's connection.
+    let Some(io) = Box::pin(http1_until_idle(io, &conn, &shared, &settings)).await else {
+        return;
+    };
+    let deadline = io.keep_alive_deadline();
+    tokio::spawn(park(io.inner, deadline, conn, shared, tracked));
+}
+
+/// A parked connection: only the socket and what identifies the connection, until the client
+/// sends its next request (served by a new [`serve_http1`] task), the keep-alive timeout
+/// (closed, as nginx closes it) or shutdown.
+// Boxed: the two tasks spawn each other, which an `async fn`'s inferred type cannot express.
+fn park(
+    stream: TcpStream,
+    keep_alive_deadline: Instant,
+    conn: Arc<ClientConn>,
+    shared: Arc<Shared>,
+    tracked: Tracked,
+) -> Pin<Box<dyn Future<Output = ()> + Send>> {
+    Box::pin(async move {
+        let parked = &shared.metrics.parked_connections;
+        parked.inc();
         let mut shutdown = shared.shutdown.clone();
         let woken = tokio::select! {
-            readable = io.inner.readable() => readable.is_ok(),
-            () = tokio::time::sleep_until(deadline) => false,
+            // poll_read_ready, not readable(): it takes over the socket's reader waker slot,
+            // which otherwise keeps the finished serving task's memory (~2 KiB) alive.
+            readable = std::future::poll_fn(|cx| stream.poll_read_ready(cx)) => readable.is_ok(),
+            () = tokio::time::sleep_until(keep_alive_deadline) => false,
             _ = shutdown.wait_for(|stop| *stop) => false,
         };
-        parked_gauge.dec();
-        if !woken {
-            return;
+        parked.dec();
+        if woken {
+            let settings = ClientSettings::current(&shared);
+            let io = ClientIo::new(stream, conn.clone(), settings.keep_alive, false)
+                .resumed()
+                .parkable();
+            tokio::spawn(serve_http1(io, conn, shared, tracked, settings));
         }
-        io.unpark();
-    }
+    })
 }
 
 /// hyper serves the connection until it parks (the socket comes back) or ends (None:
@@ -327,7 +356,7 @@ async fn http1_until_idle(
     io: ClientIo<TcpStream>,
     conn: &Arc<ClientConn>,
     shared: &Arc<Shared>,
-    settings: &rvs_model::ingress::GlobalSettings,
+    settings: &ClientSettings,
 ) -> Option<ClientIo<TcpStream>> {
     let service_shared = shared.clone();
     let service_conn = conn.clone();
@@ -367,7 +396,7 @@ async fn drive<T>(
     http2: bool,
     conn: Arc<ClientConn>,
     shared: &Arc<Shared>,
-    settings: &rvs_model::ingress::GlobalSettings,
+    settings: &ClientSettings,
 ) where
     T: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
@@ -398,7 +427,8 @@ async fn drive<T>(
 /// (nginx's `keepalive_timeout`).
 pub struct ClientIo<T> {
     inner: T,
-    in_flight: Arc<AtomicUsize>,
+    /// Its request counts and framing flag.
+    conn: Arc<ClientConn>,
     keep_alive: Duration,
     idle: Option<Pin<Box<Sleep>>>,
     /// The idle timer is running for the current quiet period, which began then.
@@ -417,14 +447,12 @@ pub struct ClientIo<T> {
 }
 
 /// After [`PARK_AFTER`] without a request a plain HTTP/1.1 connection is parked: reading
-/// ends (hyper's connection finishes and is dropped with its buffers) and [`serve_http1`]
-/// waits on the bare socket until the client speaks again.
+/// ends (hyper's connection finishes and is dropped with its buffers) and [`park`] waits
+/// on the bare socket until the client speaks again.
 struct Parking {
-    /// The connection's request count (requests begun).
-    requests: Arc<AtomicU32>,
-    /// The count when bytes last arrived with no request in flight: while it is still the
-    /// count, those bytes began a request not yet begun (a head half sent, however short),
-    /// so no park.
+    /// The connection's request count (requests begun) when bytes last arrived with no
+    /// request in flight: while it is still the count, those bytes began a request not yet
+    /// begun (a head half sent, however short), so no park.
     requests_at_last_read: u32,
 }
 
@@ -434,13 +462,13 @@ const CLIENT_SEND_TIMEOUT: Duration = Duration::from_secs(60);
 /// Watches HTTP/1.1 request heads for conflicting framing.
 struct FramingGuard {
     scanner: HeadScanner,
-    flag: Arc<AtomicBool>,
     /// HTTP/2 (ALPN or the connection preface): binary frames, nothing to scan.
     http2: bool,
 }
 
 impl FramingGuard {
-    fn observe(&mut self, read: &[u8], idle: bool, first: bool) {
+    /// Raises `conflicting` when the head being read declares both framings.
+    fn observe(&mut self, read: &[u8], idle: bool, first: bool, conflicting: &AtomicBool) {
         if self.http2 || read.is_empty() {
             return;
         }
@@ -455,7 +483,7 @@ impl FramingGuard {
             self.scanner.start_head();
         }
         if self.scanner.feed(read) {
-            self.flag.store(true, Ordering::Release);
+            conflicting.store(true, Ordering::Release);
         }
     }
 }
@@ -467,22 +495,20 @@ fn starts_with_method(read: &[u8]) -> bool {
 }
 
 impl<T> ClientIo<T> {
-    fn new(
-        inner: T,
-        in_flight: Arc<AtomicUsize>,
-        keep_alive: Duration,
-        framing: FramingGuard,
-    ) -> Self {
+    fn new(inner: T, conn: Arc<ClientConn>, keep_alive: Duration, http2: bool) -> Self {
         ClientIo {
             inner,
-            in_flight,
+            conn,
             keep_alive,
             idle: None,
             armed: false,
             quiet_since: Instant::now(),
             parking: None,
             parked: false,
-            framing,
+            framing: FramingGuard {
+                scanner: HeadScanner::default(),
+                http2,
+            },
             seen_bytes: false,
             write_stall: WriteStall::new(
                 CLIENT_SEND_TIMEOUT,
@@ -491,22 +517,30 @@ impl<T> ClientIo<T> {
         }
     }
 
+    /// Plain HTTP/1.1: parked when idle.
+    fn parkable(mut self) -> Self {
+        self.parking = Some(Parking {
+            requests_at_last_read: 0,
+        });
+        self
+    }
+
+    /// Back from a park: bytes came before (no HTTP/2 preface can follow).
+    fn resumed(mut self) -> Self {
+        self.seen_bytes = true;
+        self
+    }
+
     /// When the keep-alive timeout of the current quiet period runs out.
     fn keep_alive_deadline(&self) -> Instant {
         self.quiet_since + self.keep_alive
     }
 
-    /// Back from a park: a new hyper connection reads on.
-    fn unpark(&mut self) {
-        self.parked = false;
-        self.armed = false;
-    }
-
     /// Nothing in flight, no byte of a next request read, no response waiting for the client.
     fn may_park(&self) -> bool {
         self.parking.as_ref().is_some_and(|p| {
-            p.requests.load(Ordering::Acquire) != p.requests_at_last_read
-                && self.in_flight.load(Ordering::Acquire) == 0
+            self.conn.requests.load(Ordering::Acquire) != p.requests_at_last_read
+                && self.conn.in_flight.load(Ordering::Acquire) == 0
                 && !self.write_stall.stalled()
         })
     }
@@ -524,21 +558,23 @@ impl<T: AsyncRead + Unpin> AsyncRead for ClientIo<T> {
             Poll::Ready(r) => {
                 if buf.filled().len() > before {
                     this.armed = false;
-                    let idle = this.in_flight.load(Ordering::Acquire) == 0;
+                    let conn = &this.conn;
+                    let idle = conn.in_flight.load(Ordering::Acquire) == 0;
                     if let Some(parking) = this.parking.as_mut().filter(|_| idle) {
-                        parking.requests_at_last_read = parking.requests.load(Ordering::Acquire);
+                        parking.requests_at_last_read = conn.requests.load(Ordering::Acquire);
                     }
                     this.framing.observe(
                         &buf.filled()[before..],
                         idle,
                         before == 0 && !this.seen_bytes,
+                        &conn.conflicting_framing,
                     );
                     this.seen_bytes = true;
                 }
                 Poll::Ready(r)
             }
             Poll::Pending => {
-                if this.in_flight.load(Ordering::Acquire) > 0 || this.keep_alive.is_zero() {
+                if this.conn.in_flight.load(Ordering::Acquire) > 0 || this.keep_alive.is_zero() {
                     this.armed = false;
                     return Poll::Pending;
                 }

@@ -6,7 +6,11 @@ mod common;
 
 use std::time::{Duration, Instant};
 
-use common::{Backend, Env};
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
+
+use common::{path, rule, Backend, Env, Manifests};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
@@ -18,11 +22,20 @@ async fn env(config: &[(&str, &str)]) -> (Env, Backend) {
 }
 
 fn parked(env: &Env) -> u64 {
+    metric(env, "rvs_gateway_parked_client_connections")
+}
+
+fn metric(env: &Env, name: &str) -> u64 {
     env.metrics_text()
         .lines()
-        .find_map(|l| l.strip_prefix("rvs_gateway_parked_client_connections "))
+        .find_map(|l| l.strip_prefix(name)?.strip_prefix(' '))
         .and_then(|v| v.trim().parse().ok())
-        .expect("parked connections gauge")
+        .unwrap_or_else(|| panic!("metric {name}"))
+}
+
+/// Parked upstream connections (after 1 s idle, at the next sweep, each second).
+fn upstream_parked(env: &Env) -> u64 {
+    metric(env, "rvs_gateway_upstream_parked_connections")
 }
 
 /// Reads one response (head and Content-Length body); returns the head.
@@ -169,4 +182,99 @@ async fn shutdown_closes_parked_connections() {
     let mut rest = Vec::new();
     let read = tokio::time::timeout(Duration::from_secs(2), tcp.read_to_end(&mut rest)).await;
     assert!(matches!(read, Ok(Ok(0))), "closed: {read:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_idle_upstream_connection_parks_and_carries_the_next_request() {
+    let (env, b) = env(&[]).await;
+    assert_eq!(env.get("p.example.com", "/a").await.status, 200);
+    assert_eq!(upstream_parked(&env), 0, "not parked while recently busy");
+    assert!(
+        common::eventually(Duration::from_secs(5), || upstream_parked(&env) == 1).await,
+        "parked within a second or two of idling"
+    );
+    let reused_before = metric(&env, "rvs_gateway_upstream_requests_reused_total");
+    // A new client connection: only the upstream side was parked.
+    assert_eq!(env.get("p.example.com", "/b").await.status, 200);
+    assert_eq!(
+        b.connections(),
+        1,
+        "the parked socket carried the second request"
+    );
+    assert_eq!(upstream_parked(&env), 0);
+    assert_eq!(
+        metric(&env, "rvs_gateway_upstream_requests_reused_total"),
+        reused_before + 1
+    );
+    assert_eq!(
+        metric(&env, "rvs_gateway_upstream_connections_opened_total"),
+        1
+    );
+}
+
+/// A backend answering `ok` to each request, that closes each connection `linger` after it
+/// opened (as backends with a short keep-alive timeout do). Counts connections.
+async fn closing_backend(linger: Duration) -> (SocketAddr, Arc<AtomicUsize>) {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let accepted = Arc::new(AtomicUsize::new(0));
+    let count = accepted.clone();
+    tokio::spawn(async move {
+        while let Ok((mut tcp, _)) = listener.accept().await {
+            count.fetch_add(1, Ordering::SeqCst);
+            tokio::spawn(async move {
+                let serve = async {
+                    let mut data = Vec::new();
+                    let mut chunk = [0u8; 1024];
+                    loop {
+                        let n = tcp.read(&mut chunk).await.unwrap_or(0);
+                        if n == 0 {
+                            return;
+                        }
+                        data.extend_from_slice(&chunk[..n]);
+                        while let Some(end) = data.windows(4).position(|w| w == b"\r\n\r\n") {
+                            data.drain(..end + 4);
+                            let ok = b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok";
+                            if tcp.write_all(ok).await.is_err() {
+                                return;
+                            }
+                        }
+                    }
+                };
+                let _ = tokio::time::timeout(linger, serve).await;
+            });
+        }
+    });
+    (addr, accepted)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_parked_upstream_connection_the_backend_closed_is_left_for_a_new_one() {
+    let (addr, accepted) = closing_backend(Duration::from_millis(2500)).await;
+    let mut m = Manifests::new();
+    m.service("web", &[addr]).ingress(
+        "web",
+        &[],
+        &[rule(Some("p.example.com"), &[path("/", "Prefix", "web")])],
+        "",
+    );
+    let env = Env::start(&m).await;
+    assert_eq!(env.get("p.example.com", "/").await.status, 200);
+    assert!(common::eventually(Duration::from_secs(5), || upstream_parked(&env) == 1).await);
+    // The backend closes it while parked.
+    tokio::time::sleep(Duration::from_millis(2000)).await;
+    // A POST, which is never retried once sent: it must not go out on the closed socket.
+    let resp = env
+        .send(hyper::Method::POST, "p.example.com", "/", &[], "data")
+        .await;
+    assert_eq!(resp.status, 200);
+    assert_eq!(
+        accepted.load(Ordering::SeqCst),
+        2,
+        "a new connection for the POST"
+    );
+    assert_eq!(
+        metric(&env, "rvs_gateway_upstream_connections_opened_total"),
+        2
+    );
 }

@@ -76,6 +76,32 @@ pub(crate) fn parse_duration(s: &str) -> Result<Duration, String> {
 #[global_allocator]
 static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
+/// Called as a runtime worker goes idle: returns the memory other threads freed on this
+/// thread's mimalloc pages. mimalloc reclaims such frees only when the owning thread
+/// allocates from those pages again, and work stealing frees a connection's buffers on
+/// whichever worker runs it last: after a burst of 10,000 connections the idle workers kept
+/// 16 KiB per parked connection instead of 2.6. At most once a millisecond per thread (a
+/// collect takes ~2 µs on average; workers may park thousands of times a second).
+fn collect_freed_memory() {
+    thread_local! {
+        static LAST: std::cell::Cell<Option<std::time::Instant>> = const { std::cell::Cell::new(None) };
+    }
+    let now = std::time::Instant::now();
+    let due = LAST.with(|last| {
+        let due = last
+            .get()
+            .is_none_or(|at| now.duration_since(at) >= Duration::from_millis(1));
+        if due {
+            last.set(Some(now));
+        }
+        due
+    });
+    if due {
+        // SAFETY: mi_collect has no preconditions; it only walks this thread's heap.
+        unsafe { libmimalloc_sys::mi_collect(false) };
+    }
+}
+
 fn main() -> std::process::ExitCode {
     let cli = Cli::parse();
     let filter = tracing_subscriber::EnvFilter::try_new(&cli.log)
@@ -93,7 +119,11 @@ fn main() -> std::process::ExitCode {
     } else {
         tokio::runtime::Builder::new_multi_thread()
     };
-    let runtime = match builder.enable_all().build() {
+    let runtime = match builder
+        .enable_all()
+        .on_thread_park(collect_freed_memory)
+        .build()
+    {
         Ok(rt) => rt,
         Err(e) => {
             eprintln!("rvs: cannot start the runtime: {e}");
