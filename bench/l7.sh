@@ -346,7 +346,10 @@ for config in log-off log-on; do
     done
 done
 
-# Memory: each proxy alone with IDLE_CONNS idle keep-alive client connections.
+# Memory: each proxy alone with IDLE_CONNS idle keep-alive client connections. Not pinned:
+# rvs then runs a worker thread per CPU, as deployed (pinned to one CPU it runs one, and
+# memory freed by one worker on another's pages is a multi-worker cost).
+CPU_PROXY=""
 declare -A MEM_BASE MEM_IDLE MEM_SETTLED
 for proxy in nginx rvs; do
     if [[ $proxy == nginx ]]; then start_peer off; pid=$PEER_PID addr=$NGINX_ADDR; else start_rvs off; pid=$RVS_PID addr=$RVS_ADDR; fi
@@ -439,7 +442,7 @@ SECTION=$WORK/section.md
         echo "| KiB per idle connection, ${at} s | $(fmt 1 "$n_per") | $(fmt 1 "$r_per") | $(ratio "$r_per" "$n_per") |"
     done
     echo
-    echo "(nginx: master + worker. Each connection carried one request, then stayed open and idle. rvs parks a plain HTTP/1.1 connection after 1 s without a request (hyper's connection and buffers dropped), so all are parked by the first reading; the second shows what the allocator has given back by then.)"
+    echo "(nginx: master + one worker process; rvs: one process with a worker thread per CPU (2), neither pinned. Each connection carried one request, then stayed open and idle; the clients open 500 at a time, so both proxies also keep up to 320 idle upstream connections. rvs parks a plain HTTP/1.1 client connection after 1 s without a request (hyper's connection and buffers dropped, a small task waits on the socket), and an idle upstream connection after 1 to 2 s (hyper's connection dropped, the socket kept in the pool); the second reading shows what the allocator has given back by then.)"
     echo
     echo "rvs' own pool counters after the last log-on run:"
     echo
