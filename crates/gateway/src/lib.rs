@@ -11,6 +11,7 @@ mod access_log;
 mod auth;
 mod balancer;
 mod body;
+mod external_auth;
 mod framing;
 mod io;
 mod limits;
@@ -128,6 +129,8 @@ pub(crate) struct Shared {
     pub metrics: Metrics,
     pub access_log: AccessLog,
     pub certs: Arc<ServerCerts>,
+    /// Host names of `auth-url`s.
+    pub resolver: external_auth::Resolver,
     /// Flips to true on shutdown: listeners stop, connections drain.
     pub shutdown: watch::Receiver<bool>,
 }
@@ -161,6 +164,7 @@ impl Gateway {
             metrics,
             access_log,
             certs,
+            resolver: external_auth::Resolver::default(),
             shutdown: shutdown_rx,
         });
         let connections = server::ConnectionTracker::new(shared.metrics.client_connections.clone());

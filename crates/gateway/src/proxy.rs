@@ -21,6 +21,7 @@ use rvs_model::ingress::{
 use crate::access_log::AccessEntry;
 use crate::balancer;
 use crate::body::{BodyProgress, ClientBody, Completion, ProxyBody, UpstreamBody};
+use crate::external_auth::Verdict;
 use crate::limits::{ConnectionSlot, Refusal};
 use crate::metrics::{CacheKey, RequestLabels, RequestMetrics};
 use crate::pool::{Checkout, ConnectError};
@@ -250,6 +251,16 @@ async fn proxy(
             return finish(unauthorized(&auth.realm, grpc), done);
         }
     }
+    let mut auth_headers = Vec::new();
+    if let Some(auth) = &target.policy.external_auth {
+        let request = (done.info.host.as_str(), done.info.request_id.as_str());
+        let verdict =
+            crate::external_auth::check(auth, &parts, conn, shared, &target.policy, request);
+        match Box::pin(verdict).await {
+            Verdict::Allow(headers) => auth_headers = headers,
+            Verdict::Deny(response) => return finish(response, done),
+        }
+    }
     // Phase 3: backend and policy.
     let (backend, policy, canary) = choose_backend(&parts, &target);
     done.canary = canary.then(|| backend.clone());
@@ -262,14 +273,18 @@ async fn proxy(
     let request_id = done.info.request_id.clone();
     let host = done.info.host.clone();
     let make_head = || {
-        upstream_request(
+        let mut head = upstream_request(
             &parts,
             &routed,
             conn,
             &policy,
             (&request_id, &host),
             settings,
-        )
+        )?;
+        for (name, value) in &auth_headers {
+            head.headers.insert(name.clone(), value.clone());
+        }
+        Ok(head)
     };
     let state = table
         .backends
@@ -400,7 +415,7 @@ fn status(code: u16) -> StatusCode {
 }
 
 /// IPv4-mapped IPv6 clients (dual-stack listeners) are matched as IPv4.
-fn canonical(ip: IpAddr) -> IpAddr {
+pub(crate) fn canonical(ip: IpAddr) -> IpAddr {
     match ip {
         IpAddr::V6(v6) => v6.to_ipv4_mapped().map_or(ip, IpAddr::V4),
         v4 => v4,
@@ -591,7 +606,7 @@ fn rewrite(
 
 /// Why one attempt failed.
 #[derive(Clone, Copy, PartialEq, Eq, Debug)]
-enum AttemptError {
+pub(crate) enum AttemptError {
     Connect,
     /// No connection within `proxy-connect-timeout`: nothing was sent.
     ConnectTimeout,
@@ -606,7 +621,7 @@ const EWMA_FAILURE: Duration = Duration::from_secs(1);
 
 /// `upstream-hash-by`: the key's value for this request, from its nginx variables.
 /// `template` filled in for this request, as nginx would its variables.
-fn expand(
+pub(crate) fn expand(
     template: &Template,
     req: &http::request::Parts,
     conn: &ClientConn,
@@ -873,14 +888,14 @@ fn build(head: UpstreamHead, body: UpstreamBody) -> Request<UpstreamBody> {
     request
 }
 
-type SendResult = Result<
+pub(crate) type SendResult = Result<
     (Response<Incoming>, Option<crate::pool::PooledHttp1>),
     (AttemptError, Option<UpstreamBody>),
 >;
 
 /// Sends one request on a checked-out connection and waits up to `read_timeout` for the
 /// response head. A request the connection never took comes back with the error.
-async fn send(
+pub(crate) async fn send(
     checkout: Checkout,
     request: Request<UpstreamBody>,
     read_timeout: Duration,
@@ -999,7 +1014,7 @@ fn affinity_cookie(
 }
 
 /// Hop-by-hop headers (RFC 9110 7.6.1) are the connection's, not the message's.
-fn strip_hop_by_hop(headers: &mut HeaderMap, upgrade: bool) {
+pub(crate) fn strip_hop_by_hop(headers: &mut HeaderMap, upgrade: bool) {
     let named: Vec<HeaderName> = headers
         .get_all(header::CONNECTION)
         .iter()
@@ -1054,7 +1069,7 @@ fn is_upgrade_head(version: &Version, headers: &HeaderMap) -> bool {
             })
 }
 
-fn is_grpc(headers: &HeaderMap) -> bool {
+pub(crate) fn is_grpc(headers: &HeaderMap) -> bool {
     headers
         .get(header::CONTENT_TYPE)
         .and_then(|v| v.to_str().ok())
@@ -1176,7 +1191,7 @@ fn unauthorized(realm: &str, grpc: bool) -> Response<ProxyBody> {
     response
 }
 
-fn redirect(status: StatusCode, location: &str) -> Response<ProxyBody> {
+pub(crate) fn redirect(status: StatusCode, location: &str) -> Response<ProxyBody> {
     let mut response = html_page(status);
     if let Ok(v) = HeaderValue::from_str(location) {
         response.headers_mut().insert(header::LOCATION, v);

@@ -209,3 +209,219 @@ async fn cors_preflights_come_before_authentication() {
         "the refusal carries the CORS headers too"
     );
 }
+
+/// What the auth service saw of the last request it was asked about.
+#[derive(Default, Clone)]
+struct AuthSeen {
+    method: String,
+    path: String,
+    headers: http::HeaderMap,
+    body_len: usize,
+    asked: usize,
+}
+
+/// An auth service in the style of oauth2-proxy's `/oauth2/auth`: `Bearer good` -> 200 with
+/// `X-Auth-Request-User`; `Bearer forbidden` -> 403; `Bearer broken` -> 502; else 401 with a
+/// challenge.
+async fn auth_service() -> (
+    std::net::SocketAddr,
+    std::sync::Arc<std::sync::Mutex<AuthSeen>>,
+) {
+    use http_body_util::BodyExt;
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let seen = std::sync::Arc::new(std::sync::Mutex::new(AuthSeen::default()));
+    let record = seen.clone();
+    tokio::spawn(async move {
+        while let Ok((tcp, _)) = listener.accept().await {
+            let record = record.clone();
+            tokio::spawn(async move {
+                let service =
+                    hyper::service::service_fn(move |req: http::Request<hyper::body::Incoming>| {
+                        let record = record.clone();
+                        async move {
+                            let (parts, body) = req.into_parts();
+                            let body_len = body.collect().await.map_or(0, |b| b.to_bytes().len());
+                            {
+                                let mut seen = record.lock().unwrap();
+                                seen.method = parts.method.to_string();
+                                seen.path = parts.uri.to_string();
+                                seen.headers = parts.headers.clone();
+                                seen.body_len = body_len;
+                                seen.asked += 1;
+                            }
+                            let token = parts
+                                .headers
+                                .get("authorization")
+                                .and_then(|v| v.to_str().ok())
+                                .unwrap_or("");
+                            let mut response = http::Response::new(http_body_util::Full::new(
+                                Bytes::from_static(b"auth"),
+                            ));
+                            match token {
+                                "Bearer good" => {
+                                    let h = response.headers_mut();
+                                    h.insert("x-auth-request-user", "alice".parse().unwrap());
+                                    h.insert("x-auth-request-groups", "admins".parse().unwrap());
+                                    h.insert("x-unlisted", "secret".parse().unwrap());
+                                }
+                                "Bearer forbidden" => {
+                                    *response.status_mut() = StatusCode::FORBIDDEN
+                                }
+                                "Bearer broken" => *response.status_mut() = StatusCode::BAD_GATEWAY,
+                                _ => {
+                                    *response.status_mut() = StatusCode::UNAUTHORIZED;
+                                    response.headers_mut().insert(
+                                        "www-authenticate",
+                                        "Bearer realm=\"apps\"".parse().unwrap(),
+                                    );
+                                }
+                            }
+                            Ok::<_, std::convert::Infallible>(response)
+                        }
+                    });
+                let _ = hyper::server::conn::http1::Builder::new()
+                    .serve_connection(hyper_util::rt::TokioIo::new(tcp), service)
+                    .await;
+            });
+        }
+    });
+    (addr, seen)
+}
+
+async fn behind_auth_url(
+    extra: &[(&str, &str)],
+) -> (Env, Backend, std::sync::Arc<std::sync::Mutex<AuthSeen>>) {
+    let (auth, seen) = auth_service().await;
+    let url = format!("http://{auth}/oauth2/auth?from=$host");
+    let mut annotations = vec![
+        ("auth-url", url.as_str()),
+        (
+            "auth-response-headers",
+            "X-Auth-Request-User, X-Auth-Request-Groups",
+        ),
+    ];
+    annotations.extend_from_slice(extra);
+    let b = Backend::echo("web").await;
+    let mut m = Manifests::new();
+    m.service("web", &[b.addr]).ingress(
+        "web",
+        &annotations,
+        &[rule(Some("app.example.com"), &[path("/", "Prefix", "web")])],
+        "",
+    );
+    (Env::start(&m).await, b, seen)
+}
+
+async fn call(env: &Env, method: Method, path: &str, token: &str, body: &'static str) -> Resp {
+    let authorization = format!("Bearer {token}");
+    env.send(
+        method,
+        "app.example.com",
+        path,
+        &[("authorization", authorization.as_str())],
+        Bytes::from_static(body.as_bytes()),
+    )
+    .await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn auth_url_lets_through_what_the_service_allows_with_its_headers() {
+    let (env, b, seen) = behind_auth_url(&[]).await;
+    let resp = call(&env, Method::POST, "/api/items?page=2", "good", "payload").await;
+    assert_eq!(resp.status, StatusCode::OK);
+    assert_eq!(b.hits(), 1);
+    // The upstream request carries the listed headers of the answer, not the others.
+    assert_eq!(
+        resp.upstream_header("x-auth-request-user").as_deref(),
+        Some("alice")
+    );
+    assert_eq!(
+        resp.upstream_header("x-auth-request-groups").as_deref(),
+        Some("admins")
+    );
+    assert_eq!(resp.upstream_header("x-unlisted"), None);
+    assert_eq!(resp.json()["body_len"], 7, "the body still goes upstream");
+    let seen = seen.lock().unwrap().clone();
+    // The auth request: GET, no body, the client's headers and where the request was going.
+    assert_eq!(seen.method, "GET");
+    assert_eq!(seen.path, "/oauth2/auth?from=app.example.com");
+    assert_eq!(seen.body_len, 0);
+    let h = |name: &str| {
+        seen.headers
+            .get(name)
+            .and_then(|v| v.to_str().ok())
+            .map(String::from)
+    };
+    assert_eq!(h("authorization").as_deref(), Some("Bearer good"));
+    assert_eq!(
+        h("x-original-url").as_deref(),
+        Some("http://app.example.com/api/items?page=2")
+    );
+    assert_eq!(h("x-original-method").as_deref(), Some("POST"));
+    assert_eq!(
+        h("x-auth-request-redirect").as_deref(),
+        Some("/api/items?page=2")
+    );
+    assert_eq!(h("x-real-ip").as_deref(), Some("127.0.0.1"));
+    assert_eq!(
+        h("x-sent-from").as_deref(),
+        Some("nginx-ingress-controller")
+    );
+    assert_eq!(h("content-length"), None);
+    assert!(h("x-request-id").is_some_and(|id| !id.is_empty()));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn auth_url_refusals_reach_the_client_and_never_the_backend() {
+    let (env, b, seen) = behind_auth_url(&[]).await;
+    let resp = call(&env, Method::GET, "/", "nobody", "").await;
+    assert_eq!(resp.status, StatusCode::UNAUTHORIZED);
+    assert_eq!(
+        resp.header("www-authenticate").as_deref(),
+        Some("Bearer realm=\"apps\"")
+    );
+    assert_eq!(
+        call(&env, Method::GET, "/", "forbidden", "").await.status,
+        StatusCode::FORBIDDEN
+    );
+    // Anything else from the auth service keeps the route closed.
+    let broken = call(&env, Method::GET, "/", "broken", "").await;
+    assert_eq!(broken.status, StatusCode::INTERNAL_SERVER_ERROR);
+    assert_eq!(b.hits(), 0);
+    assert_eq!(seen.lock().unwrap().asked, 3);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn auth_url_sends_browsers_to_sign_in_with_where_they_were_going() {
+    let (env, b, _seen) = behind_auth_url(&[
+        ("auth-signin", "https://login.example.com/oauth2/start"),
+        ("auth-request-redirect", "/landing"),
+    ])
+    .await;
+    let resp = call(&env, Method::GET, "/docs/a%20b?x=1", "nobody", "").await;
+    assert_eq!(resp.status, StatusCode::FOUND);
+    assert_eq!(
+        resp.header("location").as_deref(),
+        Some("https://login.example.com/oauth2/start?rd=http://app.example.com%2Fdocs%2Fa%2520b%3Fx%3D1")
+    );
+    assert_eq!(b.hits(), 0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn auth_url_unreachable_is_a_500_not_an_open_door() {
+    let dead = common::dead_endpoint().await;
+    let b = Backend::echo("web").await;
+    let mut m = Manifests::new();
+    let url = format!("http://{dead}/auth");
+    m.service("web", &[b.addr]).ingress(
+        "web",
+        &[("auth-url", url.as_str())],
+        &[rule(Some("app.example.com"), &[path("/", "Prefix", "web")])],
+        "",
+    );
+    let env = Env::start(&m).await;
+    let resp = call(&env, Method::GET, "/", "good", "").await;
+    assert_eq!(resp.status, StatusCode::INTERNAL_SERVER_ERROR);
+    assert_eq!(b.hits(), 0);
+}

@@ -6,7 +6,8 @@ use std::sync::Arc;
 
 use super::configmap::REFUSED_SNIPPET;
 use super::types::{
-    BackendProtocol, Balancing, CanaryRule, CookieAffinity, Cors, Redirect, RoutePolicy,
+    BackendProtocol, Balancing, CanaryRule, CookieAffinity, Cors, ExternalAuth, Redirect,
+    RoutePolicy,
 };
 use super::values;
 use crate::objects::{ObjectRef, Origin, Problem};
@@ -63,6 +64,7 @@ pub fn parse_annotations(
     let use_regex = p.get("use-regex", values::boolean).unwrap_or(false) || rewrite;
     let canary = p.canary();
     let basic_auth = p.basic_auth();
+    policy.external_auth = p.external_auth().map(Arc::new);
     p.check_keys();
     ParsedAnnotations {
         policy,
@@ -134,6 +136,12 @@ const HONOURED: &[&str] = &[
     "auth-secret",
     "auth-secret-type",
     "auth-realm",
+    "auth-url",
+    "auth-method",
+    "auth-signin",
+    "auth-signin-redirect-param",
+    "auth-response-headers",
+    "auth-request-redirect",
 ];
 
 /// The `rvs.io/` annotations an Ingress may carry.
@@ -504,6 +512,38 @@ impl Parser<'_> {
             secret,
             map,
             realm,
+        })
+    }
+
+    /// `auth-url` and the annotations that shape its request and its answers.
+    fn external_auth(&mut self) -> Option<ExternalAuth> {
+        self.string("auth-url")?;
+        let url = self.get("auth-url", values::auth_url);
+        let method = self
+            .get("auth-method", values::http_method)
+            .unwrap_or_else(|| "GET".into());
+        let signin = self.get("auth-signin", values::auth_url);
+        let signin_redirect_param = self
+            .get("auth-signin-redirect-param", values::query_param)
+            .unwrap_or_else(|| "rd".into());
+        let response_headers = self
+            .get("auth-response-headers", values::header_names)
+            .unwrap_or_default();
+        let request_redirect = self.get("auth-request-redirect", |raw| {
+            let value = raw.trim();
+            if value.chars().any(|c| c.is_control()) {
+                Err(format!("{raw:?} has control characters"))
+            } else {
+                Ok(value.to_string())
+            }
+        });
+        Some(ExternalAuth {
+            url: url?,
+            method,
+            signin,
+            signin_redirect_param,
+            response_headers,
+            request_redirect,
         })
     }
 
@@ -964,6 +1004,87 @@ mod tests {
                 "\"200\" is not a redirect status (300-308)",
             ),
         ] {
+            let a = parse(&pairs);
+            let problems = texts(&a.problems);
+            assert!(
+                problems.iter().any(|p| p.contains(needle)),
+                "{pairs:?}: {problems:#?}"
+            );
+        }
+    }
+
+    #[test]
+    fn external_auth_annotations() {
+        assert_eq!(parse(&[]).policy.external_auth, None);
+        let a = parse(&[
+            ("auth-url", "http://oauth2-proxy.auth.svc:4180/oauth2/auth"),
+            ("auth-method", "post"),
+            ("auth-signin", "https://$host/oauth2/start"),
+            ("auth-signin-redirect-param", "next"),
+            (
+                "auth-response-headers",
+                "X-Auth-Request-User, X-Auth-Request-Email",
+            ),
+            ("auth-request-redirect", "/after"),
+        ]);
+        assert_eq!(texts(&a.problems), Vec::<String>::new());
+        assert_eq!(texts(&a.warnings), Vec::<String>::new());
+        let auth = a.policy.external_auth.expect("external auth");
+        assert_eq!(
+            auth.url.parts,
+            [TemplatePart::Literal(
+                "http://oauth2-proxy.auth.svc:4180/oauth2/auth".into()
+            )]
+        );
+        assert_eq!(auth.method, "POST");
+        let signin = auth.signin.as_ref().expect("signin");
+        assert_eq!(signin.parts[1], TemplatePart::Host);
+        assert_eq!(auth.signin_redirect_param, "next");
+        assert_eq!(
+            auth.response_headers,
+            ["x-auth-request-user", "x-auth-request-email"]
+        );
+        assert_eq!(auth.request_redirect.as_deref(), Some("/after"));
+        let defaults = parse(&[("auth-url", "https://auth.example.com/check")])
+            .policy
+            .external_auth
+            .expect("external auth");
+        assert_eq!(
+            (
+                defaults.method.as_str(),
+                defaults.signin_redirect_param.as_str(),
+                defaults.signin.is_none(),
+                defaults.response_headers.is_empty()
+            ),
+            ("GET", "rd", true, true)
+        );
+        for (pairs, needle) in [
+            (
+                vec![("auth-url", "ftp://x/")],
+                "is not an http or https URL",
+            ),
+            (vec![("auth-url", "http:///path")], "names no host"),
+            (
+                vec![("auth-url", "http://a/$upstream_addr")],
+                "$upstream_addr is not a variable rvs knows",
+            ),
+            (
+                vec![("auth-url", "http://a/"), ("auth-method", "GE T")],
+                "is not an HTTP method",
+            ),
+            (
+                vec![
+                    ("auth-url", "http://a/"),
+                    ("auth-response-headers", "X-User\r\nX-Evil: 1"),
+                ],
+                "is not a list of header names",
+            ),
+            (
+                vec![("auth-url", "http://a/"), ("auth-signin", "/start")],
+                "is not an http or https URL",
+            ),
+        ] {
+            // A problem refuses the whole Ingress: none of its routes is served unguarded.
             let a = parse(&pairs);
             let problems = texts(&a.problems);
             assert!(

@@ -550,6 +550,8 @@ pub struct RoutePolicy {
     pub redirect: Option<Redirect>,
     /// `auth-type: basic`: users from the `auth-secret` Secret.
     pub basic_auth: Option<Arc<BasicAuth>>,
+    /// `auth-url` and its companions: each request is first asked about at a service.
+    pub external_auth: Option<Arc<ExternalAuth>>,
     /// `from-to-www-redirect`: `www.` + host (or host without `www.`) redirects here (308),
     /// unless an Ingress serves that name itself.
     pub from_to_www_redirect: bool,
@@ -582,9 +584,31 @@ impl Default for RoutePolicy {
             cors: None,
             redirect: None,
             basic_auth: None,
+            external_auth: None,
             from_to_www_redirect: false,
         }
     }
+}
+
+/// External authentication as ingress-nginx configures nginx's `auth_request` (`auth-url`):
+/// before a request goes upstream, its head (no body) is sent to `url`; a 2xx answer lets it
+/// through (with `response_headers` copied from that answer onto the upstream request), 401
+/// and 403 are passed to the client (401 becomes a redirect to `signin` when set), anything
+/// else, or no answer, is a 500.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ExternalAuth {
+    /// `auth-url`: http or https, with nginx variables.
+    pub url: Template,
+    /// `auth-method` (default `GET`).
+    pub method: String,
+    /// `auth-signin`: where a 401 sends the browser, with the original URL in `rd`.
+    pub signin: Option<Template>,
+    /// `auth-signin-redirect-param` (default `rd`).
+    pub signin_redirect_param: String,
+    /// `auth-response-headers`: lower-case header names.
+    pub response_headers: Vec<String>,
+    /// `auth-request-redirect`: sent as `X-Auth-Request-Redirect` (default: the request URI).
+    pub request_redirect: Option<String>,
 }
 
 /// HTTP Basic authentication as nginx's `auth_basic` does it: a request without valid

@@ -213,6 +213,71 @@ pub fn redirect_location(raw: &str) -> Result<Template, String> {
     template(url)
 }
 
+/// `auth-url`, `auth-signin`: an http or https URL; nginx variables filled in per request.
+pub fn auth_url(raw: &str) -> Result<Template, String> {
+    let url = raw.trim();
+    let lower = url.to_ascii_lowercase();
+    let Some(rest) = lower
+        .strip_prefix("http://")
+        .or_else(|| lower.strip_prefix("https://"))
+    else {
+        return Err(format!("{raw:?} is not an http or https URL"));
+    };
+    if rest.is_empty() || rest.starts_with('/') {
+        return Err(format!("{raw:?} names no host"));
+    }
+    if url.chars().any(|c| c.is_whitespace() || c.is_control()) {
+        return Err(format!(
+            "{raw:?}: a URL has no spaces or control characters"
+        ));
+    }
+    template(url)
+}
+
+/// `auth-method`: an HTTP method token (upper-cased).
+pub fn http_method(raw: &str) -> Result<String, String> {
+    let method = raw.trim();
+    if !method.is_empty() && method.bytes().all(|b| b.is_ascii_alphabetic()) {
+        Ok(method.to_ascii_uppercase())
+    } else {
+        Err(format!("{raw:?} is not an HTTP method"))
+    }
+}
+
+/// `auth-response-headers`: header names separated by commas (lower-cased).
+pub fn header_names(raw: &str) -> Result<Vec<String>, String> {
+    let names: Vec<String> = raw
+        .split(',')
+        .map(str::trim)
+        .filter(|n| !n.is_empty())
+        .map(str::to_ascii_lowercase)
+        .collect();
+    let token = |n: &String| {
+        n.bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
+    };
+    if names.is_empty() || !names.iter().all(token) {
+        return Err(format!(
+            "{raw:?} is not a list of header names (letters, digits, - and _, separated by ,)"
+        ));
+    }
+    Ok(names)
+}
+
+/// A query parameter name (`auth-signin-redirect-param`).
+pub fn query_param(raw: &str) -> Result<String, String> {
+    let name = raw.trim();
+    if !name.is_empty()
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_' || b == b'.')
+    {
+        Ok(name.to_string())
+    } else {
+        Err(format!("{raw:?} is not a query parameter name"))
+    }
+}
+
 /// A redirect's status (`permanent-redirect-code`, `temporal-redirect-code`): 300-308.
 pub fn redirect_code(raw: &str) -> Result<u16, String> {
     match number::<u16>(raw) {

@@ -1,0 +1,300 @@
+//! `auth-url`: nginx's `auth_request` as ingress-nginx configures it. Before a request goes
+//! upstream its head (never its body) is sent to the auth service; 2xx lets it through, 401
+//! and 403 go back to the client (401 as a redirect to `auth-signin` when set), anything else
+//! is a 500: a broken auth service keeps the route closed.
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
+
+use http::request::Parts;
+use http::{header, HeaderMap, HeaderName, HeaderValue, Method, Request, StatusCode, Uri};
+use http_body_util::BodyExt;
+use rvs_model::ingress::{BackendProtocol, ExternalAuth, RoutePolicy};
+
+use crate::body::{BodyProgress, ProxyBody, UpstreamBody};
+use crate::proxy::{error_response, expand, send, strip_hop_by_hop};
+use crate::server::ClientConn;
+use crate::Shared;
+
+/// What the auth service said.
+pub(crate) enum Verdict {
+    /// Through, with these headers (`auth-response-headers`) set on the upstream request.
+    Allow(Vec<(HeaderName, HeaderValue)>),
+    /// Answered here.
+    Deny(Response),
+}
+
+type Response = http::Response<ProxyBody>;
+
+/// An auth answer's body is read whole (so the connection can be kept) up to this size.
+const MAX_AUTH_BODY: usize = 64 * 1024;
+
+/// Asks the auth service about the request whose head is `req`.
+pub(crate) async fn check(
+    auth: &ExternalAuth,
+    req: &Parts,
+    conn: &ClientConn,
+    shared: &Shared,
+    policy: &RoutePolicy,
+    (host, request_id): (&str, &str),
+) -> Verdict {
+    let grpc = crate::proxy::is_grpc(&req.headers);
+    let url = expand(&auth.url, req, conn, host);
+    let answer = ask(&url, auth, req, conn, shared, policy, (host, request_id)).await;
+    let (status, headers) = match answer {
+        Ok(answer) => answer,
+        Err(e) => {
+            tracing::warn!(url, "auth-url: {e}");
+            return Verdict::Deny(error_response(StatusCode::INTERNAL_SERVER_ERROR, grpc));
+        }
+    };
+    match status {
+        s if s.is_success() => Verdict::Allow(
+            auth.response_headers
+                .iter()
+                .filter_map(|name| {
+                    let name = HeaderName::from_bytes(name.as_bytes()).ok()?;
+                    let value = headers.get(&name)?.clone();
+                    Some((name, value))
+                })
+                .collect(),
+        ),
+        StatusCode::UNAUTHORIZED => match &auth.signin {
+            Some(signin) if !grpc => {
+                let signin = expand(signin, req, conn, host);
+                let original = format!(
+                    "{}://{host}{}",
+                    if conn.tls { "https" } else { "http" },
+                    escape(req.uri.path_and_query().map_or("/", |p| p.as_str()))
+                );
+                let location = signin_location(&signin, &auth.signin_redirect_param, &original);
+                Verdict::Deny(crate::proxy::redirect(StatusCode::FOUND, &location))
+            }
+            _ => {
+                let mut response = error_response(StatusCode::UNAUTHORIZED, grpc);
+                if let Some(challenge) = headers.get(header::WWW_AUTHENTICATE) {
+                    response
+                        .headers_mut()
+                        .insert(header::WWW_AUTHENTICATE, challenge.clone());
+                }
+                Verdict::Deny(response)
+            }
+        },
+        StatusCode::FORBIDDEN => Verdict::Deny(error_response(StatusCode::FORBIDDEN, grpc)),
+        other => {
+            tracing::warn!(
+                url,
+                status = other.as_u16(),
+                "auth-url answered neither 2xx, 401 nor 403"
+            );
+            Verdict::Deny(error_response(StatusCode::INTERNAL_SERVER_ERROR, grpc))
+        }
+    }
+}
+
+/// `auth-signin` with the original URL as `param`, unless the sign-in URL sets it already
+/// (ingress-nginx's `buildAuthSignURL`).
+fn signin_location(signin: &str, param: &str, original: &str) -> String {
+    let query = signin.split_once('?').map(|(_, q)| q);
+    let has_param = query.is_some_and(|q| {
+        q.split('&')
+            .any(|pair| pair.split('=').next() == Some(param))
+    });
+    if has_param {
+        return signin.to_string();
+    }
+    let joiner = if query.is_some() { '&' } else { '?' };
+    format!("{signin}{joiner}{param}={original}")
+}
+
+/// Percent-encodes all but RFC 3986's unreserved characters (nginx's
+/// `$escaped_request_uri`, as ingress-nginx sets it with `ngx.escape_uri`).
+fn escape(raw: &str) -> String {
+    let mut out = String::with_capacity(raw.len());
+    for b in raw.bytes() {
+        if b.is_ascii_alphanumeric() || matches!(b, b'-' | b'.' | b'_' | b'~') {
+            out.push(b as char);
+        } else {
+            out.push_str(&format!("%{b:02X}"));
+        }
+    }
+    out
+}
+
+#[derive(Debug, thiserror::Error)]
+enum AuthError {
+    #[error("{0:?} is not an http or https URL with a host")]
+    Url(String),
+    #[error("cannot resolve {0}")]
+    Resolve(String),
+    #[error("{0}")]
+    Connect(#[from] crate::pool::ConnectError),
+    #[error("no answer from {0}")]
+    NoAnswer(SocketAddr),
+    #[error("answer from {0} not read whole")]
+    Body(SocketAddr),
+}
+
+/// Sends the auth request; the answer's status and headers.
+#[allow(clippy::too_many_arguments)]
+async fn ask(
+    url: &str,
+    auth: &ExternalAuth,
+    req: &Parts,
+    conn: &ClientConn,
+    shared: &Shared,
+    policy: &RoutePolicy,
+    (host, request_id): (&str, &str),
+) -> Result<(StatusCode, HeaderMap), AuthError> {
+    let target: Uri = url.parse().map_err(|_| AuthError::Url(url.into()))?;
+    let protocol = match target.scheme_str() {
+        Some("http") => BackendProtocol::Http,
+        Some("https") => BackendProtocol::Https,
+        _ => return Err(AuthError::Url(url.into())),
+    };
+    let authority = target
+        .authority()
+        .ok_or_else(|| AuthError::Url(url.into()))?
+        .clone();
+    let port = authority.port_u16().unwrap_or(match protocol {
+        BackendProtocol::Https => 443,
+        _ => 80,
+    });
+    let addr = shared
+        .resolver
+        .resolve(authority.host(), port)
+        .await
+        .ok_or_else(|| AuthError::Resolve(authority.to_string()))?;
+    let method = Method::from_bytes(auth.method.as_bytes()).unwrap_or(Method::GET);
+    let path = target
+        .path_and_query()
+        .map_or_else(|| "/".to_string(), |p| p.as_str().to_string());
+    let request_uri = req.uri.path_and_query().map_or("/", |p| p.as_str());
+    let scheme = if conn.tls { "https" } else { "http" };
+    let client = crate::proxy::canonical(conn.peer.ip()).to_string();
+    let mut headers = req.headers.clone();
+    strip_hop_by_hop(&mut headers, false);
+    headers.remove(header::CONTENT_LENGTH);
+    let set = |headers: &mut HeaderMap, name: &'static str, value: &str| {
+        if let Ok(value) = HeaderValue::from_str(value) {
+            headers.insert(HeaderName::from_static(name), value);
+        }
+    };
+    set(&mut headers, "host", authority.as_str());
+    set(
+        &mut headers,
+        "x-original-url",
+        &format!("{scheme}://{host}{request_uri}"),
+    );
+    set(&mut headers, "x-original-method", req.method.as_str());
+    set(&mut headers, "x-sent-from", "nginx-ingress-controller");
+    set(&mut headers, "x-real-ip", &client);
+    set(&mut headers, "x-forwarded-for", &client);
+    set(
+        &mut headers,
+        "x-auth-request-redirect",
+        auth.request_redirect.as_deref().unwrap_or(request_uri),
+    );
+    set(&mut headers, "x-request-id", request_id);
+    // A kept-alive connection the auth service closed meanwhile: once more on a new one.
+    for fresh in [false, true] {
+        let (checkout, reused) = shared
+            .pools
+            .checkout(
+                addr,
+                protocol,
+                policy.connect_timeout,
+                policy.send_timeout,
+                fresh,
+                false,
+            )
+            .await?;
+        let mut request = Request::new(UpstreamBody::Empty);
+        *request.method_mut() = method.clone();
+        *request.headers_mut() = headers.clone();
+        *request.uri_mut() = path.parse().map_err(|_| AuthError::Url(url.into()))?;
+        let progress = BodyProgress::default();
+        let Ok((response, pooled)) = send(checkout, request, policy.read_timeout, &progress).await
+        else {
+            if reused && !fresh {
+                continue;
+            }
+            return Err(AuthError::NoAnswer(addr));
+        };
+        let (head, body) = response.into_parts();
+        let body = http_body_util::Limited::new(body, MAX_AUTH_BODY);
+        match tokio::time::timeout(policy.read_timeout, body.collect()).await {
+            Ok(Ok(_)) => {
+                if let Some(pooled) = pooled {
+                    pooled.release();
+                }
+            }
+            _ => return Err(AuthError::Body(addr)),
+        }
+        return Ok((head.status, head.headers));
+    }
+    Err(AuthError::NoAnswer(addr))
+}
+
+/// Host names of auth services resolved, kept for [`RESOLVED_FOR`] (nginx's `resolver
+/// ... valid=30s`, as ingress-nginx configures it).
+#[derive(Default)]
+pub(crate) struct Resolver {
+    cache: Mutex<HashMap<(String, u16), (Instant, SocketAddr)>>,
+}
+
+const RESOLVED_FOR: Duration = Duration::from_secs(30);
+
+impl Resolver {
+    async fn resolve(&self, host: &str, port: u16) -> Option<SocketAddr> {
+        let literal = host.trim_start_matches('[').trim_end_matches(']');
+        if let Ok(ip) = literal.parse() {
+            return Some(SocketAddr::new(ip, port));
+        }
+        let key = (host.to_ascii_lowercase(), port);
+        if let Ok(cache) = self.cache.lock() {
+            if let Some((at, addr)) = cache.get(&key) {
+                if at.elapsed() < RESOLVED_FOR {
+                    return Some(*addr);
+                }
+            }
+        }
+        let addr = tokio::net::lookup_host((host, port)).await.ok()?.next()?;
+        if let Ok(mut cache) = self.cache.lock() {
+            cache.retain(|_, (at, _)| at.elapsed() < RESOLVED_FOR);
+            cache.insert(key, (Instant::now(), addr));
+        }
+        Some(addr)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn signin_gets_the_original_url_once() {
+        assert_eq!(
+            signin_location("https://a.example/start", "rd", "http://h/x"),
+            "https://a.example/start?rd=http://h/x"
+        );
+        assert_eq!(
+            signin_location("https://a.example/start?x=1", "rd", "http://h/x"),
+            "https://a.example/start?x=1&rd=http://h/x"
+        );
+        assert_eq!(
+            signin_location("https://a.example/start?rd=/home", "rd", "http://h/x"),
+            "https://a.example/start?rd=/home"
+        );
+    }
+
+    #[test]
+    fn escapes_everything_but_unreserved() {
+        assert_eq!(
+            escape("/a b/c?d=1&e=~_.-"),
+            "%2Fa%20b%2Fc%3Fd%3D1%26e%3D~_.-"
+        );
+    }
+}
