@@ -19,6 +19,9 @@ enum Transport {
 pub struct TimedIo {
     transport: Transport,
     write_stall: WriteStall,
+    /// A read found the end of the stream (over TLS the peer's close_notify may come before
+    /// its FIN: the socket alone would look quiet).
+    ended: bool,
 }
 
 impl TimedIo {
@@ -26,6 +29,7 @@ impl TimedIo {
         TimedIo {
             transport: Transport::Plain(stream),
             write_stall: WriteStall::new(send_timeout, "upstream send timed out"),
+            ended: false,
         }
     }
 
@@ -33,6 +37,7 @@ impl TimedIo {
         TimedIo {
             transport: Transport::Tls(Box::new(stream)),
             write_stall: WriteStall::new(send_timeout, "upstream send timed out"),
+            ended: false,
         }
     }
 }
@@ -42,6 +47,9 @@ impl TimedIo {
     /// waiting. It leaves a no-op waker as the socket's reader, so an idle socket does not keep
     /// the waker, and with it the memory, of the finished task that read it last.
     pub fn is_quiet(&self) -> bool {
+        if self.ended {
+            return false;
+        }
         let tcp = match &self.transport {
             Transport::Plain(s) => s,
             Transport::Tls(s) => s.get_ref().0,
@@ -121,10 +129,17 @@ impl AsyncRead for TimedIo {
         cx: &mut Context<'_>,
         buf: &mut ReadBuf<'_>,
     ) -> Poll<io::Result<()>> {
-        match &mut self.get_mut().transport {
+        let this = self.get_mut();
+        let room = buf.remaining() > 0;
+        let before = buf.filled().len();
+        let read = match &mut this.transport {
             Transport::Plain(s) => Pin::new(s).poll_read(cx, buf),
             Transport::Tls(s) => Pin::new(s.as_mut()).poll_read(cx, buf),
+        };
+        if matches!(read, Poll::Ready(Ok(()))) && room && buf.filled().len() == before {
+            this.ended = true;
         }
+        read
     }
 }
 

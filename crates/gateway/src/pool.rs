@@ -88,8 +88,29 @@ enum IdleConn {
         sender: http1::SendRequest<UpstreamBody>,
         socket: Option<SocketBack>,
     },
+    /// hyper's connection was told to end; its task hands the socket back.
+    Parking(SocketBack),
     /// Only the socket: a new hyper connection is made on it when it is taken.
-    Parked(SocketBack),
+    Parked(TokioIo<TimedIo>),
+}
+
+impl IdleConn {
+    /// Still worth keeping: hyper's connection open, or the socket on its way back, or back
+    /// and quiet (a backend that closed it shows as readable).
+    fn usable(&mut self) -> bool {
+        match self {
+            IdleConn::Live { sender, .. } => !sender.is_closed(),
+            IdleConn::Parking(back) => match back.try_recv() {
+                Ok(io) if io.inner().is_quiet() => {
+                    *self = IdleConn::Parked(io);
+                    true
+                }
+                Ok(_) | Err(oneshot::error::TryRecvError::Closed) => false,
+                Err(oneshot::error::TryRecvError::Empty) => true,
+            },
+            IdleConn::Parked(io) => io.inner().is_quiet(),
+        }
+    }
 }
 
 struct SharedH2 {
@@ -108,7 +129,7 @@ impl PoolStats {
     /// An idle connection left the pool (taken, or closed).
     fn forget(&self, conn: &Idle) {
         self.idle.fetch_sub(1, Ordering::Relaxed);
-        if matches!(conn.conn, IdleConn::Parked(_)) {
+        if !matches!(conn.conn, IdleConn::Live { .. }) {
             self.parked.fetch_sub(1, Ordering::Relaxed);
         }
     }
@@ -122,7 +143,7 @@ impl Idle {
             return;
         };
         if let Some(socket) = socket.take() {
-            self.conn = IdleConn::Parked(socket);
+            self.conn = IdleConn::Parking(socket);
             stats.parked.fetch_add(1, Ordering::Relaxed);
         }
     }
@@ -340,10 +361,18 @@ impl Pools {
                 IdleConn::Live { sender, socket } => {
                     break (sender, socket, taken.created, taken.requests, true)
                 }
-                IdleConn::Parked(mut back) => {
-                    // The socket is back from its last hyper connection if that ended
-                    // cleanly, and quiet if the backend has not closed it meanwhile.
-                    let Some(io) = back.try_recv().ok().filter(|io| io.inner().is_quiet()) else {
+                parked => {
+                    // The socket, once its last hyper connection ended (promptly: it was
+                    // idle), if the backend has not closed it meanwhile.
+                    let io = match parked {
+                        IdleConn::Parking(back) => tokio::time::timeout(connect_timeout, back)
+                            .await
+                            .ok()
+                            .and_then(Result::ok),
+                        IdleConn::Parked(io) => Some(io),
+                        IdleConn::Live { .. } => None,
+                    };
+                    let Some(io) = io.filter(|io| io.inner().is_quiet()) else {
                         continue;
                     };
                     match start_http1(io, addr, true).await {
@@ -384,7 +413,7 @@ impl Pools {
                 && now.duration_since(conn.created) < limits.max_lifetime;
             let usable = match &conn.conn {
                 IdleConn::Live { sender, .. } => sender.is_ready(),
-                IdleConn::Parked(_) => true,
+                IdleConn::Parking(_) | IdleConn::Parked(_) => true,
             };
             if in_limits && usable {
                 return Some(conn);
@@ -486,10 +515,7 @@ impl Pools {
                         let keep = alive
                             && now.duration_since(c.idle_since) < limits.idle_timeout
                             && now.duration_since(c.created) < limits.max_lifetime
-                            && match &c.conn {
-                                IdleConn::Live { sender, .. } => !sender.is_closed(),
-                                IdleConn::Parked(_) => true,
-                            };
+                            && c.conn.usable();
                         if !keep {
                             stats.forget(c);
                         } else if now.duration_since(c.idle_since) >= PARK_AFTER {
@@ -516,9 +542,129 @@ impl Pools {
                     .get(&key)
                     .is_some_and(|pool| Arc::strong_count(pool) == 1)
                 {
-                    pools.remove(&key);
+                    if let Some(pool) = pools.remove(&key) {
+                        // Released into it since the pass above.
+                        if let Ok(idle) = pool.idle.lock() {
+                            idle.iter().for_each(|c| stats.forget(c));
+                        }
+                    }
                 }
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use http_body_util::BodyExt;
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+    /// A backend answering `ok` to each read, that closes each connection after `linger`.
+    /// Counts connections.
+    async fn backend(linger: Duration) -> (SocketAddr, Arc<AtomicUsize>) {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let accepted = Arc::new(AtomicUsize::new(0));
+        let count = accepted.clone();
+        tokio::spawn(async move {
+            while let Ok((mut tcp, _)) = listener.accept().await {
+                count.fetch_add(1, Ordering::SeqCst);
+                tokio::spawn(tokio::time::timeout(linger, async move {
+                    let mut buf = [0u8; 4096];
+                    while tcp.read(&mut buf).await.unwrap_or(0) > 0 {
+                        let ok = b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok";
+                        if tcp.write_all(ok).await.is_err() {
+                            return;
+                        }
+                    }
+                }));
+            }
+        });
+        (addr, accepted)
+    }
+
+    fn pools() -> Pools {
+        let limits = PoolLimits {
+            idle_per_endpoint: 32,
+            idle_timeout: Duration::from_secs(60),
+            max_requests: 1000,
+            max_lifetime: Duration::from_secs(3600),
+        };
+        Pools::new(limits, BackendTls::new().unwrap(), Arc::default())
+    }
+
+    /// One request, its response read whole, the connection released; whether it was reused.
+    async fn request(pools: &Pools, addr: SocketAddr) -> bool {
+        let timeout = Duration::from_secs(2);
+        let (checkout, reused) = pools
+            .checkout(addr, BackendProtocol::Http, timeout, timeout, false, false)
+            .await
+            .unwrap();
+        let Checkout::Http1(mut conn) = checkout else {
+            panic!("an HTTP/1.1 connection");
+        };
+        let mut req = hyper::Request::new(UpstreamBody::Empty);
+        *req.uri_mut() = "/".parse().unwrap();
+        req.headers_mut().insert("host", "b".parse().unwrap());
+        let response = conn.try_send_request(req).await.ok().unwrap();
+        response.into_body().collect().await.unwrap();
+        // hyper marks the connection ready again once its task saw the response end.
+        tokio::time::sleep(Duration::from_millis(20)).await;
+        conn.release();
+        reused
+    }
+
+    fn gauges(pools: &Pools) -> (usize, usize) {
+        let stats = &pools.stats;
+        (
+            stats.idle.load(Ordering::Relaxed),
+            stats.parked.load(Ordering::Relaxed),
+        )
+    }
+
+    #[tokio::test(flavor = "current_thread")]
+    async fn a_connection_taken_just_after_it_was_parked_is_reused() {
+        let (addr, accepted) = backend(Duration::from_secs(30)).await;
+        let pools = pools();
+        assert!(!request(&pools, addr).await);
+        tokio::time::sleep(PARK_AFTER + Duration::from_millis(100)).await;
+        pools.sweep(&|_| true);
+        assert_eq!(gauges(&pools), (1, 1));
+        // No yield between the two: the connection's task has not handed the socket back.
+        assert!(request(&pools, addr).await, "the parked socket carried it");
+        assert_eq!(accepted.load(Ordering::SeqCst), 1);
+        assert_eq!(gauges(&pools), (1, 0));
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn the_sweep_closes_parked_sockets_the_backend_closed() {
+        let (addr, accepted) = backend(PARK_AFTER + Duration::from_millis(1000)).await;
+        let pools = pools();
+        request(&pools, addr).await;
+        tokio::time::sleep(PARK_AFTER + Duration::from_millis(100)).await;
+        pools.sweep(&|_| true);
+        assert_eq!(gauges(&pools), (1, 1));
+        // The socket back in the pool, still open.
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        pools.sweep(&|_| true);
+        assert_eq!(gauges(&pools), (1, 1));
+        tokio::time::sleep(Duration::from_millis(1500)).await;
+        pools.sweep(&|_| true);
+        assert_eq!(gauges(&pools), (0, 0), "closed by the backend: dropped");
+        assert!(!request(&pools, addr).await, "a new connection");
+        assert_eq!(accepted.load(Ordering::SeqCst), 2);
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn pools_of_gone_endpoints_leave_the_gauges_at_zero() {
+        let (addr, _) = backend(Duration::from_secs(30)).await;
+        let pools = pools();
+        request(&pools, addr).await;
+        tokio::time::sleep(PARK_AFTER + Duration::from_millis(100)).await;
+        pools.sweep(&|_| true);
+        assert_eq!(gauges(&pools), (1, 1));
+        pools.sweep(&|_| false);
+        assert_eq!(gauges(&pools), (0, 0));
     }
 }

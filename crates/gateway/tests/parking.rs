@@ -261,8 +261,15 @@ async fn a_parked_upstream_connection_the_backend_closed_is_left_for_a_new_one()
     let env = Env::start(&m).await;
     assert_eq!(env.get("p.example.com", "/").await.status, 200);
     assert!(common::eventually(Duration::from_secs(5), || upstream_parked(&env) == 1).await);
-    // The backend closes it while parked.
-    tokio::time::sleep(Duration::from_millis(2000)).await;
+    // The backend closes it while parked: the next sweep drops it.
+    assert!(
+        common::eventually(Duration::from_secs(5), || {
+            metric(&env, "rvs_gateway_upstream_idle_connections") == 0
+        })
+        .await,
+        "a closed socket left in the pool"
+    );
+    assert_eq!(upstream_parked(&env), 0);
     // A POST, which is never retried once sent: it must not go out on the closed socket.
     let resp = env
         .send(hyper::Method::POST, "p.example.com", "/", &[], "data")

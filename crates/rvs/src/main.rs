@@ -97,7 +97,9 @@ fn collect_freed_memory() {
         due
     });
     if due {
-        // SAFETY: mi_collect has no preconditions; it only walks this thread's heap.
+        // SAFETY: mi_collect has no preconditions and is thread-safe (it collects this
+        // thread's heap and, shared with other threads under mimalloc's own locks, abandoned
+        // segments and arenas).
         unsafe { libmimalloc_sys::mi_collect(false) };
     }
 }
