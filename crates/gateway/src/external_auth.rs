@@ -39,8 +39,19 @@ pub(crate) async fn check(
     shared: &Shared,
     policy: &RoutePolicy,
     (host, request_id): (&str, &str),
+    exact_host: bool,
 ) -> Verdict {
     let grpc = crate::proxy::is_grpc(&req.headers);
+    if auth.host_from_request && !exact_host {
+        // `https://$host/...` on a wildcard or catch-all route: the client would choose
+        // where its credentials are checked (and could answer itself).
+        tracing::warn!(
+            url = auth.url.template,
+            host,
+            "auth-url takes its host from the request, which no Ingress names exactly: refused"
+        );
+        return Verdict::Deny(error_response(StatusCode::INTERNAL_SERVER_ERROR, grpc));
+    }
     let url = expand(&auth.url, req, conn, host);
     let answer = ask(&url, auth, req, conn, shared, policy, (host, request_id)).await;
     let (status, headers) = match answer {

@@ -14,8 +14,8 @@ use http::{Method, Request, Response, StatusCode, Uri, Version};
 use hyper::body::{Body, Incoming};
 use hyper_util::rt::TokioIo;
 use rvs_model::ingress::{
-    Backend, Balancing, CookieAffinity, Cors, PathMatch, RoutePolicy, RouteTarget, Template,
-    TemplatePart, VirtualHost,
+    Backend, Balancing, CookieAffinity, Cors, HostMatch, PathMatch, RoutePolicy, RouteTarget,
+    Template, TemplatePart, VirtualHost,
 };
 
 use crate::access_log::AccessEntry;
@@ -52,6 +52,9 @@ struct Routed {
     server_name: usize,
     /// The host has TLS: plain requests are redirected.
     host_tls: bool,
+    /// Routed by an exact host name (not a wildcard or the catch-all server): the request's
+    /// host is then one an Ingress names.
+    exact_host: bool,
     /// The path routing matched, when normalising changed it (regex captures use it).
     normalized_path: Option<String>,
 }
@@ -219,6 +222,7 @@ fn route(table: &RoutingTable, host: &str, path: &str) -> Option<Routed> {
         path: path_rule.cloned(),
         server_name: vh as *const VirtualHost as usize,
         host_tls: vh.tls,
+        exact_host: matches!(vh.host.get(), HostMatch::Exact(_)),
         normalized_path: None,
     })
 }
@@ -254,8 +258,15 @@ async fn proxy(
     let mut auth_headers = Vec::new();
     if let Some(auth) = &target.policy.external_auth {
         let request = (done.info.host.as_str(), done.info.request_id.as_str());
-        let verdict =
-            crate::external_auth::check(auth, &parts, conn, shared, &target.policy, request);
+        let verdict = crate::external_auth::check(
+            auth,
+            &parts,
+            conn,
+            shared,
+            &target.policy,
+            request,
+            routed.exact_host,
+        );
         match Box::pin(verdict).await {
             Verdict::Allow(headers) => auth_headers = headers,
             Verdict::Deny(response) => return finish(response, done),

@@ -425,3 +425,31 @@ async fn auth_url_unreachable_is_a_500_not_an_open_door() {
     assert_eq!(resp.status, StatusCode::INTERNAL_SERVER_ERROR);
     assert_eq!(b.hits(), 0);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn auth_url_never_takes_its_host_from_a_client_on_a_catch_all_route() {
+    let (auth, seen) = auth_service().await;
+    let b = Backend::echo("web").await;
+    let mut m = Manifests::new();
+    // The client's Host would pick the auth service: the catch-all server refuses that.
+    let url = format!("http://$host:{}/auth", auth.port());
+    m.service("web", &[b.addr]).ingress(
+        "web",
+        &[("auth-url", url.as_str())],
+        &[rule(None, &[path("/", "Prefix", "web")])],
+        "",
+    );
+    let env = Env::start(&m).await;
+    let resp = env
+        .send(
+            Method::GET,
+            "127.0.0.1",
+            "/",
+            &[("authorization", "Bearer good")],
+            Bytes::new(),
+        )
+        .await;
+    assert_eq!(resp.status, StatusCode::INTERNAL_SERVER_ERROR);
+    assert_eq!(seen.lock().unwrap().asked, 0);
+    assert_eq!(b.hits(), 0);
+}

@@ -7,7 +7,7 @@ use std::sync::Arc;
 use super::configmap::REFUSED_SNIPPET;
 use super::types::{
     BackendProtocol, Balancing, CanaryRule, CookieAffinity, Cors, ExternalAuth, Redirect,
-    RoutePolicy,
+    RoutePolicy, TemplatePart,
 };
 use super::values;
 use crate::objects::{ObjectRef, Origin, Problem};
@@ -537,8 +537,19 @@ impl Parser<'_> {
                 Ok(value.to_string())
             }
         });
+        let url = url?;
+        // The authority ends at the first '/' after the scheme; a variable before it, or a
+        // literal prefix without one followed by a variable, puts the request in charge.
+        let host_from_request = match url.parts.first() {
+            Some(TemplatePart::Literal(text)) => {
+                let after_scheme = text.split_once("://").map_or("", |(_, rest)| rest);
+                !after_scheme.contains('/') && url.parts.len() > 1
+            }
+            _ => true,
+        };
         Some(ExternalAuth {
-            url: url?,
+            url,
+            host_from_request,
             method,
             signin,
             signin_redirect_param,
@@ -1045,6 +1056,20 @@ mod tests {
             ["x-auth-request-user", "x-auth-request-email"]
         );
         assert_eq!(auth.request_redirect.as_deref(), Some("/after"));
+        assert!(!auth.host_from_request);
+        for (url, from_request) in [
+            ("https://$host/oauth2/auth", true),
+            ("https://auth.$host/x", true),
+            ("http://a.example/x?for=$host", false),
+            ("http://a.example", false),
+            ("http://a.example:81/$host", false),
+        ] {
+            let auth = parse(&[("auth-url", url)])
+                .policy
+                .external_auth
+                .expect("external auth");
+            assert_eq!(auth.host_from_request, from_request, "{url}");
+        }
         let defaults = parse(&[("auth-url", "https://auth.example.com/check")])
             .policy
             .external_auth

@@ -599,6 +599,9 @@ impl Default for RoutePolicy {
 pub struct ExternalAuth {
     /// `auth-url`: http or https, with nginx variables.
     pub url: Template,
+    /// A variable is part of the URL's host (`https://$host/...`): the gateway uses it only
+    /// on routes of an exact host name, never letting a client pick the auth service.
+    pub host_from_request: bool,
     /// `auth-method` (default `GET`).
     pub method: String,
     /// `auth-signin`: where a 401 sends the browser, with the original URL in `rd`.
