@@ -20,8 +20,12 @@ use crate::Shared;
 
 /// What the auth service said.
 pub(crate) enum Verdict {
-    /// Through, with these headers (`auth-response-headers`) set on the upstream request.
-    Allow(Vec<(HeaderName, HeaderValue)>),
+    /// Through, with these headers (`auth-response-headers`) set on the upstream request
+    /// and these `Set-Cookie`s added to the response.
+    Allow {
+        headers: Vec<(HeaderName, HeaderValue)>,
+        cookies: Vec<HeaderValue>,
+    },
     /// Answered here.
     Deny(Response),
 }
@@ -62,8 +66,9 @@ pub(crate) async fn check(
         }
     };
     match status {
-        s if s.is_success() => Verdict::Allow(
-            auth.response_headers
+        s if s.is_success() => Verdict::Allow {
+            headers: auth
+                .response_headers
                 .iter()
                 .filter_map(|name| {
                     let name = HeaderName::from_bytes(name.as_bytes()).ok()?;
@@ -71,13 +76,19 @@ pub(crate) async fn check(
                     Some((name, value))
                 })
                 .collect(),
-        ),
+            cookies: headers
+                .get_all(header::SET_COOKIE)
+                .iter()
+                .cloned()
+                .collect(),
+        },
         StatusCode::UNAUTHORIZED => match &auth.signin {
             Some(signin) if !grpc => {
                 let signin = expand(signin, req, conn, host);
                 let original = format!(
-                    "{}://{host}{}",
+                    "{}://{}{}",
                     if conn.tls { "https" } else { "http" },
+                    crate::proxy::request_authority(req).unwrap_or(host),
                     escape(req.uri.path_and_query().map_or("/", |p| p.as_str()))
                 );
                 let location = signin_location(&signin, &auth.signin_redirect_param, &original);
@@ -122,7 +133,7 @@ fn signin_location(signin: &str, param: &str, original: &str) -> String {
 
 /// Percent-encodes all but RFC 3986's unreserved characters (nginx's
 /// `$escaped_request_uri`, as ingress-nginx sets it with `ngx.escape_uri`).
-fn escape(raw: &str) -> String {
+pub(crate) fn escape(raw: &str) -> String {
     let mut out = String::with_capacity(raw.len());
     for b in raw.bytes() {
         if b.is_ascii_alphanumeric() || matches!(b, b'-' | b'.' | b'_' | b'~') {
@@ -144,8 +155,6 @@ enum AuthError {
     Connect(#[from] crate::pool::ConnectError),
     #[error("no answer from {0}")]
     NoAnswer(SocketAddr),
-    #[error("answer from {0} not read whole")]
-    Body(SocketAddr),
 }
 
 /// Sends the auth request; the answer's status and headers.
@@ -173,10 +182,14 @@ async fn ask(
         BackendProtocol::Https => 443,
         _ => 80,
     });
-    let addr = shared
-        .resolver
-        .resolve(authority.host(), port)
+    let resolved = tokio::time::timeout(
+        policy.connect_timeout,
+        shared.resolver.resolve(authority.host(), port),
+    );
+    let addr = resolved
         .await
+        .ok()
+        .flatten()
         .ok_or_else(|| AuthError::Resolve(authority.to_string()))?;
     let method = Method::from_bytes(auth.method.as_bytes()).unwrap_or(Method::GET);
     let path = target
@@ -185,9 +198,12 @@ async fn ask(
     let request_uri = req.uri.path_and_query().map_or("/", |p| p.as_str());
     let scheme = if conn.tls { "https" } else { "http" };
     let client = crate::proxy::canonical(conn.peer.ip()).to_string();
+    let original_host = crate::proxy::request_authority(req).unwrap_or(host);
     let mut headers = req.headers.clone();
     strip_hop_by_hop(&mut headers, false);
     headers.remove(header::CONTENT_LENGTH);
+    // ingress-nginx sets it empty: a client's claim must not reach the auth service.
+    headers.remove("x-forwarded-proto");
     let set = |headers: &mut HeaderMap, name: &'static str, value: &str| {
         if let Ok(value) = HeaderValue::from_str(value) {
             headers.insert(HeaderName::from_static(name), value);
@@ -197,8 +213,10 @@ async fn ask(
     set(
         &mut headers,
         "x-original-url",
-        &format!("{scheme}://{host}{request_uri}"),
+        &format!("{scheme}://{original_host}{request_uri}"),
     );
+    set(&mut headers, "x-original-uri", request_uri);
+    set(&mut headers, "x-scheme", scheme);
     set(&mut headers, "x-original-method", req.method.as_str());
     set(&mut headers, "x-sent-from", "nginx-ingress-controller");
     set(&mut headers, "x-real-ip", &client);
@@ -235,15 +253,16 @@ async fn ask(
             return Err(AuthError::NoAnswer(addr));
         };
         let (head, body) = response.into_parts();
+        // The head decides (nginx ignores the body); a body read whole lets the connection
+        // serve again, one too large or too slow closes it.
         let body = http_body_util::Limited::new(body, MAX_AUTH_BODY);
-        match tokio::time::timeout(policy.read_timeout, body.collect()).await {
-            Ok(Ok(_)) => {
-                if let Some(pooled) = pooled {
-                    pooled.release();
-                }
+        let read_timeout = policy.read_timeout;
+        tokio::spawn(async move {
+            let read = tokio::time::timeout(read_timeout, body.collect()).await;
+            if let (Ok(Ok(_)), Some(pooled)) = (read, pooled) {
+                pooled.release();
             }
-            _ => return Err(AuthError::Body(addr)),
-        }
+        });
         return Ok((head.status, head.headers));
     }
     Err(AuthError::NoAnswer(addr))

@@ -256,6 +256,7 @@ async fn proxy(
         }
     }
     let mut auth_headers = Vec::new();
+    let mut auth_cookies = Vec::new();
     if let Some(auth) = &target.policy.external_auth {
         let request = (done.info.host.as_str(), done.info.request_id.as_str());
         let verdict = crate::external_auth::check(
@@ -268,7 +269,10 @@ async fn proxy(
             routed.exact_host,
         );
         match Box::pin(verdict).await {
-            Verdict::Allow(headers) => auth_headers = headers,
+            Verdict::Allow { headers, cookies } => {
+                auth_headers = headers;
+                auth_cookies = cookies;
+            }
             Verdict::Deny(response) => return finish(response, done),
         }
     }
@@ -292,8 +296,15 @@ async fn proxy(
             (&request_id, &host),
             settings,
         )?;
+        if let Some(auth) = &target.policy.external_auth {
+            // The client's own copies never pass, whether or not the auth service set one
+            // (as nginx's proxy_set_header with an empty value drops them).
+            for name in &auth.response_headers {
+                head.headers.remove(name.as_str());
+            }
+        }
         for (name, value) in &auth_headers {
-            head.headers.insert(name.clone(), value.clone());
+            head.headers.append(name.clone(), value.clone());
         }
         Ok(head)
     };
@@ -359,6 +370,11 @@ async fn proxy(
             let (mut head, body) = response.into_parts();
             strip_hop_by_hop(&mut head.headers, upgraded);
             if let Some(cookie) = set_cookie {
+                head.headers.append(header::SET_COOKIE, cookie);
+            }
+            // The auth service's cookies (oauth2-proxy refreshing its session), as
+            // ingress-nginx's `add_header Set-Cookie $auth_cookie`.
+            for cookie in auth_cookies {
                 head.headers.append(header::SET_COOKIE, cookie);
             }
             done.status = status.as_u16();
@@ -645,6 +661,9 @@ pub(crate) fn expand(
             TemplatePart::RequestUri => {
                 out.push_str(req.uri.path_and_query().map_or("/", |p| p.as_str()))
             }
+            TemplatePart::EscapedRequestUri => out.push_str(&crate::external_auth::escape(
+                req.uri.path_and_query().map_or("/", |p| p.as_str()),
+            )),
             TemplatePart::Uri => out.push_str(req.uri.path()),
             TemplatePart::Args => out.push_str(req.uri.query().unwrap_or("")),
             TemplatePart::Host => out.push_str(host),
@@ -1103,7 +1122,7 @@ fn request_host(req: &http::request::Parts) -> String {
 
 /// The host and port the request is for, as sent (see [`request_host`]): routing, the
 /// upstream `Host`, `X-Forwarded-Host` and redirects all use this one.
-fn request_authority(req: &http::request::Parts) -> Option<&str> {
+pub(crate) fn request_authority(req: &http::request::Parts) -> Option<&str> {
     let header = req.headers.get(header::HOST).and_then(|v| v.to_str().ok());
     let authority = req.uri.authority().map(|a| a.as_str());
     if req.version == Version::HTTP_2 {

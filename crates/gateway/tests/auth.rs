@@ -265,6 +265,15 @@ async fn auth_service() -> (
                                     h.insert("x-auth-request-groups", "admins".parse().unwrap());
                                     h.insert("x-unlisted", "secret".parse().unwrap());
                                 }
+                                "Bearer user-only" => {
+                                    let h = response.headers_mut();
+                                    h.insert("x-auth-request-user", "bob".parse().unwrap());
+                                    let cookies =
+                                        ["_oauth2_proxy=refreshed; Path=/", "_csrf=x; Path=/"];
+                                    for cookie in cookies {
+                                        h.append("set-cookie", cookie.parse().unwrap());
+                                    }
+                                }
                                 "Bearer forbidden" => {
                                     *response.status_mut() = StatusCode::FORBIDDEN
                                 }
@@ -369,6 +378,7 @@ async fn auth_url_lets_through_what_the_service_allows_with_its_headers() {
         Some("nginx-ingress-controller")
     );
     assert_eq!(h("content-length"), None);
+    assert_eq!(h("x-original-uri").as_deref(), Some("/api/items?page=2"));
     assert!(h("x-request-id").is_some_and(|id| !id.is_empty()));
 }
 
@@ -394,9 +404,10 @@ async fn auth_url_refusals_reach_the_client_and_never_the_backend() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn auth_url_sends_browsers_to_sign_in_with_where_they_were_going() {
-    let (env, b, _seen) = behind_auth_url(&[
+    let (env, b, seen) = behind_auth_url(&[
         ("auth-signin", "https://login.example.com/oauth2/start"),
         ("auth-request-redirect", "/landing"),
+        ("auth-method", "POST"),
     ])
     .await;
     let resp = call(&env, Method::GET, "/docs/a%20b?x=1", "nobody", "").await;
@@ -406,6 +417,14 @@ async fn auth_url_sends_browsers_to_sign_in_with_where_they_were_going() {
         Some("https://login.example.com/oauth2/start?rd=http://app.example.com%2Fdocs%2Fa%2520b%3Fx%3D1")
     );
     assert_eq!(b.hits(), 0);
+    let seen = seen.lock().unwrap().clone();
+    assert_eq!(seen.method, "POST");
+    assert_eq!(
+        seen.headers
+            .get("x-auth-request-redirect")
+            .and_then(|v| v.to_str().ok()),
+        Some("/landing")
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -452,4 +471,40 @@ async fn auth_url_never_takes_its_host_from_a_client_on_a_catch_all_route() {
     assert_eq!(resp.status, StatusCode::INTERNAL_SERVER_ERROR);
     assert_eq!(seen.lock().unwrap().asked, 0);
     assert_eq!(b.hits(), 0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn auth_url_headers_come_from_the_auth_service_only() {
+    let (env, _b, _seen) = behind_auth_url(&[]).await;
+    let resp = env
+        .send(
+            Method::GET,
+            "app.example.com",
+            "/",
+            &[
+                ("authorization", "Bearer user-only"),
+                // Claimed by the client, not granted by the auth service: dropped.
+                ("x-auth-request-groups", "admins"),
+                ("x-auth-request-user", "root"),
+            ],
+            Bytes::new(),
+        )
+        .await;
+    assert_eq!(resp.status, StatusCode::OK);
+    assert_eq!(
+        resp.upstream_header("x-auth-request-user").as_deref(),
+        Some("bob")
+    );
+    assert_eq!(resp.upstream_header("x-auth-request-groups"), None);
+    // The auth service's cookies reach the client (oauth2-proxy's session refresh).
+    let cookies: Vec<_> = resp
+        .headers
+        .get_all("set-cookie")
+        .iter()
+        .map(|v| v.to_str().unwrap().to_string())
+        .collect();
+    assert_eq!(
+        cookies,
+        ["_oauth2_proxy=refreshed; Path=/", "_csrf=x; Path=/"]
+    );
 }

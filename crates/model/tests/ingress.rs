@@ -966,7 +966,7 @@ fn unsupported_annotations_are_warned_and_served() {
         &ingress(
             "web",
             &[
-                ("auth-url", "http://auth.test"),
+                ("mirror-target", "http://mirror.test"),
                 ("backend-protocol", "GRPC"),
                 ("limit-rps", "5"),
             ],
@@ -978,7 +978,7 @@ fn unsupported_annotations_are_warned_and_served() {
     assert_eq!(texts(&built.problems), NONE);
     assert_eq!(
         texts(&built.warnings),
-        ["manifests.yaml (document 5): Ingress default/web: annotation auth-url: not supported by rvs; ignored"]
+        ["manifests.yaml (document 5): Ingress default/web: annotation mirror-target: not supported by rvs; ignored"]
     );
     let target = built.snapshot.virtual_host("w.test").route("/").unwrap();
     assert_eq!(target.policy.backend_protocol, BackendProtocol::Grpc);

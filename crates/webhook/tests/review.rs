@@ -132,11 +132,14 @@ fn another_class_is_none_of_our_business() {
 
 #[test]
 fn unsupported_annotations_are_allowed_with_a_warning() {
-    let request = create_with(&[("nginx.ingress.kubernetes.io/auth-url", "http://auth/")]);
+    let request = create_with(&[(
+        "nginx.ingress.kubernetes.io/mirror-target",
+        "http://mirror/",
+    )]);
     let response = answer(&request, &stored(&[]));
     assert_eq!(response["allowed"], true, "{response}");
     let warnings = response["warnings"].to_string();
-    assert!(warnings.contains("auth-url"), "{response}");
+    assert!(warnings.contains("mirror-target"), "{response}");
 }
 
 #[test]

@@ -538,15 +538,37 @@ impl Parser<'_> {
             }
         });
         let url = url?;
-        // The authority ends at the first '/' after the scheme; a variable before it, or a
-        // literal prefix without one followed by a variable, puts the request in charge.
-        let host_from_request = match url.parts.first() {
-            Some(TemplatePart::Literal(text)) => {
-                let after_scheme = text.split_once("://").map_or("", |(_, rest)| rest);
-                !after_scheme.contains('/') && url.parts.len() > 1
+        // The parts before the first '/' after the scheme make the host: a variable there
+        // lets the request choose the auth service, so only `$host` may (the gateway uses it
+        // only for exact host names).
+        let mut host_parts = Vec::new();
+        for (i, part) in url.parts.iter().enumerate() {
+            match part {
+                TemplatePart::Literal(text) => {
+                    let text = if i == 0 {
+                        text.split_once("://").map_or("", |(_, rest)| rest)
+                    } else {
+                        text
+                    };
+                    if text.contains(['/', '?']) {
+                        break;
+                    }
+                }
+                variable => host_parts.push(variable),
             }
-            _ => true,
-        };
+        }
+        if host_parts.iter().any(|p| **p != TemplatePart::Host) {
+            let p = self.report(
+                format!("metadata.annotations[{NGINX_PREFIX}auth-url]"),
+                format!(
+                    "{:?}: only $host may be part of the host (the client would choose the auth service)",
+                    url.template
+                ),
+            );
+            self.problems.push(p);
+            return None;
+        }
+        let host_from_request = !host_parts.is_empty();
         Some(ExternalAuth {
             url,
             host_from_request,
@@ -1108,6 +1130,21 @@ mod tests {
                 vec![("auth-url", "http://a/"), ("auth-signin", "/start")],
                 "is not an http or https URL",
             ),
+            (
+                vec![("auth-url", "http://$http_host/auth")],
+                "only $host may be part of the host",
+            ),
+            (
+                vec![("auth-url", "http://auth.example:$arg_port/x")],
+                "only $host may be part of the host",
+            ),
+            (
+                vec![
+                    ("auth-url", "http://a/"),
+                    ("auth-response-headers", "X-User, Content-Length"),
+                ],
+                "content-length frames or routes the request",
+            ),
         ] {
             // A problem refuses the whole Ingress: none of its routes is served unguarded.
             let a = parse(&pairs);
@@ -1199,7 +1236,7 @@ mod tests {
     #[test]
     fn unsupported_annotations_are_warned() {
         let a = parse(&[
-            ("auth-url", "http://auth"),
+            ("auth-cache-key", "$remote_user"),
             ("custom-http-errors", "404"),
             ("rvs.io/scheduler", "mh"),
             ("kubernetes.io/ingress.class", "rvs"),
@@ -1209,7 +1246,7 @@ mod tests {
         assert_eq!(
             texts(&a.warnings),
             [
-                "api: Ingress default/web: annotation auth-url: not supported by rvs; ignored",
+                "api: Ingress default/web: annotation auth-cache-key: not supported by rvs; ignored",
                 "api: Ingress default/web: annotation custom-http-errors: not supported by rvs; ignored",
                 "api: Ingress default/web: annotation rvs.io/scheduler: not supported on an Ingress; ignored",
             ]

@@ -473,6 +473,8 @@ pub enum TemplatePart {
     Literal(String),
     /// `$request_uri`: path and query as sent.
     RequestUri,
+    /// `$escaped_request_uri`: the request URI percent-encoded as a query value.
+    EscapedRequestUri,
     /// `$uri`: the path.
     Uri,
     /// `$args` / `$query_string`.

@@ -244,8 +244,20 @@ pub fn http_method(raw: &str) -> Result<String, String> {
     }
 }
 
-/// `auth-response-headers`: header names separated by commas (lower-cased).
+/// `auth-response-headers`: header names separated by commas (lower-cased). Not ones that
+/// frame or route the request: the auth service adds to a request, it does not reshape it.
 pub fn header_names(raw: &str) -> Result<Vec<String>, String> {
+    const RESERVED: &[&str] = &[
+        "host",
+        "content-length",
+        "transfer-encoding",
+        "connection",
+        "keep-alive",
+        "upgrade",
+        "te",
+        "trailer",
+        "proxy-connection",
+    ];
     let names: Vec<String> = raw
         .split(',')
         .map(str::trim)
@@ -259,6 +271,11 @@ pub fn header_names(raw: &str) -> Result<Vec<String>, String> {
     if names.is_empty() || !names.iter().all(token) {
         return Err(format!(
             "{raw:?} is not a list of header names (letters, digits, - and _, separated by ,)"
+        ));
+    }
+    if let Some(reserved) = names.iter().find(|n| RESERVED.contains(&n.as_str())) {
+        return Err(format!(
+            "{reserved} frames or routes the request; an auth service cannot set it"
         ));
     }
     Ok(names)
@@ -563,6 +580,7 @@ fn variable(name: &str) -> Option<TemplatePart> {
     };
     Some(match name {
         "request_uri" => TemplatePart::RequestUri,
+        "escaped_request_uri" => TemplatePart::EscapedRequestUri,
         "uri" | "document_uri" => TemplatePart::Uri,
         "args" | "query_string" => TemplatePart::Args,
         "host" => TemplatePart::Host,
