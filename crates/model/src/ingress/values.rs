@@ -213,25 +213,18 @@ pub fn redirect_location(raw: &str) -> Result<Template, String> {
     template(url)
 }
 
-/// `auth-url`, `auth-signin`: an http or https URL; nginx variables filled in per request.
+/// `auth-url`, `auth-signin`: an http or https URL naming a host; nginx variables filled in
+/// per request.
 pub fn auth_url(raw: &str) -> Result<Template, String> {
-    let url = raw.trim();
-    let lower = url.to_ascii_lowercase();
-    let Some(rest) = lower
-        .strip_prefix("http://")
-        .or_else(|| lower.strip_prefix("https://"))
-    else {
-        return Err(format!("{raw:?} is not an http or https URL"));
-    };
-    if rest.is_empty() || rest.starts_with('/') {
+    let lower = raw.trim().to_ascii_lowercase();
+    let after_scheme = lower.split_once("://").map_or("", |(_, rest)| rest);
+    if lower.starts_with("http") && (after_scheme.is_empty() || after_scheme.starts_with('/')) {
         return Err(format!("{raw:?} names no host"));
     }
-    if url.chars().any(|c| c.is_whitespace() || c.is_control()) {
-        return Err(format!(
-            "{raw:?}: a URL has no spaces or control characters"
-        ));
+    if lower.starts_with("$scheme://") {
+        return Err(format!("{raw:?} is not an http or https URL"));
     }
-    template(url)
+    redirect_location(raw)
 }
 
 /// `auth-method`: an HTTP method token (upper-cased).
