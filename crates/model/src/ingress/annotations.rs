@@ -679,6 +679,18 @@ mod tests {
         parse_annotations(&map, &RoutePolicy::default(), &Origin::Api, &object())
     }
 
+    /// Each set of annotations is refused with a problem containing its text (a problem
+    /// refuses the whole Ingress: none of its routes is served, unguarded or otherwise).
+    fn assert_refused(cases: &[(Vec<(&str, &str)>, &str)]) {
+        for (pairs, needle) in cases {
+            let problems = texts(&parse(pairs).problems);
+            assert!(
+                problems.iter().any(|p| p.contains(needle)),
+                "{pairs:?}: {problems:#?}"
+            );
+        }
+    }
+
     fn texts(v: &[Problem]) -> Vec<String> {
         v.iter().map(ToString::to_string).collect()
     }
@@ -1020,7 +1032,7 @@ mod tests {
 
     #[test]
     fn bad_redirects_refuse_the_ingress() {
-        for (pairs, needle) in [
+        assert_refused(&[
             (
                 vec![("permanent-redirect", "ftp://files.example")],
                 "is not an http or https URL",
@@ -1036,14 +1048,7 @@ mod tests {
                 ],
                 "\"200\" is not a redirect status (300-308)",
             ),
-        ] {
-            let a = parse(&pairs);
-            let problems = texts(&a.problems);
-            assert!(
-                problems.iter().any(|p| p.contains(needle)),
-                "{pairs:?}: {problems:#?}"
-            );
-        }
+        ]);
     }
 
     #[test]
@@ -1105,7 +1110,7 @@ mod tests {
             ),
             ("GET", "rd", true, true)
         );
-        for (pairs, needle) in [
+        assert_refused(&[
             (
                 vec![("auth-url", "ftp://x/")],
                 "is not an http or https URL",
@@ -1145,15 +1150,7 @@ mod tests {
                 ],
                 "content-length frames or routes the request",
             ),
-        ] {
-            // A problem refuses the whole Ingress: none of its routes is served unguarded.
-            let a = parse(&pairs);
-            let problems = texts(&a.problems);
-            assert!(
-                problems.iter().any(|p| p.contains(needle)),
-                "{pairs:?}: {problems:#?}"
-            );
-        }
+        ]);
     }
 
     #[test]
@@ -1178,7 +1175,7 @@ mod tests {
         let plain = parse(&[("auth-type", "basic"), ("auth-secret", "users")]);
         let source = plain.basic_auth.expect("basic auth");
         assert_eq!((source.namespace, source.map), (None, false));
-        for (pairs, needle) in [
+        assert_refused(&[
             (
                 vec![("auth-type", "digest"), ("auth-secret", "u")],
                 "\"digest\" is not supported by rvs (use basic)",
@@ -1207,13 +1204,7 @@ mod tests {
                 ],
                 "a realm is ASCII text without quotes or backslashes",
             ),
-        ] {
-            let problems = texts(&parse(&pairs).problems);
-            assert!(
-                problems.iter().any(|p| p.contains(needle)),
-                "{pairs:?}: {problems:#?}"
-            );
-        }
+        ]);
     }
 
     #[test]
