@@ -10,6 +10,7 @@ use std::time::{Duration, Instant};
 use hyper::client::conn::{http1, http2};
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use rvs_model::ingress::BackendProtocol;
+use tokio::io::AsyncWriteExt;
 use tokio::net::TcpStream;
 use tokio::sync::oneshot;
 
@@ -69,6 +70,10 @@ struct PoolKey {
 /// and 16 KiB of buffers) before it is parked. nginx keeps no buffers for idle upstream
 /// connections; a burst's 320 kept-alive connections per endpoint would otherwise hold 6 MiB.
 const PARK_AFTER: Duration = Duration::from_secs(1);
+
+/// How long closing a kept-alive connection may take (a TLS close_notify to a backend that
+/// stopped reading must not hold the task).
+const CLOSE_TIMEOUT: Duration = Duration::from_secs(1);
 
 /// The socket of an HTTP/1.1 connection, handed back by its connection task once hyper's
 /// connection ended cleanly (its sender dropped while idle).
@@ -168,15 +173,24 @@ async fn start_http1(
     }
     let (back, socket) = oneshot::channel();
     tokio::spawn(async move {
-        match conn.without_shutdown().await {
+        let io = match conn.without_shutdown().await {
             // Nothing unread, and the backend quiet: the socket may carry another request.
-            // (A receiver gone means the connection was not kept: the socket closes.)
+            // (A receiver gone means the connection was not kept.)
             Ok(parts) if parts.read_buf.is_empty() && parts.io.inner().is_quiet() => {
-                let _ = back.send(parts.io);
+                match back.send(parts.io) {
+                    Ok(()) => return,
+                    Err(io) => io,
+                }
             }
-            Ok(_) => {}
-            Err(e) => tracing::debug!(%addr, "upstream connection ended: {e}"),
-        }
+            Ok(parts) => parts.io,
+            Err(e) => {
+                tracing::debug!(%addr, "upstream connection ended: {e}");
+                return;
+            }
+        };
+        // Closed as hyper would have: a TLS backend gets its close_notify.
+        let mut io = io.into_inner();
+        let _ = tokio::time::timeout(CLOSE_TIMEOUT, io.shutdown()).await;
     });
     Ok((sender, Some(socket)))
 }
