@@ -57,13 +57,34 @@ pub(crate) async fn check(
         return Verdict::Deny(error_response(StatusCode::INTERNAL_SERVER_ERROR, grpc));
     }
     let url = expand(&auth.url, req, conn, host);
-    let answer = ask(&url, auth, req, conn, shared, policy, (host, request_id)).await;
-    let (status, headers) = match answer {
-        Ok(answer) => answer,
-        Err(e) => {
-            tracing::warn!(url, "auth-url: {e}");
-            return Verdict::Deny(error_response(StatusCode::INTERNAL_SERVER_ERROR, grpc));
-        }
+    let cache_key = auth
+        .cache
+        .as_ref()
+        .map(|cache| (url.clone(), expand(&cache.key, req, conn, host)));
+    let cached = cache_key
+        .as_ref()
+        .and_then(|key| shared.auth_answers.get(key));
+    let (status, headers) = match cached {
+        Some(answer) => answer,
+        None => match ask(&url, auth, req, conn, shared, policy, (host, request_id)).await {
+            Ok((status, headers)) => {
+                if let (Some(cache), Some(key)) = (&auth.cache, cache_key) {
+                    // As nginx's proxy_cache: an answer setting a cookie is not kept.
+                    let keep = cache.statuses.contains(&status.as_u16())
+                        && !headers.contains_key(header::SET_COOKIE);
+                    if keep {
+                        shared
+                            .auth_answers
+                            .put(key, (status, headers.clone()), cache.ttl);
+                    }
+                }
+                (status, headers)
+            }
+            Err(e) => {
+                tracing::warn!(url, "auth-url: {e}");
+                return Verdict::Deny(error_response(StatusCode::INTERNAL_SERVER_ERROR, grpc));
+            }
+        },
     };
     match status {
         s if s.is_success() => Verdict::Allow {
@@ -268,6 +289,41 @@ async fn ask(
     Err(AuthError::NoAnswer(addr))
 }
 
+/// Auth answers kept for `auth-cache-key`, by auth URL and key.
+#[derive(Default)]
+pub(crate) struct AnswerCache {
+    answers: Mutex<HashMap<AnswerKey, (Instant, StatusCode, HeaderMap)>>,
+}
+
+/// The expanded auth URL and the expanded `auth-cache-key`.
+type AnswerKey = (String, String);
+
+/// Answers kept at most; past it, expired ones go, then all (a burst of distinct keys must
+/// not grow memory without bound).
+const MAX_ANSWERS: usize = 10_000;
+
+impl AnswerCache {
+    fn get(&self, key: &AnswerKey) -> Option<(StatusCode, HeaderMap)> {
+        let answers = self.answers.lock().ok()?;
+        let (until, status, headers) = answers.get(key)?;
+        (Instant::now() < *until).then(|| (*status, headers.clone()))
+    }
+
+    fn put(&self, key: AnswerKey, (status, headers): (StatusCode, HeaderMap), ttl: Duration) {
+        let Ok(mut answers) = self.answers.lock() else {
+            return;
+        };
+        let now = Instant::now();
+        if answers.len() >= MAX_ANSWERS {
+            answers.retain(|_, (until, _, _)| now < *until);
+            if answers.len() >= MAX_ANSWERS {
+                answers.clear();
+            }
+        }
+        answers.insert(key, (now + ttl, status, headers));
+    }
+}
+
 /// Host names of auth services resolved, kept for [`RESOLVED_FOR`] (nginx's `resolver
 /// ... valid=30s`, as ingress-nginx configures it).
 #[derive(Default)]
@@ -318,6 +374,22 @@ mod tests {
             signin_location("https://a.example/start?rd=/home", "rd", "http://h/x"),
             "https://a.example/start?rd=/home"
         );
+    }
+
+    #[test]
+    fn kept_answers_expire_and_stay_bounded() {
+        let cache = AnswerCache::default();
+        let key = |i: usize| (format!("http://auth/{i}"), String::new());
+        let answer = || (StatusCode::OK, HeaderMap::new());
+        cache.put(key(0), answer(), Duration::ZERO);
+        assert!(cache.get(&key(0)).is_none(), "expired at once");
+        cache.put(key(0), answer(), Duration::from_secs(60));
+        assert_eq!(cache.get(&key(0)).map(|a| a.0), Some(StatusCode::OK));
+        for i in 1..=MAX_ANSWERS {
+            cache.put(key(i), answer(), Duration::from_secs(60));
+        }
+        let kept = cache.answers.lock().map(|a| a.len()).unwrap_or(0);
+        assert!(kept <= MAX_ANSWERS, "{kept}");
     }
 
     #[test]

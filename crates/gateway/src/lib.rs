@@ -131,6 +131,8 @@ pub(crate) struct Shared {
     pub certs: Arc<ServerCerts>,
     /// Host names of `auth-url`s.
     pub resolver: external_auth::Resolver,
+    /// `auth-cache-key`: auth answers kept.
+    pub auth_answers: external_auth::AnswerCache,
     /// Flips to true on shutdown: listeners stop, connections drain.
     pub shutdown: watch::Receiver<bool>,
 }
@@ -165,6 +167,7 @@ impl Gateway {
             access_log,
             certs,
             resolver: external_auth::Resolver::default(),
+            auth_answers: external_auth::AnswerCache::default(),
             shutdown: shutdown_rx,
         });
         let connections = server::ConnectionTracker::new(shared.metrics.client_connections.clone());

@@ -508,3 +508,44 @@ async fn auth_url_headers_come_from_the_auth_service_only() {
         ["_oauth2_proxy=refreshed; Path=/", "_csrf=x; Path=/"]
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn auth_url_answers_are_kept_per_cache_key_for_the_listed_statuses() {
+    let (env, b, seen) = behind_auth_url(&[
+        ("auth-cache-key", "$http_authorization"),
+        ("auth-cache-duration", "200 401 1m"),
+    ])
+    .await;
+    let asked = || seen.lock().unwrap().asked;
+    for _ in 0..2 {
+        let resp = call(&env, Method::GET, "/", "good", "").await;
+        assert_eq!(resp.status, StatusCode::OK);
+        // A kept answer still brings its headers.
+        assert_eq!(
+            resp.upstream_header("x-auth-request-user").as_deref(),
+            Some("alice")
+        );
+    }
+    assert_eq!((asked(), b.hits()), (1, 2));
+    for _ in 0..2 {
+        assert_eq!(
+            call(&env, Method::GET, "/", "nobody", "").await.status,
+            StatusCode::UNAUTHORIZED
+        );
+    }
+    assert_eq!(asked(), 2, "401 is listed: kept");
+    for _ in 0..2 {
+        assert_eq!(
+            call(&env, Method::GET, "/", "forbidden", "").await.status,
+            StatusCode::FORBIDDEN
+        );
+    }
+    assert_eq!(asked(), 4, "403 is not listed: asked each time");
+    for _ in 0..2 {
+        assert_eq!(
+            call(&env, Method::GET, "/", "user-only", "").await.status,
+            StatusCode::OK
+        );
+    }
+    assert_eq!(asked(), 6, "an answer setting cookies is never kept");
+}

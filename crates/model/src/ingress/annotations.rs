@@ -3,11 +3,12 @@
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
+use std::time::Duration;
 
 use super::configmap::REFUSED_SNIPPET;
 use super::types::{
-    BackendProtocol, Balancing, CanaryRule, CookieAffinity, Cors, ExternalAuth, Redirect,
-    RoutePolicy, TemplatePart,
+    AuthCache, BackendProtocol, Balancing, CanaryRule, CookieAffinity, Cors, ExternalAuth,
+    Redirect, RoutePolicy, TemplatePart,
 };
 use super::values;
 use crate::objects::{ObjectRef, Origin, Problem};
@@ -142,6 +143,8 @@ const HONOURED: &[&str] = &[
     "auth-signin-redirect-param",
     "auth-response-headers",
     "auth-request-redirect",
+    "auth-cache-key",
+    "auth-cache-duration",
 ];
 
 /// The `rvs.io/` annotations an Ingress may carry.
@@ -529,6 +532,12 @@ impl Parser<'_> {
         let response_headers = self
             .get("auth-response-headers", values::header_names)
             .unwrap_or_default();
+        let cache = self.get("auth-cache-key", values::template).map(|key| {
+            let (statuses, ttl) = self
+                .get("auth-cache-duration", values::auth_cache_duration)
+                .unwrap_or_else(|| (vec![200, 202, 401], Duration::from_secs(300)));
+            AuthCache { key, statuses, ttl }
+        });
         let request_redirect = self.get("auth-request-redirect", |raw| {
             let value = raw.trim();
             if value.chars().any(|c| c.is_control()) {
@@ -577,6 +586,7 @@ impl Parser<'_> {
             signin_redirect_param,
             response_headers,
             request_redirect,
+            cache,
         })
     }
 
@@ -1083,6 +1093,24 @@ mod tests {
             ["x-auth-request-user", "x-auth-request-email"]
         );
         assert_eq!(auth.request_redirect.as_deref(), Some("/after"));
+        assert_eq!(auth.cache, None, "no auth-cache-key: no cache");
+        let cached = |duration: Option<&str>| {
+            let mut pairs = vec![
+                ("auth-url", "http://a/"),
+                ("auth-cache-key", "$remote_addr$http_authorization"),
+            ];
+            pairs.extend(duration.map(|d| ("auth-cache-duration", d)));
+            let cache = parse(&pairs)
+                .policy
+                .external_auth
+                .expect("auth")
+                .cache
+                .clone();
+            cache.map(|c| (c.statuses, c.ttl.as_secs()))
+        };
+        assert_eq!(cached(None), Some((vec![200, 202, 401], 300)));
+        assert_eq!(cached(Some("200 30s")), Some((vec![200], 30)));
+        assert_eq!(cached(Some("1h")), Some((vec![200, 301, 302], 3600)));
         assert!(!auth.host_from_request);
         for (url, from_request) in [
             ("https://$host/oauth2/auth", true),
@@ -1149,6 +1177,14 @@ mod tests {
                     ("auth-response-headers", "X-User, Content-Length"),
                 ],
                 "content-length frames or routes the request",
+            ),
+            (
+                vec![
+                    ("auth-url", "http://a/"),
+                    ("auth-cache-key", "$http_authorization"),
+                    ("auth-cache-duration", "200 soon"),
+                ],
+                "auth-cache-duration",
             ),
         ]);
     }

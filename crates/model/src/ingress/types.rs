@@ -614,6 +614,20 @@ pub struct ExternalAuth {
     pub response_headers: Vec<String>,
     /// `auth-request-redirect`: sent as `X-Auth-Request-Redirect` (default: the request URI).
     pub request_redirect: Option<String>,
+    /// `auth-cache-key` with `auth-cache-duration`: answers kept and reused.
+    pub cache: Option<AuthCache>,
+}
+
+/// Which auth answers are kept, for how long, under which key (nginx's `proxy_cache` on the
+/// auth location, as ingress-nginx configures it).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AuthCache {
+    /// `auth-cache-key`: nginx variables, e.g. `$remote_user$http_authorization`.
+    pub key: Template,
+    /// `auth-cache-duration`'s status codes (default 200 202 401).
+    pub statuses: Vec<u16>,
+    /// `auth-cache-duration`'s time (default 5m).
+    pub ttl: std::time::Duration,
 }
 
 /// HTTP Basic authentication as nginx's `auth_basic` does it: a request without valid

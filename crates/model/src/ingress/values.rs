@@ -227,6 +227,27 @@ pub fn auth_url(raw: &str) -> Result<Template, String> {
     redirect_location(raw)
 }
 
+/// `auth-cache-duration`: status codes, then a time (`200 202 401 5m`); a time alone is
+/// nginx's `proxy_cache_valid` default set (200, 301, 302).
+pub fn auth_cache_duration(raw: &str) -> Result<(Vec<u16>, Duration), String> {
+    let words: Vec<&str> = raw.split_whitespace().collect();
+    let Some((time, codes)) = words.split_last() else {
+        return Err(format!(
+            "{raw:?} is not status codes and a time (200 202 401 5m)"
+        ));
+    };
+    let ttl = nginx_duration(time)?;
+    let statuses = if codes.is_empty() {
+        vec![200, 301, 302]
+    } else {
+        codes
+            .iter()
+            .map(|c| status_code(c))
+            .collect::<Result<Vec<u16>, String>>()?
+    };
+    Ok((statuses, ttl))
+}
+
 /// `auth-method`: an HTTP method token (upper-cased).
 pub fn http_method(raw: &str) -> Result<String, String> {
     let method = raw.trim();
