@@ -1263,7 +1263,7 @@ mod tests {
     #[test]
     fn unsupported_annotations_are_warned() {
         let a = parse(&[
-            ("auth-cache-key", "$remote_user"),
+            ("auth-keepalive", "10"),
             ("custom-http-errors", "404"),
             ("rvs.io/scheduler", "mh"),
             ("kubernetes.io/ingress.class", "rvs"),
@@ -1273,7 +1273,7 @@ mod tests {
         assert_eq!(
             texts(&a.warnings),
             [
-                "api: Ingress default/web: annotation auth-cache-key: not supported by rvs; ignored",
+                "api: Ingress default/web: annotation auth-keepalive: not supported by rvs; ignored",
                 "api: Ingress default/web: annotation custom-http-errors: not supported by rvs; ignored",
                 "api: Ingress default/web: annotation rvs.io/scheduler: not supported on an Ingress; ignored",
             ]
