@@ -309,8 +309,7 @@ async fn serve_http1(
     tracked: Tracked,
     settings: ClientSettings,
 ) {
-    // Boxed: the parked task below must not be as large as hyper's connection.
-    let Some(io) = Box::pin(http1_until_idle(io, &conn, &shared, &settings)).await else {
+    let Some(io) = http1_until_idle(io, &conn, &shared, &settings).await else {
         return;
     };
     let deadline = io.keep_alive_deadline();
