@@ -108,7 +108,7 @@ pub(crate) async fn check(
                 let signin = expand(signin, req, conn, host);
                 let original = format!(
                     "{}://{}{}",
-                    if conn.tls { "https" } else { "http" },
+                    conn.scheme(),
                     crate::proxy::request_authority(req).unwrap_or(host),
                     escape(req.uri.path_and_query().map_or("/", |p| p.as_str()))
                 );
@@ -155,12 +155,15 @@ fn signin_location(signin: &str, param: &str, original: &str) -> String {
 /// Percent-encodes all but RFC 3986's unreserved characters (nginx's
 /// `$escaped_request_uri`, as ingress-nginx sets it with `ngx.escape_uri`).
 pub(crate) fn escape(raw: &str) -> String {
+    const HEX: &[u8; 16] = b"0123456789ABCDEF";
     let mut out = String::with_capacity(raw.len());
     for b in raw.bytes() {
         if b.is_ascii_alphanumeric() || matches!(b, b'-' | b'.' | b'_' | b'~') {
             out.push(b as char);
         } else {
-            out.push_str(&format!("%{b:02X}"));
+            out.push('%');
+            out.push(HEX[usize::from(b >> 4)] as char);
+            out.push(HEX[usize::from(b & 0xf)] as char);
         }
     }
     out
@@ -217,7 +220,7 @@ async fn ask(
         .path_and_query()
         .map_or_else(|| "/".to_string(), |p| p.as_str().to_string());
     let request_uri = req.uri.path_and_query().map_or("/", |p| p.as_str());
-    let scheme = if conn.tls { "https" } else { "http" };
+    let scheme = conn.scheme();
     let client = crate::proxy::canonical(conn.peer.ip()).to_string();
     let original_host = crate::proxy::request_authority(req).unwrap_or(host);
     let mut headers = req.headers.clone();

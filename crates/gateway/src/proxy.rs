@@ -517,7 +517,7 @@ fn upstream_request(
     strip_hop_by_hop(&mut headers, upgrade);
     let original_host = request_authority(req).unwrap_or(request_host);
     let host = policy.upstream_vhost.as_deref().unwrap_or(original_host);
-    let scheme = HeaderValue::from_static(if conn.tls { "https" } else { "http" });
+    let scheme = HeaderValue::from_static(conn.scheme());
     let client_ip = canonical(conn.peer.ip()).to_string();
     let trusted = settings.use_forwarded_headers;
     let forwarded_for = match headers.get(&X_FORWARDED_FOR).and_then(|v| v.to_str().ok()) {
@@ -668,7 +668,7 @@ pub(crate) fn expand(
             TemplatePart::Args => out.push_str(req.uri.query().unwrap_or("")),
             TemplatePart::Host => out.push_str(host),
             TemplatePart::RemoteAddr => out.push_str(&canonical(conn.peer.ip()).to_string()),
-            TemplatePart::Scheme => out.push_str(if conn.tls { "https" } else { "http" }),
+            TemplatePart::Scheme => out.push_str(conn.scheme()),
             TemplatePart::Method => out.push_str(req.method.as_str()),
             TemplatePart::Header(name) => {
                 if let Some(v) = req.headers.get(name.as_str()).and_then(|v| v.to_str().ok()) {

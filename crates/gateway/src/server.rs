@@ -110,6 +110,17 @@ pub struct ClientConn {
     pub retire: Notify,
 }
 
+impl ClientConn {
+    /// nginx's `$scheme`.
+    pub fn scheme(&self) -> &'static str {
+        if self.tls {
+            "https"
+        } else {
+            "http"
+        }
+    }
+}
+
 pub async fn accept_loop(
     listener: TcpListener,
     tls: Option<Arc<ServerConfig>>,
