@@ -134,14 +134,28 @@ for ((rep = 1; rep <= SYNC_REPS; rep++)); do
         ip netns del "$SYNC_NS"
         full=$(grep '^full_sync ' "$WORK/sync-$rep-$n.log")
         change=$(grep '^endpoint_change ' "$WORK/sync-$rep-$n.log" || true)
-        echo "sync rep=$rep services=$n full_s=$(kv "$full" seconds) script_bytes=$(kv "$full" script_bytes) change_p50_ms=$(kv "$change" p50_ms) change_p99_ms=$(kv "$change" p99_ms) change_max_ms=$(kv "$change" max_ms) busy_before=$QUIET_BUSY" >>"$RESULTS"
+        echo "sync rep=$rep services=$n full_s=$(kv "$full" seconds) transaction_bytes=$(kv "$full" transaction_bytes) change_p50_ms=$(kv "$change" p50_ms) change_p99_ms=$(kv "$change" p99_ms) change_max_ms=$(kv "$change" max_ms) busy_before=$QUIET_BUSY" >>"$RESULTS"
         log "  $(tail -n1 "$RESULTS")"
     done
 done
 
+# The same through libnftables (nft's parser in rvs's process for changes, the nft tool for
+# full syncs), the backend before rvs wrote its own netlink batches.
+for n in "${SYNC_SIZES[@]}"; do
+    quiet_gap "$QUIET_WAIT"
+    fresh_ns
+    run_logged "sync-lib-$n" env NFT_BACKEND=libnftables ip netns exec "$SYNC_NS" "$SYNC_BENCH" "$n" "$SYNC_ENDPOINTS" "$SYNC_CHANGES" ||
+        die "sync_bench (libnftables) failed: $(tail -n 5 "$WORK/sync-lib-$n.log")"
+    ip netns del "$SYNC_NS"
+    full=$(grep '^full_sync ' "$WORK/sync-lib-$n.log")
+    change=$(grep '^endpoint_change ' "$WORK/sync-lib-$n.log" || true)
+    echo "synclib services=$n full_s=$(kv "$full" seconds) transaction_bytes=$(kv "$full" transaction_bytes) change_p50_ms=$(kv "$change" p50_ms) change_p99_ms=$(kv "$change" p99_ms) backend=$(kv "$full" backend)" >>"$RESULTS"
+    log "  $(tail -n1 "$RESULTS")"
+done
+
 # Where a change's time goes, at each size: rvs's own render + diff of the whole snapshot
 # (sync_bench RENDER_ONLY); the same changes with every transaction through the nft tool
-# (NFT_TOOL=1) rather than libnftables, the tool's time per transaction (a wrapper named nft
+# (NFT_BACKEND=nft), the tool's time per transaction (a wrapper named nft
 # first in PATH times every call; a few ms of its own); one single-element nft transaction on
 # the synced table.
 mkdir -p "$WORK/nftwrap"
@@ -160,7 +174,7 @@ for n in "${SYNC_SIZES[@]}"; do
     fresh_ns
     times=$WORK/nft-times-$n.txt
     : >"$times"
-    run_logged "breakdown-$n" env KEEP=1 NFT_TOOL=1 NFT_TIMES="$times" PATH="$WORK/nftwrap:$PATH" \
+    run_logged "breakdown-$n" env KEEP=1 NFT_BACKEND=nft NFT_TIMES="$times" PATH="$WORK/nftwrap:$PATH" \
         ip netns exec "$SYNC_NS" "$SYNC_BENCH" "$n" "$SYNC_ENDPOINTS" "$SYNC_CHANGES" ||
         die "sync_bench (breakdown) failed: $(tail -n 5 "$WORK/breakdown-$n.log")"
     # Calls: -j list (ip, ip6), the full sync (-f -), then one -f - per change.
@@ -277,7 +291,7 @@ SECTION=$WORK/section.md
     echo
     echo "### Sync: programming the rules"
     echo
-    echo "Method: \`crates/nft/examples/sync_bench SERVICES $SYNC_ENDPOINTS $SYNC_CHANGES\`, run in a fresh network namespace each time: N ClusterIP Services (TCP, 10.96.x.y:80) with $SYNC_ENDPOINTS endpoints each, one full sync (\`NftEngine::apply(full)\`: render, list the existing table, one transaction), then $SYNC_CHANGES single-endpoint changes, each Service in turn moving one endpoint (\`apply\` incremental: render and diff only the changed virtual service, one transaction); wall-clock time around \`apply\`. Changes go through libnftables in rvs's process (backend: $(kv "$(grep -h '^full_sync ' "$WORK"/sync-1-*.log | head -n1)" backend), one context kept between them), full syncs through a fresh \`nft -f\` process. $SYNC_REPS run$( ((SYNC_REPS > 1)) && echo s) per size, the median of each figure is reported."
+    echo "Method: \`crates/nft/examples/sync_bench SERVICES $SYNC_ENDPOINTS $SYNC_CHANGES\`, run in a fresh network namespace each time: N ClusterIP Services (TCP, 10.96.x.y:80) with $SYNC_ENDPOINTS endpoints each, one full sync (\`NftEngine::apply(full)\`: render, list the existing table, one transaction), then $SYNC_CHANGES single-endpoint changes, each Service in turn moving one endpoint (\`apply\` incremental: render and diff only the changed virtual service, one transaction); wall-clock time around \`apply\`. Every transaction is a netlink batch rvs writes itself and sends over its own socket (backend: $(kv "$(grep -h '^full_sync ' "$WORK"/sync-1-*.log | head -n1)" backend); crates/nft/src/netlink.rs): no nft parser. $SYNC_REPS run$( ((SYNC_REPS > 1)) && echo s) per size, the median of each figure is reported."
     echo
     echo "| measurement | 1,000 Services | 10,000 Services | 10k / 1k | goal (10k) | met |"
     echo "| --- | ---: | ---: | ---: | ---: | :---: |"
@@ -289,15 +303,31 @@ SECTION=$WORK/section.md
     echo "| one endpoint change, p99 ms | $(fmt 1 "$a") | $(fmt 1 "$b") | $(ratio "$b" "$a") | < 50 ms | $(awk -v b="$b" 'BEGIN {print (b != "-" && b < 50) ? "yes" : "**no**"}') |"
     a=$(med sync change_max_ms services=1000) b=$(med sync change_max_ms services=10000)
     echo "| one endpoint change, max ms | $(fmt 1 "$a") | $(fmt 1 "$b") | $(ratio "$b" "$a") | | |"
-    a=$(med sync script_bytes services=1000) b=$(med sync script_bytes services=10000)
-    echo "| full sync \`nft\` script, MB | $(fmt 1 "$(awk -v x="$a" 'BEGIN {print x / 1e6}')") | $(fmt 1 "$(awk -v x="$b" 'BEGIN {print x / 1e6}')") | $(ratio "$b" "$a") | | |"
+    a=$(med sync transaction_bytes services=1000) b=$(med sync transaction_bytes services=10000)
+    echo "| full sync netlink batch, MB | $(fmt 1 "$(awk -v x="$a" 'BEGIN {print x / 1e6}')") | $(fmt 1 "$(awk -v x="$b" 'BEGIN {print x / 1e6}')") | $(ratio "$b" "$a") | | |"
+    echo
+    echo "The same runs with the backend used before (libnftables: changes through nft's parser in rvs's process, full syncs through a fresh \`nft -f\`), one run per size:"
+    echo
+    echo "| measurement | 1,000 Services | 10,000 Services | netlink / libnftables (10k) |"
+    echo "| --- | ---: | ---: | ---: |"
+    for key in full_s change_p50_ms change_p99_ms; do
+        a=$(vals synclib "$key" services=1000) b=$(vals synclib "$key" services=10000) n=$(med sync "$key" services=10000)
+        case $key in
+        full_s) label="full sync, s" digits=3 ;;
+        change_p50_ms) label="one endpoint change, p50 ms" digits=1 ;;
+        *) label="one endpoint change, p99 ms" digits=1 ;;
+        esac
+        echo "| $label | $(fmt "$digits" "$a") | $(fmt "$digits" "$b") | $(ratio "$n" "$b") |"
+    done
+    a=$(vals synclib transaction_bytes services=1000) b=$(vals synclib transaction_bytes services=10000)
+    echo "| full sync \`nft\` script, MB | $(fmt 1 "$(awk -v x="$a" 'BEGIN {print x / 1e6}')") | $(fmt 1 "$(awk -v x="$b" 'BEGIN {print x / 1e6}')") | |"
     echo
     echo "Where the time goes (one more run per size with every transaction through the \`nft\` tool, as before libnftables, and a wrapper that times every \`nft\` call; the wrapper adds a few ms per call):"
     echo
     echo "| measurement | 1,000 Services | 10,000 Services |"
     echo "| --- | ---: | ---: |"
     row() { echo "| $1 | $(fmt "$3" "$(vals breakdown "$2" services=1000)") | $(fmt "$3" "$(vals breakdown "$2" services=10000)") |"; }
-    echo "| one endpoint change through libnftables (p50, the table above), ms | $(fmt 1 "$(med sync change_p50_ms services=1000)") | $(fmt 1 "$(med sync change_p50_ms services=10000)") |"
+    echo "| one endpoint change through libnftables (p50, the table above), ms | $(fmt 1 "$(vals synclib change_p50_ms services=1000)") | $(fmt 1 "$(vals synclib change_p50_ms services=10000)") |"
     row "one endpoint change through the \`nft\` tool (p50), ms" change_p50_ms 1
     row "… of which the \`nft -f\` process (p50), ms" nft_change_p50_ms 1
     row "full sync through the \`nft\` tool, s" full_s 3
@@ -313,8 +343,8 @@ SECTION=$WORK/section.md
     rd=$(awk -v a="$r" -v b="$d" 'BEGIN {print a + b}')
     rest=$(awk -v c="$c50" -v n="$n50" 'BEGIN {print c - n}')
     fs=$(vals breakdown full_s services=10000) fn=$(vals breakdown nft_full_ms services=10000)
-    lib50=$(med sync change_p50_ms services=10000)
-    echo "At 10,000 Services a full sync is nft's time: $(fmt 0 "$fn") of $(fmt 0 "$(awk -v s="$fs" 'BEGIN {print s * 1000}')") ms ($(pct "$fn" "$(awk -v s="$fs" 'BEGIN {print s * 1000}')")) go to parsing and committing the $(fmt 0 "$(awk -v x="$(vals sync script_bytes services=10000 rep=1)" 'BEGIN {print x / 1e6}')") MB script (libnftables parses it the same way). A change through the \`nft\` tool ($(fmt 0 "$c50") ms, p50) is the \`nft\` process $(fmt 0 "$n50") ms ($(pct "$n50" "$c50")) and everything else $(fmt 0 "$rest") ms, mostly starting nft through the timing wrapper: rvs renders and diffs only the virtual services that changed, found by comparing the snapshot's services by pointer (a whole-snapshot render and diff, $(fmt 0 "$rd") ms, is left to full syncs). Through libnftables the same change takes $(fmt 1 "$lib50") ms ($(pct "$lib50" "$c50") of the tool's). Even the smallest transaction through the tool pays for starting it and for its cache of the table: one \`nft add element\` takes $(fmt 0 "$(vals breakdown nft_one_element_ms services=1000)") ms at 1,000 Services and $(fmt 0 "$(vals breakdown nft_one_element_ms services=10000)") ms at 10,000."
+    lib50=$(vals synclib change_p50_ms services=10000)
+    echo "Through nft, at 10,000 Services a full sync is nft's time: $(fmt 0 "$fn") of $(fmt 0 "$(awk -v s="$fs" 'BEGIN {print s * 1000}')") ms ($(pct "$fn" "$(awk -v s="$fs" 'BEGIN {print s * 1000}')")) go to parsing and committing the $(fmt 0 "$(awk -v x="$(vals synclib transaction_bytes services=10000)" 'BEGIN {print x / 1e6}')") MB script (libnftables parses it the same way). A change through the \`nft\` tool ($(fmt 0 "$c50") ms, p50) is the \`nft\` process $(fmt 0 "$n50") ms ($(pct "$n50" "$c50")) and everything else $(fmt 0 "$rest") ms, mostly starting nft through the timing wrapper: rvs renders and diffs only the virtual services that changed, found by comparing the snapshot's services by pointer (a whole-snapshot render and diff, $(fmt 0 "$rd") ms, is left to full syncs). Through libnftables the same change takes $(fmt 1 "$lib50") ms ($(pct "$lib50" "$c50") of the tool's). Even the smallest transaction through the tool pays for starting it and for its cache of the table: one \`nft add element\` takes $(fmt 0 "$(vals breakdown nft_one_element_ms services=1000)") ms at 1,000 Services and $(fmt 0 "$(vals breakdown nft_one_element_ms services=10000)") ms at 10,000."
     echo
     g_n=$(vals grow services what=add)
     g_n=${g_n:-10}

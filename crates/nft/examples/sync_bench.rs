@@ -2,8 +2,8 @@
 //! endpoints each, then single-endpoint changes (p50/p99). Run it inside a network namespace
 //! of its own (bench/nft.sh does): it programs that namespace's nftables.
 //!
-//! `sync_bench SERVICES ENDPOINTS CHANGES` (NFT_TOOL=1: transactions through the nft tool,
-//! not libnftables)
+//! `sync_bench SERVICES ENDPOINTS CHANGES` (NFT_BACKEND=libnftables or nft: transactions
+//! through libnftables or the nft tool instead of rvs's netlink batches)
 
 use std::time::{Duration, Instant};
 
@@ -71,13 +71,15 @@ async fn main() {
         args.get(1).copied().unwrap_or(5),
         args.get(2).copied().unwrap_or(100),
     );
+    let backend = std::env::var("NFT_BACKEND").ok();
     let engine = NftEngine::new(NftConfig {
         render: RenderOptions {
             cluster_cidrs: vec!["10.244.0.0/16".parse().unwrap()],
             ..Default::default()
         },
-        // NFT_TOOL=1: every transaction through the nft tool, for comparison.
-        library: std::env::var("NFT_TOOL").is_err(),
+        // NFT_BACKEND: transactions through libnftables or the nft tool, for comparison.
+        netlink: backend.is_none(),
+        library: backend.as_deref() != Some("nft"),
         ..Default::default()
     });
     let mut snapshot = Snapshot {
@@ -99,9 +101,9 @@ async fn main() {
     let stats = engine.apply(&shared, true).await.expect("full sync");
     let full = started.elapsed();
     println!(
-        "full_sync services={services} endpoints={endpoints} seconds={:.3} script_bytes={} backend={}",
+        "full_sync services={services} endpoints={endpoints} seconds={:.3} transaction_bytes={} backend={}",
         full.as_secs_f64(),
-        stats.script_bytes,
+        stats.transaction_bytes,
         engine.backend()
     );
 

@@ -1,6 +1,7 @@
-//! The nftables engine: renders each snapshot, applies the difference as one `nft -f`
-//! transaction (a failed one leaves the previous ruleset in place), resyncs fully at start
-//! and on a timer, and reports the table with counters from the kernel.
+//! The nftables engine: renders each snapshot, applies the difference as one transaction (a
+//! netlink batch rvs writes itself, or an `nft -f` script; a failed one leaves the previous
+//! ruleset in place), resyncs fully at start and on a timer, and reports the table with
+//! counters from the kernel.
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::net::{IpAddr, SocketAddr};
@@ -15,11 +16,12 @@ use tokio::process::Command;
 
 use crate::conntrack::{self, ConnCounts};
 use crate::library::Library;
+use crate::netlink;
 use crate::render::{
     endpoint_chain_name, patch, render_cached, render_delta, service_chain_name, RenderCache,
     RenderOptions,
 };
-use crate::ruleset::{Before, Existing, Family, Ruleset, TABLE};
+use crate::ruleset::{Before, Existing, Family, Ruleset, Transaction, TABLE};
 
 /// Transactions up to this size run in rvs's process (see `run_script`).
 const IN_PROCESS_MAX_BYTES: usize = 1 << 20;
@@ -35,8 +37,12 @@ pub struct NftConfig {
     /// The nft binary (Debian package nftables): listings, large transactions (full syncs),
     /// and every transaction when libnftables cannot be loaded or `library` is off.
     pub nft: String,
-    /// Run transactions through libnftables in rvs's process (see `library.rs`).
+    /// Run transactions through libnftables in rvs's process (see `library.rs`) when
+    /// netlink is off.
     pub library: bool,
+    /// Write transactions as netlink batches (see `netlink.rs`); the nft tool and
+    /// libnftables then only list the table.
+    pub netlink: bool,
 }
 
 impl Default for NftConfig {
@@ -45,6 +51,7 @@ impl Default for NftConfig {
             render: RenderOptions::default(),
             nft: "nft".into(),
             library: true,
+            netlink: true,
         }
     }
 }
@@ -92,16 +99,26 @@ pub struct NftEngine {
     refreshing: Arc<std::sync::atomic::AtomicBool>,
     /// libnftables in this process; None: the nft tool runs each transaction.
     library: Option<Library>,
+    /// rvs's own netlink batches; None: libnftables or the nft tool.
+    netlink: Option<Arc<netlink::Socket>>,
 }
 
 /// How long counters read from the kernel are reused before `table()` refreshes them.
 const COUNTERS_MAX_AGE: Duration = Duration::from_secs(2);
 
 impl NftEngine {
-    /// Call it on a thread in the network namespace to program: libnftables' thread starts
-    /// from it.
+    /// Call it on a thread in the network namespace to program: the netlink socket opens in
+    /// it and libnftables' thread starts from it.
     pub fn new(config: NftConfig) -> Self {
-        let library = if config.library {
+        let netlink = if config.netlink {
+            netlink::Socket::open()
+                .inspect_err(|e| tracing::info!("no netlink socket to nftables: {e}"))
+                .ok()
+                .map(Arc::new)
+        } else {
+            None
+        };
+        let library = if config.library && netlink.is_none() {
             Library::start()
                 .inspect_err(|e| {
                     tracing::info!("nftables transactions through the nft tool: {e}");
@@ -111,6 +128,7 @@ impl NftEngine {
             None
         };
         NftEngine {
+            netlink,
             library,
             config: Arc::new(config),
             applied: Arc::default(),
@@ -120,9 +138,12 @@ impl NftEngine {
         }
     }
 
-    /// What runs the transactions: `libnftables` (in this process) or `nft` (the tool).
+    /// What runs the transactions: `netlink` (batches written by rvs), `libnftables` (in
+    /// this process) or `nft` (the tool).
     pub fn backend(&self) -> &'static str {
-        if self.library.is_some() {
+        if self.netlink.is_some() {
+            "netlink"
+        } else if self.library.is_some() {
             "libnftables"
         } else {
             "nft"
@@ -147,27 +168,43 @@ impl NftEngine {
         } else {
             render_delta(snapshot, &self.config.render, &mut applied.render_cache)
         };
-        let (script, rendered) = match (&delta, &applied.ruleset) {
-            (Some(delta), _) => (delta.after.script(Before::Applied(&delta.before)), None),
-            (None, Some(previous)) if !full => {
-                let ruleset =
-                    render_cached(snapshot, &self.config.render, &mut applied.render_cache);
-                (ruleset.script(Before::Applied(previous)), Some(ruleset))
-            }
-            (None, _) => {
-                let ruleset =
-                    render_cached(snapshot, &self.config.render, &mut applied.render_cache);
-                let listed = self.list_existing().await?;
-                (ruleset.script(Before::Listed(&listed)), Some(ruleset))
+        let rendered = match (&delta, &applied.ruleset) {
+            (Some(_), _) => None,
+            _ => Some(render_cached(
+                snapshot,
+                &self.config.render,
+                &mut applied.render_cache,
+            )),
+        };
+        let listed = match (&delta, &applied.ruleset) {
+            (None, Some(_)) if !full => None,
+            (None, _) => Some(self.list_existing().await?),
+            (Some(_), _) => None,
+        };
+        let result = {
+            let tx = match (&delta, &rendered, &applied.ruleset, &listed) {
+                (Some(delta), _, _, _) => delta.after.transaction(Before::Applied(&delta.before)),
+                (None, Some(ruleset), _, Some(listed)) => {
+                    ruleset.transaction(Before::Listed(listed))
+                }
+                (None, Some(ruleset), Some(previous), None) => {
+                    ruleset.transaction(Before::Applied(previous))
+                }
+                _ => Transaction::default(),
+            };
+            if tx.is_empty() {
+                Ok((0, self.backend()))
+            } else {
+                self.run(&tx).await
             }
         };
-        let script_bytes = script.len();
-        if !script.is_empty() {
-            if let Err(e) = self.run_script(script).await {
+        let (transaction_bytes, backend) = match result {
+            Ok(done) => done,
+            Err(e) => {
                 applied.needs_full = true;
                 return Err(e);
             }
-        }
+        };
         match (rendered, delta) {
             (Some(ruleset), _) => applied.ruleset = Some(ruleset),
             (None, Some(delta)) => {
@@ -188,12 +225,45 @@ impl NftEngine {
         tokio::spawn(async move { clean_conntrack(previous.as_deref(), &next).await });
         Ok(ApplyStats {
             full,
-            script_bytes,
+            transaction_bytes,
+            backend,
             elapsed: started.elapsed(),
         })
     }
 
-    /// Runs one transaction. Small ones (changes) through libnftables, which saves starting a
+    /// Runs one transaction; returns its size (batch or script bytes) and what ran it.
+    async fn run(&self, tx: &Transaction<'_>) -> Result<(usize, &'static str), NftError> {
+        if let Some(socket) = &self.netlink {
+            match netlink::encode(tx) {
+                Ok(mut batch) => {
+                    let size = batch.size_bytes();
+                    let bytes = batch.take_bytes();
+                    let socket = Arc::clone(socket);
+                    // A full sync keeps the kernel busy for a good part of a second.
+                    let sent = tokio::task::spawn_blocking(move || socket.send(&bytes))
+                        .await
+                        .map_err(|e| NftError::Refused(format!("netlink: {e}")))?
+                        .map_err(|e| NftError::Refused(format!("netlink: {e}")))?;
+                    return if sent.is_empty() {
+                        Ok((size, "netlink"))
+                    } else {
+                        Err(NftError::Refused(batch.refusal(&sent)))
+                    };
+                }
+                // A rule the encoder does not know is a bug of rvs's: nft still reads it.
+                Err(e) => tracing::warn!("nftables transaction through nft instead: {e}"),
+            }
+        }
+        let script = tx.script();
+        let size = script.len();
+        let backend = match &self.library {
+            Some(_) if size <= IN_PROCESS_MAX_BYTES => "libnftables",
+            _ => "nft",
+        };
+        self.run_script(script).await.map(|()| (size, backend))
+    }
+
+    /// Runs one script. Small ones (changes) through libnftables, which saves starting a
     /// process; large ones (full syncs, thousands of new Services) through a fresh `nft`, which
     /// parsed a 12 MB script 5-10% faster than libnftables in rvs's threaded process and gives
     /// the parser's memory back when it exits (the tool is needed anyway: full syncs list the
@@ -295,7 +365,9 @@ impl NftEngine {
 
     /// Removes rvs's tables (on exit with cleanup, or `rvs cleanup`).
     pub async fn remove_all(&self) -> Result<(), NftError> {
-        self.run_script(Ruleset::delete_script(&Family::ALL)).await
+        self.run(&Ruleset::delete_transaction(&Family::ALL))
+            .await
+            .map(|_| ())
     }
 
     async fn refresh_counters(&self) {
@@ -408,7 +480,10 @@ fn connections_to(vs: &VirtualService, rs: &rvs_model::RealServer, counters: &Co
 #[derive(Debug, Clone, Copy)]
 pub struct ApplyStats {
     pub full: bool,
-    pub script_bytes: usize,
+    /// The size of the transaction: netlink batch bytes, or nft script bytes.
+    pub transaction_bytes: usize,
+    /// What applied it: `netlink`, `libnftables` or `nft` (see `NftEngine::backend`).
+    pub backend: &'static str,
     pub elapsed: Duration,
 }
 

@@ -214,42 +214,136 @@ where
     .unwrap()
 }
 
+/// Both tables as nft lists them, and the expressions and set elements the kernel holds
+/// (`nft --debug=netlink`: rule handles left out, lines sorted, since the kernel lists a
+/// hash set's elements in an order of its own).
+fn list_everything(ns: &str) -> String {
+    let listing = |debug: bool| {
+        let mut args = vec!["netns", "exec", ns, "nft"];
+        if debug {
+            args.push("--debug=netlink");
+        }
+        args.extend(["list", "ruleset"]);
+        let out = Command::new("ip").args(&args).output().unwrap();
+        String::from_utf8_lossy(&out.stdout).to_string()
+    };
+    let mut expressions: Vec<String> = listing(true)
+        .lines()
+        .map(|line| {
+            // `ip rvs CHAIN HANDLE [PREVIOUS]` heads each rule's expressions.
+            let words: Vec<&str> = line.split_whitespace().collect();
+            match words.as_slice() {
+                ["ip" | "ip6", "rvs", chain, _handle, ..]
+                    if !line.starts_with(char::is_whitespace) =>
+                {
+                    format!("{} rvs {chain}", words[0])
+                }
+                _ => line.to_string(),
+            }
+        })
+        .collect();
+    expressions.sort();
+    format!("{}\n{}\n", listing(false), expressions.join("\n"))
+}
+
+/// The three ways a transaction reaches the kernel (rvs's netlink batches, libnftables, the
+/// nft tool) leave the same tables, rule for rule and expression for expression, after a
+/// full sync, a change and the removal.
 #[test]
-fn engine_programs_the_same_table_through_libnftables_and_the_nft_tool() {
+fn engine_programs_the_same_table_through_netlink_libnftables_and_the_nft_tool() {
     let Some(ns) = netns("backends") else { return };
     let first = std::sync::Arc::new(snapshot(RICH));
     let second_yaml = RICH.replace("  - addresses: [10.244.2.11]\n    nodeName: node2\n", "");
     let second = std::sync::Arc::new(snapshot(&second_yaml));
+    let base = cluster_config().render;
+    let odd = RenderOptions {
+        // IPv4: a prefix not on a byte boundary; IPv6: two, so an anonymous interval set.
+        cluster_cidrs: ["10.244.0.0/20", "fd00:244::/48", "fd00:245::/48"]
+            .iter()
+            .map(|n| n.parse().unwrap())
+            .collect(),
+        // Named interval sets.
+        nodeport_addresses: ["192.168.0.0/16", "10.0.0.5/32", "fd00:1::/64"]
+            .iter()
+            .map(|n| n.parse().unwrap())
+            .collect(),
+        masquerade_fully_random: true,
+        ..base.clone()
+    };
+    for options in [base, odd] {
+        compare_backends(&ns, &first, &second, &options);
+    }
+}
+
+fn compare_backends(
+    ns: &Netns,
+    first: &std::sync::Arc<Snapshot>,
+    second: &std::sync::Arc<Snapshot>,
+    options: &RenderOptions,
+) {
     let mut listings = Vec::new();
-    for library in [true, false] {
+    for backend in ["netlink", "libnftables", "nft"] {
         let (ns_name, first, second) = (ns.0.clone(), first.clone(), second.clone());
-        let steps = in_netns(&ns, move || async move {
+        let render = options.clone();
+        let steps = in_netns(ns, move || async move {
             let engine = rvs_nft::NftEngine::new(rvs_nft::NftConfig {
-                library,
+                netlink: backend == "netlink",
+                library: backend == "libnftables",
+                render,
                 ..cluster_config()
             });
-            let backend = if library { "libnftables" } else { "nft" };
             assert_eq!(engine.backend(), backend);
             let mut steps = Vec::new();
             let stats = engine.apply(&first, true).await.unwrap();
             assert!(stats.full);
-            steps.push(list_table(&ns_name));
+            steps.push(list_everything(&ns_name));
             let stats = engine.apply(&second, false).await.unwrap();
-            assert!(!stats.full && stats.script_bytes > 0, "{backend}: a delta");
-            steps.push(list_table(&ns_name));
+            assert!(
+                !stats.full && stats.transaction_bytes > 0,
+                "{backend}: a delta"
+            );
+            steps.push(list_everything(&ns_name));
             engine.remove_all().await.unwrap();
-            steps.push(list_table(&ns_name));
+            steps.push(list_everything(&ns_name));
             steps
         });
         assert!(steps[0].contains("dnat to 10.244.2.11"), "{}", steps[0]);
         assert!(!steps[1].contains("10.244.2.11:"), "{}", steps[1]);
-        assert_eq!(steps[2], "", "table removed");
-        listings.push(steps);
+        assert!(!steps[2].contains("table"), "tables removed: {}", steps[2]);
+        if options.masquerade_fully_random {
+            for shown in [
+                "ip saddr != 10.244.0.0/20",
+                "ip6 saddr != { fd00:244::/48, fd00:245::/48 }",
+                "masquerade fully-random",
+                "elements = { 10.0.0.5, 192.168.0.0/16 }",
+            ] {
+                assert!(steps[0].contains(shown), "{shown}: {}", steps[0]);
+            }
+        }
+        listings.push((backend, steps));
     }
-    assert_eq!(
-        listings[0], listings[1],
-        "both backends leave the same table"
-    );
+    let (reference, expected) = &listings[2];
+    for (backend, steps) in &listings[..2] {
+        for (step, (got, want)) in steps.iter().zip(expected).enumerate() {
+            if got != want {
+                let diff: Vec<String> = got
+                    .lines()
+                    .filter(|l| !want.lines().any(|w| w == *l))
+                    .map(|l| format!("only {backend}: {l}"))
+                    .chain(
+                        want.lines()
+                            .filter(|l| !got.lines().any(|g| g == *l))
+                            .map(|l| format!("only {reference}: {l}")),
+                    )
+                    .take(20)
+                    .collect();
+                panic!(
+                    "step {step}: {backend} and {reference} differ:\n{}",
+                    diff.join("\n")
+                );
+            }
+        }
+    }
 }
 
 fn cluster_config() -> rvs_nft::NftConfig {
@@ -314,4 +408,28 @@ fn a_restarted_engine_rewrites_the_table_it_finds() {
         list_table(&fresh_name)
     });
     assert_eq!(listed, fresh);
+}
+
+/// A batch the kernel refuses changes nothing, and the error names what it refused.
+#[test]
+fn a_refused_netlink_batch_changes_nothing_and_names_the_culprit() {
+    let Some(ns) = netns("refused") else { return };
+    // A set of rvs's name but another type: the kernel will not redeclare it.
+    nft(
+        &ns,
+        "add table ip rvs\nadd set ip rvs hairpin { type ipv6_addr; }\n",
+    )
+    .unwrap();
+    let before = list(&ns);
+    let snapshot = std::sync::Arc::new(snapshot(RICH));
+    let error = in_netns(&ns, move || async move {
+        let engine = rvs_nft::NftEngine::new(cluster_config());
+        assert_eq!(engine.backend(), "netlink");
+        engine.apply(&snapshot, true).await.unwrap_err().to_string()
+    });
+    assert!(
+        error.contains("set ip rvs hairpin") && error.contains("exists"),
+        "{error}"
+    );
+    assert_eq!(list(&ns), before, "nothing of the batch took effect");
 }

@@ -542,6 +542,10 @@ proptest! {
             }
             let cached = rvs_nft::render_cached(&snapshot, &options, &mut cache);
             prop_assert_eq!(&cached, &render(&snapshot, &options));
+            // rvs's netlink writer knows everything the renderer writes.
+            let nothing_listed = Default::default();
+            let full = cached.transaction(Before::Listed(&nothing_listed));
+            prop_assert!(rvs_nft::encode(&full).is_ok(), "{:?}", rvs_nft::encode(&full).err());
             previous = Some(snapshot);
         }
     }
@@ -588,6 +592,8 @@ proptest! {
                 None => stored = Some(rvs_nft::render_cached(&snapshot, &options, &mut cache)),
                 Some(stored) => {
                     let delta = rvs_nft::render_delta(&snapshot, &options, &mut cache).unwrap();
+                    let tx = delta.after.transaction(Before::Applied(&delta.before));
+                    prop_assert!(rvs_nft::encode(&tx).is_ok(), "{:?}", rvs_nft::encode(&tx).err());
                     rvs_nft::patch(stored, &delta);
                     holds(stored, &render(&snapshot, &options))?;
                     let again = rvs_nft::render_delta(&snapshot, &options, &mut cache).unwrap();

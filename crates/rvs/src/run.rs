@@ -30,6 +30,17 @@ pub enum EngineKind {
     Nftables,
 }
 
+/// How the nftables engine hands its transactions to the kernel.
+#[derive(Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum NftBackend {
+    /// Netlink batches written by rvs (no nft parser; the fastest).
+    Netlink,
+    /// nft's library in rvs's process (Debian's libnftables1), the nft tool for large ones.
+    Libnftables,
+    /// The nft tool for every transaction.
+    Nft,
+}
+
 #[derive(Args)]
 pub struct RunArgs {
     /// The manifest directory (Services, EndpointSlices, Ingresses...; watched for changes).
@@ -78,6 +89,10 @@ pub struct RunArgs {
     /// makes short connections stall on TIME_WAIT collisions.
     #[arg(long)]
     masquerade_fully_random: bool,
+    /// nftables: how transactions reach the kernel (netlink batches of rvs's own, or nft's
+    /// parser as a fallback).
+    #[arg(long, value_enum, default_value = "netlink")]
+    nft_backend: NftBackend,
     /// nftables: rewrite the whole ruleset this often, repairing any drift.
     #[arg(long, default_value = "1h", value_parser = crate::parse_duration)]
     sync_period: Duration,
@@ -167,7 +182,7 @@ impl DataPlane {
             // A refused nftables transaction changes nothing: the next reload tries again.
             DataPlane::Nftables(e) => match e.apply(snapshot, full).await {
                 Ok(stats) => {
-                    tracing::debug!(full = stats.full, bytes = stats.script_bytes, elapsed = ?stats.elapsed, "nftables transaction applied");
+                    tracing::debug!(full = stats.full, bytes = stats.transaction_bytes, elapsed = ?stats.elapsed, "nftables transaction applied");
                     Applied {
                         errors: Vec::new(),
                         applied: true,
@@ -257,15 +272,21 @@ pub async fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
             nodeport_addresses: args.nodeport_addresses.clone(),
             manage_vips: args.manage_vips.clone(),
         })),
-        EngineKind::Nftables => DataPlane::Nftables(NftEngine::new(NftConfig {
-            render: RenderOptions {
-                cluster_cidrs: args.cluster_cidr.clone(),
-                masquerade_all: args.masquerade_all,
-                nodeport_addresses: args.nodeport_addresses.clone(),
-                masquerade_fully_random: args.masquerade_fully_random,
-            },
-            ..Default::default()
-        })),
+        EngineKind::Nftables => {
+            let engine = NftEngine::new(NftConfig {
+                render: RenderOptions {
+                    cluster_cidrs: args.cluster_cidr.clone(),
+                    masquerade_all: args.masquerade_all,
+                    nodeport_addresses: args.nodeport_addresses.clone(),
+                    masquerade_fully_random: args.masquerade_fully_random,
+                },
+                netlink: args.nft_backend == NftBackend::Netlink,
+                library: args.nft_backend != NftBackend::Nft,
+                ..Default::default()
+            });
+            tracing::info!(backend = engine.backend(), "nftables engine");
+            DataPlane::Nftables(engine)
+        }
     };
     let state = Arc::new(State {
         engine: engine.clone(),
