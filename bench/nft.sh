@@ -193,7 +193,7 @@ for n in "${SYNC_SIZES[@]}"; do
     ip netns exec "$SYNC_NS" nft list table ip rvs >/dev/null
     list_ms=$(ms_since "$t0")
     ip netns del "$SYNC_NS"
-    echo "breakdown services=$n render_ms=$(kv "$render" render_ms) diff_ms=$(kv "$render" diff_ms) full_s=$full_s nft_full_ms=$nft_full_ms change_p50_ms=$change_p50 nft_change_p50_ms=$nft_change_p50 nft_one_element_ms=$one_ms nft_list_ms=$list_ms" >>"$RESULTS"
+    echo "breakdown services=$n render_ms=$(kv "$render" render_ms) diff_ms=$(kv "$render" diff_ms) encode_ms=$(kv "$render" encode_ms) full_s=$full_s nft_full_ms=$nft_full_ms change_p50_ms=$change_p50 nft_change_p50_ms=$nft_change_p50 nft_one_element_ms=$one_ms nft_list_ms=$list_ms" >>"$RESULTS"
     log "  $(tail -n1 "$RESULTS")"
 done
 SYNC_END=$(date +%s)
@@ -334,6 +334,7 @@ SECTION=$WORK/section.md
     row "… of which the \`nft -f\` of the full ruleset, ms" nft_full_ms 0
     row "rvs: render the whole snapshot (full syncs only), ms" render_ms 1
     row "rvs: diff against the applied ruleset (full syncs only), ms" diff_ms 1
+    row "rvs: encode the full sync's netlink batch, ms" encode_ms 1
     row "\`nft add element\` of one map element on the synced table, ms" nft_one_element_ms 0
     row "\`nft list table ip rvs\`, ms" nft_list_ms 0
     echo

@@ -150,10 +150,18 @@ fn render_cost(snapshot: &Snapshot) {
     let b = a.clone();
     let started = Instant::now();
     let script = a.script(rvs_nft::Before::Applied(&b));
+    let diffed = started.elapsed();
+    // The full sync's batch, as into an empty namespace.
+    let nothing_listed = Default::default();
+    let started = Instant::now();
+    let full = a.transaction(rvs_nft::Before::Listed(&nothing_listed));
+    let batch = rvs_nft::encode(&full).expect("encodable");
     println!(
-        "render_ms={:.1} diff_ms={:.1} script_len={}",
+        "render_ms={:.1} diff_ms={:.1} script_len={} encode_ms={:.1} batch_bytes={}",
         rendered.as_secs_f64() * 1000.0,
+        diffed.as_secs_f64() * 1000.0,
+        script.len(),
         started.elapsed().as_secs_f64() * 1000.0,
-        script.len()
+        batch.size_bytes()
     );
 }

@@ -38,7 +38,8 @@ pub struct NftConfig {
     /// and every transaction when libnftables cannot be loaded or `library` is off.
     pub nft: String,
     /// Run transactions through libnftables in rvs's process (see `library.rs`) when
-    /// netlink is off.
+    /// netlink is off. With netlink on, a transaction it cannot encode (a bug) goes to the
+    /// nft tool.
     pub library: bool,
     /// Write transactions as netlink batches (see `netlink.rs`); the nft tool and
     /// libnftables then only list the table.
@@ -67,6 +68,8 @@ pub enum NftError {
     Refused(String),
     #[error("cannot read the ruleset listing: {0}")]
     Listing(String),
+    #[error("cannot talk to nftables over netlink, the previous ruleset stays in force: {0}")]
+    Netlink(String),
 }
 
 #[derive(Default)]
@@ -240,10 +243,13 @@ impl NftEngine {
                     let bytes = batch.take_bytes();
                     let socket = Arc::clone(socket);
                     // A full sync keeps the kernel busy for a good part of a second.
-                    let sent = tokio::task::spawn_blocking(move || socket.send(&bytes))
-                        .await
-                        .map_err(|e| NftError::Refused(format!("netlink: {e}")))?
-                        .map_err(|e| NftError::Refused(format!("netlink: {e}")))?;
+                    let sent = tokio::task::spawn_blocking(move || {
+                        let mut bytes = bytes;
+                        socket.send(&mut bytes)
+                    })
+                    .await
+                    .map_err(|e| NftError::Netlink(e.to_string()))?
+                    .map_err(|e| NftError::Netlink(e.to_string()))?;
                     return if sent.is_empty() {
                         Ok((size, "netlink"))
                     } else {

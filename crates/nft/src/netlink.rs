@@ -12,6 +12,7 @@
 use std::fmt;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+use std::sync::Mutex;
 
 use crate::ruleset::{Element, Family, Op, SetKind, Transaction, Verb, TABLE};
 
@@ -146,7 +147,8 @@ impl fmt::Display for Origin<'_> {
 /// A batch ready to send, and what each of its messages does.
 pub struct Batch<'a> {
     buf: Vec<u8>,
-    /// By sequence number minus `FIRST_SEQ`.
+    /// By sequence number minus `FIRST_SEQ` (the batch's own numbers; `Socket::send`
+    /// shifts them on the wire and back).
     origins: Vec<Origin<'a>>,
     next_set_id: u32,
 }
@@ -248,6 +250,8 @@ fn nfproto(family: Family) -> u8 {
 // Netlink attributes, written in place.
 fn attr(buf: &mut Vec<u8>, kind: u16, data: &[u8]) {
     let len = 4 + data.len();
+    // Bounded by construction: names of at most 256 bytes, element lists split at 48 KiB.
+    debug_assert!(len <= usize::from(u16::MAX), "attribute of {len} bytes");
     buf.extend_from_slice(&(len as u16).to_ne_bytes());
     buf.extend_from_slice(&kind.to_ne_bytes());
     buf.extend_from_slice(data);
@@ -260,6 +264,7 @@ fn pad(buf: &mut Vec<u8>) {
 
 fn attr_str(buf: &mut Vec<u8>, kind: u16, s: &str) {
     let len = 4 + s.len() + 1;
+    debug_assert!(len <= usize::from(u16::MAX), "attribute of {len} bytes");
     buf.extend_from_slice(&(len as u16).to_ne_bytes());
     buf.extend_from_slice(&kind.to_ne_bytes());
     buf.extend_from_slice(s.as_bytes());
@@ -279,6 +284,11 @@ fn nest_start(buf: &mut Vec<u8>, kind: u16) -> usize {
 }
 
 fn nest_end(buf: &mut [u8], start: usize) {
+    debug_assert!(
+        buf.len() - start <= usize::from(u16::MAX),
+        "nest of {} bytes",
+        buf.len() - start
+    );
     let len = (buf.len() - start) as u16;
     buf[start..start + 2].copy_from_slice(&len.to_ne_bytes());
 }
@@ -361,14 +371,15 @@ fn encode_op<'a>(
             }
             batch.end(start);
         }
+        // Flushing a chain is deleting its rules.
         Op::FlushChain(name) | Op::DeleteChain(name) => {
-            let (msg, name_attr) = match op {
-                Op::FlushChain(_) => (NFT_MSG_DELRULE, NFTA_RULE_CHAIN),
-                _ => (NFT_MSG_DELCHAIN, NFTA_CHAIN_NAME),
+            let (msg, table, chain) = match op {
+                Op::FlushChain(_) => (NFT_MSG_DELRULE, NFTA_RULE_TABLE, NFTA_RULE_CHAIN),
+                _ => (NFT_MSG_DELCHAIN, NFTA_CHAIN_TABLE, NFTA_CHAIN_NAME),
             };
             let start = batch.begin(msg, family, 0, Origin::Chain(family, name));
-            table_attr(&mut batch.buf, NFTA_CHAIN_TABLE);
-            attr_str(&mut batch.buf, name_attr, name);
+            table_attr(&mut batch.buf, table);
+            attr_str(&mut batch.buf, chain, name);
             batch.end(start);
         }
         Op::Rules(chains) => {
@@ -576,9 +587,23 @@ struct SetSpec {
     interval: bool,
     dynamic: bool,
     timeout_ms: Option<u64>,
+    /// `{ a, b }` in a rule: constant, and its intervals merged.
+    anonymous: bool,
 }
 
 impl SetSpec {
+    fn anonymous_interval(field: FieldType) -> SetSpec {
+        SetSpec {
+            fields: vec![field],
+            numgen_modulus: None,
+            map: false,
+            interval: true,
+            dynamic: false,
+            timeout_ms: None,
+            anonymous: true,
+        }
+    }
+
     fn parse(spec: &str, kind: SetKind) -> Result<SetSpec, String> {
         let unsupported = || format!("set declaration {spec:?} is not one rvs writes");
         let mut parts = spec.split(';').map(str::trim);
@@ -599,6 +624,7 @@ impl SetSpec {
             interval: false,
             dynamic: false,
             timeout_ms: None,
+            anonymous: false,
         };
         if let Some(rest) = key.strip_prefix("typeof numgen inc mod ") {
             spec_out.fields.push(FieldType::Integer);
@@ -627,7 +653,7 @@ impl SetSpec {
                     .strip_suffix('s')
                     .and_then(|s| s.parse().ok())
                     .ok_or_else(unsupported)?;
-                spec_out.timeout_ms = Some(seconds * 1000);
+                spec_out.timeout_ms = Some(seconds.checked_mul(1000).ok_or_else(unsupported)?);
             } else {
                 return Err(unsupported());
             }
@@ -656,6 +682,9 @@ impl SetSpec {
 
     fn flags(&self) -> u32 {
         let mut flags = 0;
+        if self.anonymous {
+            flags |= NFT_SET_ANONYMOUS | NFT_SET_CONSTANT;
+        }
         if self.map {
             flags |= NFT_SET_MAP;
         }
@@ -692,6 +721,7 @@ impl SetSpec {
     fn userdata(&self) -> Vec<u8> {
         const KEYBYTEORDER: u8 = 0;
         const DATABYTEORDER: u8 = 1;
+        const MERGE_ELEMENTS: u8 = 2;
         const KEY_TYPEOF: u8 = 3;
         const DATA_TYPEOF: u8 = 4;
         const DATA_INTERVAL: u8 = 6;
@@ -721,6 +751,9 @@ impl SetSpec {
         if self.map {
             tlv(&mut out, DATABYTEORDER, &0u32.to_ne_bytes());
         }
+        if self.anonymous {
+            tlv(&mut out, MERGE_ELEMENTS, &1u32.to_ne_bytes());
+        }
         if let Some(modulus) = self.numgen_modulus {
             let mut numgen = Vec::new();
             tlv(&mut numgen, 0, &0u32.to_ne_bytes()); // inc
@@ -744,31 +777,24 @@ struct Verdict<'a> {
     chain: Option<&'a str>,
 }
 
+impl<'a> Verdict<'a> {
+    /// `drop`, `accept`, `return`, or `jump`/`goto` and a chain.
+    fn of(word: &str, chain: Option<&'a str>) -> Option<Verdict<'a>> {
+        let code = match (word, chain) {
+            ("drop", None) => NF_DROP,
+            ("accept", None) => NF_ACCEPT,
+            ("return", None) => NFT_RETURN,
+            ("jump", Some(_)) => NFT_JUMP,
+            ("goto", Some(_)) => NFT_GOTO,
+            _ => return None,
+        };
+        Some(Verdict { code, chain })
+    }
+}
+
 fn parse_verdict(text: &str) -> Option<Verdict<'_>> {
     let mut words = text.split_whitespace();
-    let verdict = match (words.next()?, words.next()) {
-        ("drop", None) => Verdict {
-            code: NF_DROP,
-            chain: None,
-        },
-        ("accept", None) => Verdict {
-            code: NF_ACCEPT,
-            chain: None,
-        },
-        ("return", None) => Verdict {
-            code: NFT_RETURN,
-            chain: None,
-        },
-        ("jump", Some(chain)) => Verdict {
-            code: NFT_JUMP,
-            chain: Some(chain),
-        },
-        ("goto", Some(chain)) => Verdict {
-            code: NFT_GOTO,
-            chain: Some(chain),
-        },
-        _ => return None,
-    };
+    let verdict = Verdict::of(words.next()?, words.next())?;
     words.next().is_none().then_some(verdict)
 }
 
@@ -789,11 +815,16 @@ fn set_elements<'a>(
         let [field] = spec.fields.as_slice() else {
             return Err("intervals of concatenations are not written by rvs".into());
         };
+        // nft splits intervals to delete parts of them; rvs never does (the set changes
+        // only with the options, by a full rewrite) and leaves it to nft.
+        if verb == Verb::Delete {
+            return Err("deleting intervals is left to nft".into());
+        }
         let ranges = items
             .iter()
-            .map(|i| range_of(*field, i.key))
+            .map(|i| range_of(*field, i.key).map(|(first, last, _)| (first, last)))
             .collect::<Result<Vec<_>, _>>()?;
-        return Ok(interval_elements(*field, ranges, false));
+        return interval_elements(*field, ranges, Intervals::Named);
     }
     items
         .iter()
@@ -836,8 +867,8 @@ fn set_elements<'a>(
         .collect()
 }
 
-/// An address or prefix as the first and last address it covers.
-fn range_of(field: FieldType, text: &str) -> Result<(u128, u128), String> {
+/// An address or prefix as the first and last address it covers, and its prefix length.
+fn range_of(field: FieldType, text: &str) -> Result<(u128, u128, u32), String> {
     let bad = || format!("{text:?} is not an address or prefix of the set's family");
     let (addr, prefix) = match text.split_once('/') {
         Some((a, p)) => (a, Some(p.parse::<u32>().map_err(|_| bad())?)),
@@ -858,22 +889,36 @@ fn range_of(field: FieldType, text: &str) -> Result<(u128, u128), String> {
     } else {
         u128::MAX >> (128 - host_bits)
     };
-    Ok((value & !host_mask, value | host_mask))
+    Ok((value & !host_mask, value | host_mask, prefix))
 }
 
-/// Intervals as the kernel's rbtree sets hold them (as nft writes them): a start element
-/// and an end element (flagged) just past each range, ranges merged and in order; an
-/// anonymous set starts with an end element at zero.
+/// Whose intervals: a named set's are written as they are (overlaps refused, as nft does
+/// without auto-merge), an anonymous set's merged and led by an end element at zero (as nft
+/// writes `{ a, b }` in a rule).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Intervals {
+    Named,
+    Anonymous,
+}
+
+/// Intervals as the kernel's rbtree sets hold them (as nft writes them): in order, a start
+/// element and an end element (flagged) just past each range.
 fn interval_elements<'a>(
     field: FieldType,
     mut ranges: Vec<(u128, u128)>,
-    leading_end: bool,
-) -> Vec<SetElement<'a>> {
+    whose: Intervals,
+) -> Result<Vec<SetElement<'a>>, String> {
     ranges.sort_unstable();
+    ranges.dedup();
     let mut merged: Vec<(u128, u128)> = Vec::new();
     for (first, last) in ranges {
         match merged.last_mut() {
-            Some((_, prev_last)) if first <= prev_last.saturating_add(1) => {
+            Some((_, prev_last)) if first <= *prev_last && whose == Intervals::Named => {
+                return Err("overlapping intervals".into());
+            }
+            Some((_, prev_last))
+                if whose == Intervals::Anonymous && first <= prev_last.saturating_add(1) =>
+            {
                 *prev_last = (*prev_last).max(last);
             }
             _ => merged.push((first, last)),
@@ -895,7 +940,7 @@ fn interval_elements<'a>(
         verdict: None,
     };
     let mut out = Vec::new();
-    if leading_end && merged.first().is_some_and(|(first, _)| *first != 0) {
+    if whose == Intervals::Anonymous && merged.first().is_some_and(|(first, _)| *first != 0) {
         out.push(element(0, true));
     }
     for (first, last) in merged {
@@ -904,7 +949,7 @@ fn interval_elements<'a>(
             out.push(element(last + 1, true));
         }
     }
-    out
+    Ok(out)
 }
 
 /// A value loaded into registers by a rule.
@@ -927,7 +972,7 @@ impl Selector {
     }
 }
 
-/// A compiled rule's expressions and the anonymous sets it needs first.
+/// What a compiled rule needs declared before it: its anonymous sets (field and items).
 struct RuleCode<'r> {
     anonymous_sets: Vec<(FieldType, Vec<&'r str>)>,
 }
@@ -946,31 +991,18 @@ fn encode_rule<'a>(
     for (i, (field, items)) in code.anonymous_sets.iter().enumerate() {
         let id = first_set_id + i as u32;
         let origin = Origin::Rule(family, chain, rule);
+        let elements = items
+            .iter()
+            .map(|i| range_of(*field, i).map(|(first, last, _)| (first, last)))
+            .collect::<Result<Vec<_>, _>>()
+            .and_then(|ranges| interval_elements(*field, ranges, Intervals::Anonymous))
+            .map_err(|e| refuse(origin, e))?;
         let start = batch.begin(NFT_MSG_NEWSET, family, NLM_F_CREATE, origin);
         let buf = &mut batch.buf;
         table_attr(buf, NFTA_SET_TABLE);
         attr_str(buf, NFTA_SET_NAME, "__set%d");
-        attr_u32(
-            buf,
-            NFTA_SET_FLAGS,
-            NFT_SET_ANONYMOUS | NFT_SET_CONSTANT | NFT_SET_INTERVAL,
-        );
-        attr_u32(buf, NFTA_SET_KEY_TYPE, field.id());
-        attr_u32(buf, NFTA_SET_KEY_LEN, field.len() as u32);
-        attr_u32(buf, NFTA_SET_ID, id);
-        // Key in network byte order; elements may be merged (nft's udata).
-        attr(
-            buf,
-            NFTA_SET_USERDATA,
-            &[0, 4, 2, 0, 0, 0, 2, 4, 1, 0, 0, 0],
-        );
+        SetSpec::anonymous_interval(*field).write(buf, id);
         batch.end(start);
-        let ranges = items
-            .iter()
-            .map(|i| range_of(*field, i))
-            .collect::<Result<Vec<_>, _>>()
-            .map_err(|e| refuse(Origin::Rule(family, chain, rule), e))?;
-        let elements = interval_elements(*field, ranges, true);
         write_elements(
             batch,
             family,
@@ -996,8 +1028,8 @@ fn encode_rule<'a>(
     Ok(())
 }
 
-/// Where a value of `len` bytes at 32-bit word `word` of the register file goes, as nft
-/// numbers it (a 128-bit register when aligned to one).
+/// The register of 32-bit word `word` of the register file, as nft numbers it (a 128-bit
+/// register when aligned to one).
 fn register(word: u32) -> u32 {
     if word.is_multiple_of(4) {
         NFT_REG_1 + word / 4
@@ -1450,24 +1482,14 @@ fn compile_rule<'r>(
                     attr(b, 2, &[code]);
                 });
             }
-            "drop" => e.immediate_verdict(&Verdict {
-                code: NF_DROP,
-                chain: None,
-            }),
-            "accept" => e.immediate_verdict(&Verdict {
-                code: NF_ACCEPT,
-                chain: None,
-            }),
-            "return" => e.immediate_verdict(&Verdict {
-                code: NFT_RETURN,
-                chain: None,
-            }),
-            "jump" | "goto" => {
-                let chain = words.next()?;
-                e.immediate_verdict(&Verdict {
-                    code: if word == "jump" { NFT_JUMP } else { NFT_GOTO },
-                    chain: Some(chain),
-                });
+            "drop" | "accept" | "return" | "jump" | "goto" => {
+                let chain = if matches!(word, "jump" | "goto") {
+                    Some(words.next()?)
+                } else {
+                    None
+                };
+                let verdict = Verdict::of(word, chain).ok_or("a verdict")?;
+                e.immediate_verdict(&verdict);
             }
             other => return Err(format!("{other:?} is not a statement rvs writes")),
         }
@@ -1494,12 +1516,7 @@ fn compare(
     let Selector::Payload { base, offset, len } = selector else {
         return Err(format!("{value:?} compared with a meta value"));
     };
-    let (first, _) = range_of(field, value)?;
-    let bits = len * 8;
-    let prefix = match value.split_once('/') {
-        Some((_, p)) => p.parse::<u32>().map_err(|_| format!("{value:?}"))?,
-        None => bits,
-    };
+    let (first, _, prefix) = range_of(field, value)?;
     let full = match field {
         FieldType::Ipv4 => (first as u32).to_be_bytes().to_vec(),
         _ => first.to_be_bytes().to_vec(),
@@ -1540,9 +1557,25 @@ fn parse_target(target: &str, family: Family) -> Option<(Vec<u8>, u16)> {
 }
 
 /// A netlink socket to nftables, in the network namespace of the thread that opened it.
+/// One batch at a time: its errors are read back by sequence number.
 pub struct Socket {
     fd: OwnedFd,
+    state: Mutex<SocketState>,
 }
+
+struct SocketState {
+    /// Sequence numbers grow from batch to batch, so an answer left over from an earlier
+    /// batch is never taken for one of this batch's.
+    next_seq: u32,
+    send_buffer: usize,
+    receive_buffer: usize,
+}
+
+/// Error answers take about this much of the receive buffer each (the kernel's accounting).
+const RECEIVE_BYTES_PER_MESSAGE: usize = 1024;
+/// The receive buffer asked for at most: a batch failing in more messages than this holds
+/// answers is refused all the same (the answers beyond are lost, and counted as an error).
+const MAX_RECEIVE_BUFFER: usize = 16 << 20;
 
 impl Socket {
     pub fn open() -> std::io::Result<Socket> {
@@ -1559,7 +1592,14 @@ impl Socket {
         }
         // SAFETY: fd is a fresh descriptor nothing else owns.
         let fd = unsafe { OwnedFd::from_raw_fd(fd) };
-        let socket = Socket { fd };
+        let socket = Socket {
+            fd,
+            state: Mutex::new(SocketState {
+                next_seq: 1,
+                send_buffer: 0,
+                receive_buffer: 0,
+            }),
+        };
         // Errors without the whole failed message echoed back.
         socket.set_option(libc::SOL_NETLINK, libc::NETLINK_CAP_ACK, 1)?;
         // SAFETY: a zeroed sockaddr_nl is valid; the kernel picks the port id.
@@ -1597,13 +1637,83 @@ impl Socket {
         }
     }
 
-    /// Sends `batch` and collects the kernel's errors. The kernel processes a batch while
-    /// sendmsg runs, so its answers are queued when the call returns: no reply is awaited
-    /// for success (messages ask for no acknowledgement), only errors are drained.
-    pub fn send(&self, batch: &[u8]) -> std::io::Result<Vec<(u32, i32)>> {
+    /// Grows a socket buffer to `size`: beyond the system's limit where rvs may (the
+    /// `FORCE` option needs CAP_NET_ADMIN in the initial user namespace), else up to that
+    /// limit, as nft does.
+    fn grow_buffer(&self, current: &mut usize, size: usize, force: i32, plain: i32) {
+        if size <= *current {
+            return;
+        }
+        let value = i32::try_from(size).unwrap_or(i32::MAX);
+        if self.set_option(libc::SOL_SOCKET, force, value).is_err() {
+            let _ = self.set_option(libc::SOL_SOCKET, plain, value);
+        }
+        *current = size;
+    }
+
+    /// Reads every answer queued on the socket: the (sequence number, errno) of errors, and
+    /// whether answers were lost (the receive buffer overflowed).
+    fn drain(&self, errors: &mut Vec<(u32, i32)>) -> std::io::Result<bool> {
+        let mut buf = vec![0u8; 64 * 1024];
+        let mut lost = false;
+        loop {
+            // SAFETY: buf is valid for its length.
+            let n = unsafe {
+                libc::recv(
+                    self.fd.as_raw_fd(),
+                    buf.as_mut_ptr().cast(),
+                    buf.len(),
+                    libc::MSG_DONTWAIT,
+                )
+            };
+            if n < 0 {
+                let err = std::io::Error::last_os_error();
+                match err.raw_os_error() {
+                    Some(libc::EAGAIN) => return Ok(lost),
+                    Some(libc::EINTR) => continue,
+                    // Answers were dropped; the rest is still queued.
+                    Some(libc::ENOBUFS) => lost = true,
+                    _ => return Err(err),
+                }
+                continue;
+            }
+            parse_errors(&buf[..n as usize], errors);
+        }
+    }
+
+    /// Sends `batch` (as `encode` made it, sequence numbers from 1) and returns the kernel's
+    /// errors, by the batch's own sequence numbers; empty when the kernel committed it. The
+    /// kernel processes a batch while sendto runs, so its answers are queued when the call
+    /// returns: messages ask for no acknowledgement, and any answer is an error.
+    pub fn send(&self, batch: &mut [u8]) -> std::io::Result<Vec<(u32, i32)>> {
+        let mut state = self
+            .state
+            .lock()
+            .map_err(|_| std::io::Error::other("netlink socket lock poisoned"))?;
+        // Leftovers of an earlier batch (none, unless it failed oddly) are not this one's.
+        self.drain(&mut Vec::new())?;
+        let base = state.next_seq;
+        let messages = rebase_sequence_numbers(batch, base - 1);
+        state.next_seq = base.wrapping_add(messages);
+        let SocketState {
+            send_buffer,
+            receive_buffer,
+            ..
+        } = &mut *state;
         // The whole batch goes in one message; the send buffer must hold it.
-        let size = i32::try_from(batch.len() + 4096).unwrap_or(i32::MAX);
-        self.set_option(libc::SOL_SOCKET, libc::SO_SNDBUFFORCE, size)?;
+        self.grow_buffer(
+            send_buffer,
+            batch.len() + 4096,
+            libc::SO_SNDBUFFORCE,
+            libc::SO_SNDBUF,
+        );
+        let answers = (messages as usize * RECEIVE_BYTES_PER_MESSAGE).min(MAX_RECEIVE_BUFFER);
+        self.grow_buffer(
+            receive_buffer,
+            answers,
+            libc::SO_RCVBUFFORCE,
+            libc::SO_RCVBUF,
+        );
         // SAFETY: a zeroed sockaddr_nl addresses the kernel.
         let mut kernel: libc::sockaddr_nl = unsafe { std::mem::zeroed() };
         kernel.nl_family = libc::AF_NETLINK as libc::sa_family_t;
@@ -1619,32 +1729,54 @@ impl Socket {
             )
         };
         if sent < 0 {
-            return Err(std::io::Error::last_os_error());
+            let err = std::io::Error::last_os_error();
+            return Err(match err.raw_os_error() {
+                Some(libc::EMSGSIZE) => std::io::Error::other(format!(
+                    "a batch of {} bytes does not fit the socket's send buffer (raise \
+                     net.core.wmem_max, or use --nft-backend libnftables)",
+                    batch.len()
+                )),
+                _ => err,
+            });
         }
-        let mut errors = Vec::new();
-        let mut buf = vec![0u8; 64 * 1024];
-        loop {
-            // SAFETY: buf is valid for its length.
-            let n = unsafe {
-                libc::recv(
-                    self.fd.as_raw_fd(),
-                    buf.as_mut_ptr().cast(),
-                    buf.len(),
-                    libc::MSG_DONTWAIT,
-                )
-            };
-            if n < 0 {
-                let err = std::io::Error::last_os_error();
-                match err.kind() {
-                    std::io::ErrorKind::WouldBlock => break,
-                    std::io::ErrorKind::Interrupted => continue,
-                    _ => return Err(err),
-                }
-            }
-            parse_errors(&buf[..n as usize], &mut errors);
+        let mut answers = Vec::new();
+        let lost = self.drain(&mut answers)?;
+        let mut errors: Vec<(u32, i32)> = answers
+            .into_iter()
+            .filter_map(|(seq, errno)| {
+                let own = seq.wrapping_sub(base - 1);
+                (own >= 1 && own <= messages).then_some((own, errno))
+            })
+            .collect();
+        if lost {
+            errors.push((0, libc::ENOBUFS));
         }
         Ok(errors)
     }
+}
+
+/// Adds `offset` to the sequence number of every message in `batch`; returns how many
+/// there are.
+fn rebase_sequence_numbers(batch: &mut [u8], offset: u32) -> u32 {
+    let mut at = 0;
+    let mut count = 0;
+    while at + 16 <= batch.len() {
+        let len = u32::from_ne_bytes([batch[at], batch[at + 1], batch[at + 2], batch[at + 3]]);
+        let seq_at = at + 8;
+        let seq = u32::from_ne_bytes([
+            batch[seq_at],
+            batch[seq_at + 1],
+            batch[seq_at + 2],
+            batch[seq_at + 3],
+        ]);
+        batch[seq_at..seq_at + 4].copy_from_slice(&seq.wrapping_add(offset).to_ne_bytes());
+        count += 1;
+        if len < 16 {
+            break;
+        }
+        at += (len as usize).next_multiple_of(4);
+    }
+    count
 }
 
 /// (sequence number, errno) of each error in a datagram of netlink messages.
@@ -1717,9 +1849,14 @@ mod tests {
             "255.255.255.0/24",
         ]
         .iter()
-        .map(|r| range_of(FieldType::Ipv4, r).unwrap())
-        .collect();
-        let elements = interval_elements(FieldType::Ipv4, ranges, true);
+        .map(|r| {
+            range_of(FieldType::Ipv4, r)
+                .map(|(a, b, _)| (a, b))
+                .unwrap()
+        })
+        .collect::<Vec<_>>();
+        let elements =
+            interval_elements(FieldType::Ipv4, ranges.clone(), Intervals::Anonymous).unwrap();
         let shown: Vec<(String, bool)> = elements
             .iter()
             .map(|e| {
@@ -1736,6 +1873,16 @@ mod tests {
                 ("255.255.255.0".into(), false),
             ]
         );
+        // A named set's are written as given: overlaps are refused, as nft refuses them.
+        assert!(interval_elements(FieldType::Ipv4, ranges, Intervals::Named).is_err());
+        let named = interval_elements(
+            FieldType::Ipv4,
+            vec![(0x0a00_0005, 0x0a00_0005), (0x0a00_0006, 0x0a00_0007)],
+            Intervals::Named,
+        )
+        .unwrap();
+        let ends: Vec<bool> = named.iter().map(|e| e.interval_end).collect();
+        assert_eq!(ends, [false, true, false, true]);
         assert!(range_of(FieldType::Ipv4, "fd00::/8").is_err());
         assert!(range_of(FieldType::Ipv4, "10.0.0.0/33").is_err());
     }
@@ -1768,6 +1915,34 @@ mod tests {
             code.anonymous_sets,
             [(FieldType::Ipv4, vec!["10.0.0.0/8", "192.168.0.0/16"])]
         );
+    }
+
+    #[test]
+    fn batches_are_numbered_from_one_and_shifted_on_the_wire() {
+        let tx = Transaction {
+            tables: vec![(Family::Ip, vec![Op::AddTable, Op::FlushChain("services")])],
+        };
+        let mut batch = encode(&tx).unwrap();
+        let mut bytes = batch.take_bytes();
+        let seqs = |bytes: &[u8]| {
+            let mut at = 0;
+            let mut out = Vec::new();
+            while at < bytes.len() {
+                let len = u32::from_ne_bytes(bytes[at..at + 4].try_into().unwrap()) as usize;
+                out.push(u32::from_ne_bytes(
+                    bytes[at + 8..at + 12].try_into().unwrap(),
+                ));
+                at += len;
+            }
+            out
+        };
+        // Batch begin, two messages, batch end.
+        assert_eq!(seqs(&bytes), [1, 2, 3, 4]);
+        assert_eq!(rebase_sequence_numbers(&mut bytes, 100), 4);
+        assert_eq!(seqs(&bytes), [101, 102, 103, 104]);
+        // Errors come back by the batch's own numbers and name what failed.
+        let refusal = batch.refusal(&[(3, libc::ENOENT)]);
+        assert!(refusal.starts_with("chain ip rvs services: "), "{refusal}");
     }
 
     #[test]

@@ -57,8 +57,12 @@ fn nft(ns: &Netns, script: &str) -> Result<(), String> {
 }
 
 fn list(ns: &Netns) -> String {
+    list_in(&ns.0)
+}
+
+fn list_in(ns: &str) -> String {
     let out = Command::new("ip")
-        .args(["netns", "exec", &ns.0, "nft", "list", "ruleset"])
+        .args(["netns", "exec", ns, "nft", "list", "ruleset"])
         .output()
         .unwrap();
     String::from_utf8_lossy(&out.stdout).to_string()
@@ -422,14 +426,70 @@ fn a_refused_netlink_batch_changes_nothing_and_names_the_culprit() {
     .unwrap();
     let before = list(&ns);
     let snapshot = std::sync::Arc::new(snapshot(RICH));
-    let error = in_netns(&ns, move || async move {
+    let ns_name = ns.0.clone();
+    let (error, before_retry, retried) = in_netns(&ns, move || async move {
         let engine = rvs_nft::NftEngine::new(cluster_config());
         assert_eq!(engine.backend(), "netlink");
-        engine.apply(&snapshot, true).await.unwrap_err().to_string()
+        let error = engine.apply(&snapshot, true).await.unwrap_err().to_string();
+        let before_retry = list_in(&ns_name);
+        // Out of the way, the next attempt (on the same socket) goes through: nothing of the
+        // failed batch's answers is taken for this one's.
+        let status = Command::new("nft")
+            .args(["delete", "set", "ip", "rvs", "hairpin"])
+            .status()
+            .unwrap();
+        assert!(status.success());
+        let retried = engine
+            .apply(&snapshot, false)
+            .await
+            .map(|s| s.full)
+            .map_err(|e| e.to_string());
+        (error, before_retry, retried)
     });
     assert!(
         error.contains("set ip rvs hairpin") && error.contains("exists"),
         "{error}"
     );
-    assert_eq!(list(&ns), before, "nothing of the batch took effect");
+    assert_eq!(before_retry, before, "nothing of the batch took effect");
+    assert_eq!(retried, Ok(true), "a full sync again, after a failure");
+}
+
+/// rvs upgraded from an nft-backed version (or back from a fallback to nft) finds a table
+/// the nft tool wrote: its full sync over netlink redeclares the same sets and maps, and
+/// leaves the table as it was.
+#[test]
+fn a_netlink_engine_takes_over_a_table_the_nft_tool_wrote() {
+    let Some(ns) = netns("takeover") else { return };
+    let snapshot = std::sync::Arc::new(snapshot(RICH));
+    let render = RenderOptions {
+        cluster_cidrs: ["10.244.0.0/16", "fd00:244::/48", "fd00:245::/48"]
+            .iter()
+            .map(|n| n.parse().unwrap())
+            .collect(),
+        nodeport_addresses: ["192.168.0.0/16", "fd00:1::/64"]
+            .iter()
+            .map(|n| n.parse().unwrap())
+            .collect(),
+        ..Default::default()
+    };
+    let ns_name = ns.0.clone();
+    let (by_nft, by_netlink) = in_netns(&ns, move || async move {
+        let by_tool = rvs_nft::NftEngine::new(rvs_nft::NftConfig {
+            netlink: false,
+            library: false,
+            render: render.clone(),
+            ..Default::default()
+        });
+        by_tool.apply(&snapshot, true).await.unwrap();
+        let by_nft = list_everything(&ns_name);
+        let engine = rvs_nft::NftEngine::new(rvs_nft::NftConfig {
+            render,
+            ..Default::default()
+        });
+        let stats = engine.apply(&snapshot, true).await.unwrap();
+        assert_eq!(stats.backend, "netlink");
+        (by_nft, list_everything(&ns_name))
+    });
+    assert!(by_nft.contains("dnat to 10.244.2.11"), "{by_nft}");
+    assert_eq!(by_nft, by_netlink);
 }
