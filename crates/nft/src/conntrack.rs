@@ -1,11 +1,10 @@
-//! The kernel's connection tracking table, through the `conntrack` tool (conntrack-tools,
-//! which speaks ctnetlink): counting a real server's connections, and deleting stale UDP
-//! entries as kube-proxy does.
+//! The kernel's connection tracking table over ctnetlink: counting a real server's
+//! connections, and deleting stale entries as kube-proxy does.
 
-use std::collections::HashMap;
+use std::collections::{BTreeSet, HashMap};
 use std::net::{IpAddr, SocketAddr};
 
-use tokio::process::Command;
+use crate::netlink;
 
 /// ActiveConn / InActConn per (original destination, real server), IPVS style: established
 /// TCP connections are active, every other entry (other TCP states, UDP) inactive.
@@ -14,145 +13,306 @@ pub(crate) struct ConnCounts {
     pub by_pair: HashMap<(SocketAddr, SocketAddr), (u64, u64)>,
 }
 
-/// Parses `conntrack -L` lines such as
-/// `tcp 6 431999 ESTABLISHED src=10.244.1.10 dst=10.96.0.10 sport=40000 dport=80 src=10.244.2.11 dst=10.244.1.10 sport=8080 dport=40000 [ASSURED] mark=0 use=1`.
-pub(crate) fn parse(listing: &str) -> ConnCounts {
+/// One connection tracking entry: its protocol, original and reply tuples, TCP state.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct Entry {
+    pub protocol: u8,
+    pub orig_src: SocketAddr,
+    pub orig_dst: SocketAddr,
+    pub reply_src: SocketAddr,
+    pub reply_dst: SocketAddr,
+    pub tcp_state: Option<u8>,
+    pub zone: Option<u16>,
+}
+
+const IPPROTO_TCP: u8 = 6;
+const IPPROTO_UDP: u8 = 17;
+const TCP_CONNTRACK_ESTABLISHED: u8 = 3;
+
+const NFNL_SUBSYS_CTNETLINK: u16 = 1;
+const IPCTNL_MSG_CT_GET: u16 = 1;
+const IPCTNL_MSG_CT_DELETE: u16 = 2;
+const CTA_TUPLE_ORIG: u16 = 1;
+const CTA_TUPLE_REPLY: u16 = 2;
+const CTA_PROTOINFO: u16 = 4;
+const CTA_ZONE: u16 = 18;
+const CTA_TUPLE_IP: u16 = 1;
+const CTA_TUPLE_PROTO: u16 = 2;
+const CTA_IP_V4_SRC: u16 = 1;
+const CTA_IP_V4_DST: u16 = 2;
+const CTA_IP_V6_SRC: u16 = 3;
+const CTA_IP_V6_DST: u16 = 4;
+const CTA_PROTO_NUM: u16 = 1;
+const CTA_PROTO_SRC_PORT: u16 = 2;
+const CTA_PROTO_DST_PORT: u16 = 3;
+const CTA_PROTOINFO_TCP: u16 = 1;
+const CTA_PROTOINFO_TCP_STATE: u16 = 1;
+
+/// ActiveConn / InActConn per (original destination, real server), IPVS style.
+pub(crate) fn counts(entries: &[Entry]) -> ConnCounts {
     let mut counts = ConnCounts::default();
-    for line in listing.lines() {
-        let fields: Vec<&str> = line.split_whitespace().collect();
-        let Some(proto) = fields.first() else {
-            continue;
-        };
-        let established = *proto == "tcp" && fields.get(3) == Some(&"ESTABLISHED");
-        let values = |key: &str| -> Vec<&str> {
-            fields.iter().filter_map(|f| f.strip_prefix(key)).collect()
-        };
-        let (dst, dport, src, sport) = (
-            values("dst="),
-            values("dport="),
-            values("src="),
-            values("sport="),
-        );
-        // Original tuple first, reply tuple second.
-        let (Some(orig_dst), Some(orig_dport), Some(reply_src), Some(reply_sport)) =
-            (dst.first(), dport.first(), src.get(1), sport.get(1))
-        else {
-            continue;
-        };
-        let pair = (|| {
-            let vip = SocketAddr::new(orig_dst.parse::<IpAddr>().ok()?, orig_dport.parse().ok()?);
-            let server =
-                SocketAddr::new(reply_src.parse::<IpAddr>().ok()?, reply_sport.parse().ok()?);
-            Some((vip, server))
-        })();
-        if let Some(pair) = pair {
-            let entry = counts.by_pair.entry(pair).or_insert((0, 0));
-            if established {
-                entry.0 += 1;
-            } else {
-                entry.1 += 1;
-            }
+    for e in entries {
+        let entry = counts
+            .by_pair
+            .entry((e.orig_dst, e.reply_src))
+            .or_insert((0, 0));
+        if e.tcp_state == Some(TCP_CONNTRACK_ESTABLISHED) {
+            entry.0 += 1;
+        } else {
+            entry.1 += 1;
         }
     }
     counts
 }
 
-pub(crate) async fn list() -> Option<ConnCounts> {
-    let mut all = String::new();
-    for family in ["ipv4", "ipv6"] {
-        let out = Command::new("conntrack")
-            .args(["-L", "-f", family])
-            .output()
-            .await
-            .ok()?;
-        all.push_str(&String::from_utf8_lossy(&out.stdout));
+/// A frontend whose entries from before its rules are stale: protocol, address (None for a
+/// NodePort: any local address) and port.
+pub(crate) type Frontend = (rvs_model::Protocol, Option<IpAddr>, u16);
+
+fn protocol_number(p: rvs_model::Protocol) -> u8 {
+    match p {
+        rvs_model::Protocol::Tcp => IPPROTO_TCP,
+        rvs_model::Protocol::Udp => IPPROTO_UDP,
     }
-    Some(parse(&all))
 }
 
-/// Deletes UDP entries answered by `server`: the client's next datagram is scheduled afresh
-/// instead of following a dead pod.
-pub(crate) async fn delete_udp_to_server(server: SocketAddr) {
-    let ip = server.ip().to_string();
-    let port = server.port().to_string();
-    let family = if server.is_ipv4() { "ipv4" } else { "ipv6" };
-    run(&[
-        "-D",
-        "-f",
-        family,
-        "-p",
-        "udp",
-        "--reply-src",
-        &ip,
-        "--reply-port-src",
-        &port,
-    ])
-    .await;
+/// The entries to delete, as kube-proxy deletes them: UDP entries answered by a server that
+/// is gone (the client's next datagram is scheduled afresh instead of following a dead pod),
+/// and entries to a new frontend that were never DNATed (created before its rules, or while
+/// it had no endpoint: they would keep those clients away from its endpoints).
+pub(crate) fn stale<'a>(
+    entries: &'a [Entry],
+    gone_servers: &BTreeSet<SocketAddr>,
+    new_frontends: &[Frontend],
+) -> Vec<&'a Entry> {
+    entries
+        .iter()
+        .filter(|e| {
+            let answered_by_gone = e.protocol == IPPROTO_UDP && gone_servers.contains(&e.reply_src);
+            // Never DNATed: the reply comes from where the original went.
+            let undnated = e.reply_src == e.orig_dst;
+            let to_new_frontend = undnated
+                && new_frontends.iter().any(|(protocol, vip, port)| {
+                    protocol_number(*protocol) == e.protocol
+                        && e.orig_dst.port() == *port
+                        && vip.is_none_or(|vip| vip == e.orig_dst.ip())
+                });
+            answered_by_gone || to_new_frontend
+        })
+        .collect()
 }
 
-/// Deletes entries to a service port that were never DNATed (created before its rules or
-/// while it had no endpoint): they would keep those clients away from its endpoints.
-pub(crate) async fn delete_to_service(
-    protocol: rvs_model::Protocol,
-    vip: Option<IpAddr>,
-    port: u16,
-) {
-    let port = port.to_string();
-    let proto = match protocol {
-        rvs_model::Protocol::Tcp => "tcp",
-        rvs_model::Protocol::Udp => "udp",
-    };
-    match vip {
-        Some(vip) => {
-            let ip = vip.to_string();
-            let family = if vip.is_ipv4() { "ipv4" } else { "ipv6" };
-            run(&[
-                "-D",
-                "-f",
-                family,
-                "-p",
-                proto,
-                "--orig-dst",
-                &ip,
-                "--orig-port-dst",
-                &port,
-            ])
-            .await;
-        }
-        // A NodePort: any node address, both families (conntrack defaults to IPv4 only).
-        None => {
-            for family in ["ipv4", "ipv6"] {
-                run(&["-D", "-f", family, "-p", proto, "--orig-port-dst", &port]).await;
+/// The connection tracking table of rvs's network namespace, over its own netlink socket
+/// (ctnetlink), as kube-proxy reads and cleans it.
+pub(crate) struct Conntrack {
+    socket: netlink::Socket,
+}
+
+impl Conntrack {
+    /// Opens the socket in the calling thread's network namespace.
+    pub fn open() -> std::io::Result<Conntrack> {
+        Ok(Conntrack {
+            socket: netlink::Socket::open()?,
+        })
+    }
+
+    /// Every TCP and UDP entry, both families.
+    pub fn entries(&self) -> std::io::Result<Vec<Entry>> {
+        let mut request = netlink::Requests::default();
+        // AF_UNSPEC: every family.
+        request.push(
+            NFNL_SUBSYS_CTNETLINK,
+            IPCTNL_MSG_CT_GET,
+            0,
+            netlink::NLM_F_DUMP,
+            |_| {},
+        );
+        let mut entries = Vec::new();
+        self.socket.dump(&mut request.buf, |_, attrs| {
+            if let Some(entry) = parse_entry(attrs) {
+                entries.push(entry);
             }
+        })?;
+        Ok(entries)
+    }
+
+    /// Deletes `entries` (those gone meanwhile are no error); returns how many it deleted.
+    pub fn delete(&self, entries: &[&Entry]) -> std::io::Result<usize> {
+        let mut requests = netlink::Requests::default();
+        for e in entries {
+            let family = if e.orig_src.is_ipv4() {
+                libc::AF_INET
+            } else {
+                libc::AF_INET6
+            };
+            requests.push(
+                NFNL_SUBSYS_CTNETLINK,
+                IPCTNL_MSG_CT_DELETE,
+                family as u8,
+                0,
+                |b| {
+                    netlink::nested(b, CTA_TUPLE_ORIG, |b| {
+                        netlink::nested(b, CTA_TUPLE_IP, |b| {
+                            match (e.orig_src.ip(), e.orig_dst.ip()) {
+                                (IpAddr::V4(src), IpAddr::V4(dst)) => {
+                                    netlink::attr(b, CTA_IP_V4_SRC, &src.octets());
+                                    netlink::attr(b, CTA_IP_V4_DST, &dst.octets());
+                                }
+                                (src, dst) => {
+                                    netlink::attr(b, CTA_IP_V6_SRC, &v6_octets(src));
+                                    netlink::attr(b, CTA_IP_V6_DST, &v6_octets(dst));
+                                }
+                            }
+                        });
+                        netlink::nested(b, CTA_TUPLE_PROTO, |b| {
+                            netlink::attr(b, CTA_PROTO_NUM, &[e.protocol]);
+                            netlink::attr(b, CTA_PROTO_SRC_PORT, &e.orig_src.port().to_be_bytes());
+                            netlink::attr(b, CTA_PROTO_DST_PORT, &e.orig_dst.port().to_be_bytes());
+                        });
+                    });
+                    if let Some(zone) = e.zone {
+                        netlink::attr(b, CTA_ZONE, &zone.to_be_bytes());
+                    }
+                },
+            );
         }
+        if requests.is_empty() {
+            return Ok(0);
+        }
+        let errors = self.socket.send(&mut requests.buf)?;
+        // ENOENT: the entry expired or was deleted meanwhile.
+        if let Some((_, errno)) = errors.iter().find(|(_, errno)| *errno != libc::ENOENT) {
+            return Err(std::io::Error::from_raw_os_error(*errno));
+        }
+        Ok(entries.len() - errors.len())
     }
 }
 
-async fn run(args: &[&str]) {
-    // Exit status 1 only means nothing matched.
-    match Command::new("conntrack").args(args).output().await {
-        Ok(out) => {
-            tracing::debug!(?args, deleted = %String::from_utf8_lossy(&out.stderr).trim(), "conntrack")
-        }
-        Err(e) => {
-            tracing::warn!(error = %e, "cannot run conntrack (conntrack-tools): stale UDP entries stay until they time out")
+fn v6_octets(ip: IpAddr) -> [u8; 16] {
+    match ip {
+        IpAddr::V4(v4) => v4.to_ipv6_mapped().octets(),
+        IpAddr::V6(v6) => v6.octets(),
+    }
+}
+
+/// A tuple's source and destination, from its `CTA_TUPLE_*` nest.
+fn parse_tuple(data: &[u8]) -> Option<(u8, SocketAddr, SocketAddr)> {
+    let (mut src, mut dst, mut protocol, mut sport, mut dport) = (None, None, None, None, None);
+    for (kind, payload) in netlink::attributes(data) {
+        match kind {
+            CTA_TUPLE_IP => {
+                for (kind, addr) in netlink::attributes(payload) {
+                    let ip = match addr.len() {
+                        4 => IpAddr::from(<[u8; 4]>::try_from(addr).ok()?),
+                        16 => IpAddr::from(<[u8; 16]>::try_from(addr).ok()?),
+                        _ => continue,
+                    };
+                    match kind {
+                        CTA_IP_V4_SRC | CTA_IP_V6_SRC => src = Some(ip),
+                        CTA_IP_V4_DST | CTA_IP_V6_DST => dst = Some(ip),
+                        _ => {}
+                    }
+                }
+            }
+            CTA_TUPLE_PROTO => {
+                for (kind, value) in netlink::attributes(payload) {
+                    match (kind, value) {
+                        (CTA_PROTO_NUM, [p]) => protocol = Some(*p),
+                        (CTA_PROTO_SRC_PORT, [a, b]) => sport = Some(u16::from_be_bytes([*a, *b])),
+                        (CTA_PROTO_DST_PORT, [a, b]) => dport = Some(u16::from_be_bytes([*a, *b])),
+                        _ => {}
+                    }
+                }
+            }
+            _ => {}
         }
     }
+    Some((
+        protocol?,
+        SocketAddr::new(src?, sport?),
+        SocketAddr::new(dst?, dport?),
+    ))
+}
+
+/// An entry from a ctnetlink answer's attributes; None for protocols without ports.
+fn parse_entry(attrs: &[u8]) -> Option<Entry> {
+    let (mut orig, mut reply, mut tcp_state, mut zone) = (None, None, None, None);
+    for (kind, payload) in netlink::attributes(attrs) {
+        match kind {
+            CTA_TUPLE_ORIG => orig = parse_tuple(payload),
+            CTA_TUPLE_REPLY => reply = parse_tuple(payload),
+            CTA_ZONE => {
+                if let [a, b] = payload {
+                    zone = Some(u16::from_be_bytes([*a, *b]));
+                }
+            }
+            CTA_PROTOINFO => {
+                for (kind, tcp) in netlink::attributes(payload) {
+                    if kind != CTA_PROTOINFO_TCP {
+                        continue;
+                    }
+                    for (kind, value) in netlink::attributes(tcp) {
+                        if let (CTA_PROTOINFO_TCP_STATE, [state]) = (kind, value) {
+                            tcp_state = Some(*state);
+                        }
+                    }
+                }
+            }
+            _ => {}
+        }
+    }
+    let (protocol, orig_src, orig_dst) = orig?;
+    let (_, reply_src, reply_dst) = reply?;
+    matches!(protocol, IPPROTO_TCP | IPPROTO_UDP).then_some(Entry {
+        protocol,
+        orig_src,
+        orig_dst,
+        reply_src,
+        reply_dst,
+        tcp_state,
+        zone,
+    })
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
 
+    fn entry(protocol: u8, orig: (&str, &str), reply: (&str, &str), state: Option<u8>) -> Entry {
+        Entry {
+            protocol,
+            orig_src: orig.0.parse().unwrap(),
+            orig_dst: orig.1.parse().unwrap(),
+            reply_src: reply.0.parse().unwrap(),
+            reply_dst: reply.1.parse().unwrap(),
+            tcp_state: state,
+            zone: None,
+        }
+    }
+
     #[test]
     fn counts_established_as_active_and_the_rest_inactive() {
-        let listing = "\
-tcp      6 431999 ESTABLISHED src=10.244.1.10 dst=10.96.0.10 sport=40000 dport=80 src=10.244.2.11 dst=10.244.1.10 sport=8080 dport=40000 [ASSURED] mark=0 use=1
-tcp      6 119 TIME_WAIT src=10.244.1.10 dst=10.96.0.10 sport=40001 dport=80 src=10.244.2.11 dst=10.244.1.10 sport=8080 dport=40001 [ASSURED] mark=0 use=1
-udp      17 29 src=10.244.1.10 dst=10.96.0.12 sport=5000 dport=53 src=10.244.1.11 dst=10.244.1.10 sport=5353 dport=5000 mark=0 use=1
-garbage line
-";
-        let c = parse(listing);
+        let entries = [
+            entry(
+                6,
+                ("10.244.1.10:40000", "10.96.0.10:80"),
+                ("10.244.2.11:8080", "10.244.1.10:40000"),
+                Some(3),
+            ),
+            entry(
+                6,
+                ("10.244.1.10:40001", "10.96.0.10:80"),
+                ("10.244.2.11:8080", "10.244.1.10:40001"),
+                Some(7),
+            ),
+            entry(
+                17,
+                ("10.244.1.10:5000", "10.96.0.12:53"),
+                ("10.244.1.11:5353", "10.244.1.10:5000"),
+                None,
+            ),
+        ];
+        let c = counts(&entries);
         let web = (
             "10.96.0.10:80".parse().unwrap(),
             "10.244.2.11:8080".parse().unwrap(),
@@ -163,5 +323,128 @@ garbage line
         );
         assert_eq!(c.by_pair[&web], (1, 1));
         assert_eq!(c.by_pair[&dns], (0, 1));
+    }
+
+    #[test]
+    fn stale_entries_are_udp_to_gone_servers_and_undnated_ones_to_new_frontends() {
+        let udp_to_gone = entry(
+            17,
+            ("10.244.1.10:5000", "10.96.0.12:53"),
+            ("10.244.1.11:5353", "10.244.1.10:5000"),
+            None,
+        );
+        let tcp_to_gone = entry(
+            6,
+            ("10.244.1.10:5001", "10.96.0.12:53"),
+            ("10.244.1.11:5353", "10.244.1.10:5001"),
+            Some(3),
+        );
+        let udp_to_kept = entry(
+            17,
+            ("10.244.1.10:5002", "10.96.0.12:53"),
+            ("10.244.1.12:5353", "10.244.1.10:5002"),
+            None,
+        );
+        let undnated_to_new = entry(
+            17,
+            ("10.244.1.10:5003", "10.96.0.20:53"),
+            ("10.96.0.20:53", "10.244.1.10:5003"),
+            None,
+        );
+        let dnated_to_new = entry(
+            17,
+            ("10.244.1.10:5004", "10.96.0.20:53"),
+            ("10.244.2.10:53", "10.244.1.10:5004"),
+            None,
+        );
+        let to_node_port = entry(
+            6,
+            ("192.0.2.1:6000", "10.200.0.1:30080"),
+            ("10.200.0.1:30080", "192.0.2.1:6000"),
+            Some(2),
+        );
+        let other_port = entry(
+            6,
+            ("192.0.2.1:6001", "10.200.0.1:30081"),
+            ("10.200.0.1:30081", "192.0.2.1:6001"),
+            Some(2),
+        );
+        let entries = [
+            udp_to_gone,
+            tcp_to_gone,
+            udp_to_kept,
+            undnated_to_new,
+            dnated_to_new,
+            to_node_port,
+            other_port,
+        ];
+        let gone = BTreeSet::from(["10.244.1.11:5353".parse().unwrap()]);
+        let new = [
+            (
+                rvs_model::Protocol::Udp,
+                Some("10.96.0.20".parse().unwrap()),
+                53,
+            ),
+            (rvs_model::Protocol::Tcp, None, 30080),
+        ];
+        let picked: Vec<u16> = stale(&entries, &gone, &new)
+            .iter()
+            .map(|e| e.orig_src.port())
+            .collect();
+        assert_eq!(picked, [5000, 5003, 6000]);
+    }
+
+    #[test]
+    fn entries_are_read_from_ctnetlink_attributes() {
+        let tuple =
+            |b: &mut Vec<u8>, kind: u16, src: [u8; 4], dst: [u8; 4], sport: u16, dport: u16| {
+                netlink::nested(b, kind, |b| {
+                    netlink::nested(b, CTA_TUPLE_IP, |b| {
+                        netlink::attr(b, CTA_IP_V4_SRC, &src);
+                        netlink::attr(b, CTA_IP_V4_DST, &dst);
+                    });
+                    netlink::nested(b, CTA_TUPLE_PROTO, |b| {
+                        netlink::attr(b, CTA_PROTO_NUM, &[6]);
+                        netlink::attr(b, CTA_PROTO_SRC_PORT, &sport.to_be_bytes());
+                        netlink::attr(b, CTA_PROTO_DST_PORT, &dport.to_be_bytes());
+                    });
+                });
+            };
+        let mut attrs = Vec::new();
+        tuple(
+            &mut attrs,
+            CTA_TUPLE_ORIG,
+            [10, 244, 1, 10],
+            [10, 96, 0, 10],
+            40000,
+            80,
+        );
+        tuple(
+            &mut attrs,
+            CTA_TUPLE_REPLY,
+            [10, 244, 2, 11],
+            [10, 244, 1, 10],
+            8080,
+            40000,
+        );
+        netlink::nested(&mut attrs, CTA_PROTOINFO, |b| {
+            netlink::nested(b, CTA_PROTOINFO_TCP, |b| {
+                netlink::attr(b, CTA_PROTOINFO_TCP_STATE, &[3])
+            });
+        });
+        let parsed = parse_entry(&attrs).unwrap();
+        assert_eq!(
+            parsed,
+            entry(
+                6,
+                ("10.244.1.10:40000", "10.96.0.10:80"),
+                ("10.244.2.11:8080", "10.244.1.10:40000"),
+                Some(3)
+            )
+        );
+        // Truncated input is no entry, never a panic.
+        for cut in 0..attrs.len() {
+            let _ = parse_entry(&attrs[..cut]);
+        }
     }
 }

@@ -14,7 +14,7 @@ use rvs_model::{Frontend, Protocol, Snapshot, VirtualService};
 use tokio::io::AsyncWriteExt;
 use tokio::process::Command;
 
-use crate::conntrack::{self, ConnCounts};
+use crate::conntrack::{self, ConnCounts, Conntrack};
 use crate::library::Library;
 use crate::netlink;
 use crate::render::{
@@ -104,6 +104,8 @@ pub struct NftEngine {
     library: Option<Library>,
     /// rvs's own netlink batches; None: libnftables or the nft tool.
     netlink: Option<Arc<netlink::Socket>>,
+    /// The connection tracking table (counts for `rvs ls`, stale entries deleted).
+    conntrack: Option<Arc<Conntrack>>,
 }
 
 /// How long counters read from the kernel are reused before `table()` refreshes them.
@@ -130,8 +132,13 @@ impl NftEngine {
         } else {
             None
         };
+        let conntrack = Conntrack::open()
+            .inspect_err(|e| tracing::warn!("no netlink socket to conntrack: {e}"))
+            .ok()
+            .map(Arc::new);
         NftEngine {
             netlink,
+            conntrack,
             library,
             config: Arc::new(config),
             applied: Arc::default(),
@@ -224,8 +231,12 @@ impl NftEngine {
         }
         // In the background: thousands of new addresses mean thousands of deletions, which
         // must not hold up the next change.
-        let (previous, next) = (previous, snapshot.clone());
-        tokio::spawn(async move { clean_conntrack(previous.as_deref(), &next).await });
+        if let Some(table) = self.conntrack.clone() {
+            let (previous, next) = (previous, snapshot.clone());
+            tokio::task::spawn_blocking(move || {
+                clean_conntrack(&table, previous.as_deref(), &next)
+            });
+        }
         Ok(ApplyStats {
             full,
             transaction_bytes,
@@ -405,7 +416,15 @@ impl NftEngine {
                 }
             }
         }
-        let conns = conntrack::list().await.unwrap_or_default();
+        let conns = match self.conntrack.clone() {
+            Some(table) => tokio::task::spawn_blocking(move || table.entries())
+                .await
+                .ok()
+                .and_then(Result::ok)
+                .map(|entries| conntrack::counts(&entries))
+                .unwrap_or_default(),
+            None => ConnCounts::default(),
+        };
         if let Ok(mut c) = self.counters.lock() {
             *c = Counters {
                 connections,
@@ -560,13 +579,13 @@ fn status(vs: &VirtualService, counters: &Counters) -> VirtualServiceStatus {
 /// or UDP): whatever conntrack holds for it was created before its rules (a client that tried
 /// too early) and would keep that client's port away from the Service until it times out.
 /// Not on the first apply: after a restart the rules were already in place.
-async fn clean_conntrack(previous: Option<&Snapshot>, next: &Snapshot) {
+fn clean_conntrack(table: &Conntrack, previous: Option<&Snapshot>, next: &Snapshot) {
     let Some(previous) = previous else { return };
     let serving = |vs: &VirtualService| -> BTreeSet<SocketAddr> {
         vs.serving(false).map(|r| r.addr).collect()
     };
     let mut gone_servers = BTreeSet::new();
-    let mut stale: Vec<(Protocol, Option<IpAddr>, u16)> = Vec::new();
+    let mut new_frontends: Vec<conntrack::Frontend> = Vec::new();
     for old in previous
         .services
         .iter()
@@ -586,28 +605,22 @@ async fn clean_conntrack(previous: Option<&Snapshot>, next: &Snapshot) {
             && before.map(serving).unwrap_or_default().is_empty()
             && !serving(new).is_empty();
         if appeared || revived {
-            stale.push(match new.frontend {
+            new_frontends.push(match new.frontend {
                 Frontend::Address { addr } => (new.protocol, Some(addr.ip()), addr.port()),
                 Frontend::NodePort { port, .. } => (new.protocol, None, port),
             });
         }
     }
-    // A few conntrack processes at a time.
-    let limit = Arc::new(tokio::sync::Semaphore::new(8));
-    let mut jobs = tokio::task::JoinSet::new();
-    for server in gone_servers {
-        let permit = limit.clone().acquire_owned().await;
-        jobs.spawn(async move {
-            conntrack::delete_udp_to_server(server).await;
-            drop(permit);
-        });
+    if gone_servers.is_empty() && new_frontends.is_empty() {
+        return;
     }
-    for (protocol, vip, port) in stale {
-        let permit = limit.clone().acquire_owned().await;
-        jobs.spawn(async move {
-            conntrack::delete_to_service(protocol, vip, port).await;
-            drop(permit);
-        });
+    // One read of the table and one message of deletions, however many frontends changed.
+    let result = table.entries().and_then(|entries| {
+        let stale = conntrack::stale(&entries, &gone_servers, &new_frontends);
+        table.delete(&stale)
+    });
+    match result {
+        Ok(deleted) => tracing::debug!(deleted, "stale conntrack entries deleted"),
+        Err(e) => tracing::warn!("cannot clean conntrack entries up: {e}"),
     }
-    while jobs.join_next().await.is_some() {}
 }

@@ -36,6 +36,8 @@ const NLM_F_CREATE: u16 = 0x400;
 const NLM_F_APPEND: u16 = 0x800;
 const NLA_F_NESTED: u16 = 0x8000;
 const NLMSG_ERROR: u16 = 2;
+const NLMSG_DONE: u16 = 3;
+pub(crate) const NLM_F_DUMP: u16 = 0x300;
 
 // Attribute numbers of linux/netfilter/nf_tables.h.
 const NFTA_TABLE_NAME: u16 = 1;
@@ -248,7 +250,7 @@ fn nfproto(family: Family) -> u8 {
 }
 
 // Netlink attributes, written in place.
-fn attr(buf: &mut Vec<u8>, kind: u16, data: &[u8]) {
+pub(crate) fn attr(buf: &mut Vec<u8>, kind: u16, data: &[u8]) {
     let len = 4 + data.len();
     // Bounded by construction: names of at most 256 bytes, element lists split at 48 KiB.
     debug_assert!(len <= usize::from(u16::MAX), "attribute of {len} bytes");
@@ -258,11 +260,11 @@ fn attr(buf: &mut Vec<u8>, kind: u16, data: &[u8]) {
     pad(buf);
 }
 
-fn pad(buf: &mut Vec<u8>) {
+pub(crate) fn pad(buf: &mut Vec<u8>) {
     buf.resize(buf.len().next_multiple_of(4), 0);
 }
 
-fn attr_str(buf: &mut Vec<u8>, kind: u16, s: &str) {
+pub(crate) fn attr_str(buf: &mut Vec<u8>, kind: u16, s: &str) {
     let len = 4 + s.len() + 1;
     debug_assert!(len <= usize::from(u16::MAX), "attribute of {len} bytes");
     buf.extend_from_slice(&(len as u16).to_ne_bytes());
@@ -272,7 +274,7 @@ fn attr_str(buf: &mut Vec<u8>, kind: u16, s: &str) {
     pad(buf);
 }
 
-fn attr_u32(buf: &mut Vec<u8>, kind: u16, value: u32) {
+pub(crate) fn attr_u32(buf: &mut Vec<u8>, kind: u16, value: u32) {
     attr(buf, kind, &value.to_be_bytes());
 }
 
@@ -293,7 +295,7 @@ fn nest_end(buf: &mut [u8], start: usize) {
     buf[start..start + 2].copy_from_slice(&len.to_ne_bytes());
 }
 
-fn nested(buf: &mut Vec<u8>, kind: u16, body: impl FnOnce(&mut Vec<u8>)) {
+pub(crate) fn nested(buf: &mut Vec<u8>, kind: u16, body: impl FnOnce(&mut Vec<u8>)) {
     let start = nest_start(buf, kind);
     body(buf);
     nest_end(buf, start);
@@ -1556,6 +1558,60 @@ fn parse_target(target: &str, family: Family) -> Option<(Vec<u8>, u16)> {
     Some((bytes, addr.port()))
 }
 
+/// Plain netlink requests (not an nftables batch), numbered from 1 like a batch's messages.
+#[derive(Default)]
+pub(crate) struct Requests {
+    pub buf: Vec<u8>,
+    count: u32,
+}
+
+impl Requests {
+    /// Appends one request of `subsystem`'s `kind` for address family `family` (AF_*).
+    pub fn push(
+        &mut self,
+        subsystem: u16,
+        kind: u16,
+        family: u8,
+        flags: u16,
+        body: impl FnOnce(&mut Vec<u8>),
+    ) {
+        self.count += 1;
+        let start = self.buf.len();
+        self.buf.extend_from_slice(&0u32.to_ne_bytes());
+        self.buf
+            .extend_from_slice(&((subsystem << 8) | kind).to_ne_bytes());
+        self.buf
+            .extend_from_slice(&(NLM_F_REQUEST | flags).to_ne_bytes());
+        self.buf.extend_from_slice(&self.count.to_ne_bytes());
+        self.buf.extend_from_slice(&0u32.to_ne_bytes());
+        self.buf.extend_from_slice(&[family, 0, 0, 0]);
+        body(&mut self.buf);
+        let len = (self.buf.len() - start) as u32;
+        self.buf[start..start + 4].copy_from_slice(&len.to_ne_bytes());
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.count == 0
+    }
+}
+
+/// The attributes of a netlink message body or nest: (type without flags, payload).
+pub(crate) fn attributes(mut data: &[u8]) -> impl Iterator<Item = (u16, &[u8])> {
+    std::iter::from_fn(move || {
+        if data.len() < 4 {
+            return None;
+        }
+        let len = usize::from(u16::from_ne_bytes([data[0], data[1]]));
+        let kind = u16::from_ne_bytes([data[2], data[3]]) & 0x3fff;
+        if len < 4 || len > data.len() {
+            return None;
+        }
+        let payload = &data[4..len];
+        data = &data[len.next_multiple_of(4).min(data.len())..];
+        Some((kind, payload))
+    })
+}
+
 /// A netlink socket to nftables, in the network namespace of the thread that opened it.
 /// One batch at a time: its errors are read back by sequence number.
 pub struct Socket {
@@ -1602,6 +1658,24 @@ impl Socket {
         };
         // Errors without the whole failed message echoed back.
         socket.set_option(libc::SOL_NETLINK, libc::NETLINK_CAP_ACK, 1)?;
+        // A dump the kernel stops answering ends in an error, not a hung thread.
+        let timeout = libc::timeval {
+            tv_sec: 10,
+            tv_usec: 0,
+        };
+        // SAFETY: timeout is a live timeval of the given size.
+        let rc = unsafe {
+            libc::setsockopt(
+                socket.fd.as_raw_fd(),
+                libc::SOL_SOCKET,
+                libc::SO_RCVTIMEO,
+                std::ptr::addr_of!(timeout).cast(),
+                std::mem::size_of::<libc::timeval>() as libc::socklen_t,
+            )
+        };
+        if rc < 0 {
+            return Err(std::io::Error::last_os_error());
+        }
         // SAFETY: a zeroed sockaddr_nl is valid; the kernel picks the port id.
         let mut addr: libc::sockaddr_nl = unsafe { std::mem::zeroed() };
         addr.nl_family = libc::AF_NETLINK as libc::sa_family_t;
@@ -1681,10 +1755,11 @@ impl Socket {
         }
     }
 
-    /// Sends `batch` (as `encode` made it, sequence numbers from 1) and returns the kernel's
-    /// errors, by the batch's own sequence numbers; empty when the kernel committed it. The
-    /// kernel processes a batch while sendto runs, so its answers are queued when the call
-    /// returns: messages ask for no acknowledgement, and any answer is an error.
+    /// Sends `batch` (as `encode` made it, or `Requests`: sequence numbers from 1) and
+    /// returns the kernel's errors, by the batch's own sequence numbers; empty when the kernel
+    /// committed it. The kernel processes messages while sendto runs, so its answers are
+    /// queued when the call returns: messages ask for no acknowledgement, and any answer is an
+    /// error.
     pub fn send(&self, batch: &mut [u8]) -> std::io::Result<Vec<(u32, i32)>> {
         let mut state = self
             .state
@@ -1714,31 +1789,7 @@ impl Socket {
             libc::SO_RCVBUFFORCE,
             libc::SO_RCVBUF,
         );
-        // SAFETY: a zeroed sockaddr_nl addresses the kernel.
-        let mut kernel: libc::sockaddr_nl = unsafe { std::mem::zeroed() };
-        kernel.nl_family = libc::AF_NETLINK as libc::sa_family_t;
-        // SAFETY: batch and kernel are valid for the lengths given.
-        let sent = unsafe {
-            libc::sendto(
-                self.fd.as_raw_fd(),
-                batch.as_ptr().cast(),
-                batch.len(),
-                0,
-                std::ptr::addr_of!(kernel).cast(),
-                std::mem::size_of::<libc::sockaddr_nl>() as libc::socklen_t,
-            )
-        };
-        if sent < 0 {
-            let err = std::io::Error::last_os_error();
-            return Err(match err.raw_os_error() {
-                Some(libc::EMSGSIZE) => std::io::Error::other(format!(
-                    "a batch of {} bytes does not fit the socket's send buffer (raise \
-                     net.core.wmem_max, or use --nft-backend libnftables)",
-                    batch.len()
-                )),
-                _ => err,
-            });
-        }
+        self.send_to_kernel(batch)?;
         let mut answers = Vec::new();
         let lost = self.drain(&mut answers)?;
         let mut errors: Vec<(u32, i32)> = answers
@@ -1752,6 +1803,100 @@ impl Socket {
             errors.push((0, libc::ENOBUFS));
         }
         Ok(errors)
+    }
+
+    /// Sends one dump request and hands each answer's address family and attributes to
+    /// `each`, until the kernel's end of dump.
+    pub fn dump(&self, request: &mut [u8], mut each: impl FnMut(u8, &[u8])) -> std::io::Result<()> {
+        let mut state = self
+            .state
+            .lock()
+            .map_err(|_| std::io::Error::other("netlink socket lock poisoned"))?;
+        self.drain(&mut Vec::new())?;
+        let seq = state.next_seq;
+        let messages = rebase_sequence_numbers(request, seq - 1);
+        state.next_seq = seq.wrapping_add(messages);
+        self.send_to_kernel(request)?;
+        let mut buf = vec![0u8; 64 * 1024];
+        loop {
+            // SAFETY: buf is valid for its length.
+            let n = unsafe {
+                libc::recv(
+                    self.fd.as_raw_fd(),
+                    buf.as_mut_ptr().cast(),
+                    buf.len(),
+                    libc::MSG_TRUNC,
+                )
+            };
+            if n < 0 {
+                let err = std::io::Error::last_os_error();
+                if err.raw_os_error() == Some(libc::EINTR) {
+                    continue;
+                }
+                return Err(err);
+            }
+            let n = n as usize;
+            if n > buf.len() {
+                return Err(std::io::Error::other(
+                    "netlink answer larger than the buffer",
+                ));
+            }
+            let mut data = &buf[..n];
+            while data.len() >= 16 {
+                let word = |at: usize| {
+                    u32::from_ne_bytes([data[at], data[at + 1], data[at + 2], data[at + 3]])
+                };
+                let len = word(0) as usize;
+                let kind = u16::from_ne_bytes([data[4], data[5]]);
+                if len < 16 || len > data.len() {
+                    break;
+                }
+                if word(8) == seq {
+                    match kind {
+                        NLMSG_DONE => return Ok(()),
+                        NLMSG_ERROR if len >= 20 => {
+                            let code = word(16) as i32;
+                            if code != 0 {
+                                return Err(std::io::Error::from_raw_os_error(-code));
+                            }
+                        }
+                        // nlmsghdr, then nfgenmsg (family first), then attributes.
+                        _ if len >= 20 => each(data[16], &data[20..len]),
+                        _ => {}
+                    }
+                }
+                data = &data[len.next_multiple_of(4).min(data.len())..];
+            }
+        }
+    }
+
+    fn send_to_kernel(&self, messages: &[u8]) -> std::io::Result<()> {
+        // SAFETY: a zeroed sockaddr_nl addresses the kernel.
+        let mut kernel: libc::sockaddr_nl = unsafe { std::mem::zeroed() };
+        kernel.nl_family = libc::AF_NETLINK as libc::sa_family_t;
+        // SAFETY: messages and kernel are valid for the lengths given.
+        let sent = unsafe {
+            libc::sendto(
+                self.fd.as_raw_fd(),
+                messages.as_ptr().cast(),
+                messages.len(),
+                0,
+                std::ptr::addr_of!(kernel).cast(),
+                std::mem::size_of::<libc::sockaddr_nl>() as libc::socklen_t,
+            )
+        };
+        if sent < 0 {
+            let err = std::io::Error::last_os_error();
+            return Err(match err.raw_os_error() {
+                Some(libc::EMSGSIZE) => std::io::Error::other(format!(
+                    "a batch of {} bytes does not fit the socket's send buffer (raise \
+                     net.core.wmem_max, or use --nft-backend libnftables)",
+                    messages.len()
+                )),
+                _ => err,
+            });
+        }
+        Ok(())
     }
 }
 

@@ -493,3 +493,124 @@ fn a_netlink_engine_takes_over_a_table_the_nft_tool_wrote() {
     assert!(by_nft.contains("dnat to 10.244.2.11"), "{by_nft}");
     assert_eq!(by_nft, by_netlink);
 }
+
+fn conntrack_in(ns: &str, args: &[&str]) -> String {
+    let out = Command::new("ip")
+        .args(["netns", "exec", ns, "conntrack"])
+        .args(args)
+        .output()
+        .unwrap();
+    String::from_utf8_lossy(&out.stdout).to_string()
+}
+
+/// Over ctnetlink: `rvs ls` counts connections per real server from conntrack, and a change
+/// deletes the UDP entries answered by a removed endpoint and the entries that reached a new
+/// frontend before its rules did (kube-proxy's cleanup), and nothing else.
+#[test]
+fn conntrack_counts_and_stale_entries_over_netlink() {
+    let Some(ns) = netns("conntrack") else { return };
+    if Command::new("conntrack").arg("--version").output().is_err() {
+        println!("SKIPPED: conntrack (Debian package conntrack) is not installed");
+        return;
+    }
+    // As DNATed traffic would have left them: client 10.244.1.20.
+    for (proto, sport, dst, reply, extra) in [
+        // To the UDP endpoint about to go, and to the one that stays.
+        ("udp", "5000", "10.96.0.12:53", "10.244.1.11:5353", ""),
+        ("udp", "5001", "10.96.0.12:53", "10.244.1.10:5353", ""),
+        // To a Service that appears with the change, before its rules: never DNATed.
+        ("udp", "5002", "10.96.0.30:53", "10.96.0.30:53", ""),
+        // An established connection through the web Service.
+        (
+            "tcp",
+            "40000",
+            "10.96.0.10:80",
+            "10.244.1.10:8080",
+            "--state ESTABLISHED -u SEEN_REPLY,ASSURED",
+        ),
+    ] {
+        let (dst_ip, dport) = dst.split_once(':').unwrap();
+        let (reply_ip, reply_port) = reply.split_once(':').unwrap();
+        let mut args = vec![
+            "-I",
+            "-p",
+            proto,
+            "-s",
+            "10.244.1.20",
+            "-d",
+            dst_ip,
+            "--sport",
+            sport,
+            "--dport",
+            dport,
+            "-r",
+            reply_ip,
+            "-q",
+            "10.244.1.20",
+            "--reply-port-src",
+            reply_port,
+            "--reply-port-dst",
+            sport,
+            "-t",
+            "300",
+        ];
+        args.extend(extra.split_whitespace());
+        conntrack_in(&ns.0, &args);
+    }
+    assert_eq!(
+        conntrack_in(&ns.0, &["-L"]).lines().count(),
+        4,
+        "entries inserted"
+    );
+    let first = std::sync::Arc::new(snapshot(RICH));
+    let weighted_endpoints = "  - addresses: [10.244.1.10]\n  - addresses: [10.244.1.11]\n";
+    assert!(RICH.contains(weighted_endpoints));
+    let second_yaml = RICH.replace(weighted_endpoints, "  - addresses: [10.244.1.10]\n")
+        + "\n---\napiVersion: v1\nkind: Service\nmetadata: {name: late, namespace: default}\n\
+           spec:\n  clusterIP: 10.96.0.30\n  ports: [{name: dns, port: 53, protocol: UDP}]\n\
+           ---\napiVersion: discovery.k8s.io/v1\nkind: EndpointSlice\n\
+           metadata: {name: late-1, namespace: default, labels: {kubernetes.io/service-name: late}}\n\
+           addressType: IPv4\nports: [{name: dns, port: 5353, protocol: UDP}]\n\
+           endpoints:\n  - addresses: [10.244.1.12]\n";
+    let second = std::sync::Arc::new(snapshot(&second_yaml));
+    let ns_name = ns.0.clone();
+    let (active, remaining) = in_netns(&ns, move || async move {
+        let engine = rvs_nft::NftEngine::new(cluster_config());
+        engine.apply(&first, true).await.unwrap();
+        // Counters refresh in the background: ask until they are in.
+        let mut active = 0;
+        for _ in 0..50 {
+            let table = engine.table();
+            active = table
+                .services
+                .iter()
+                .filter(|s| s.address == "10.96.0.10:80")
+                .flat_map(|s| &s.real_servers)
+                .filter(|r| r.address == "10.244.1.10:8080")
+                .map(|r| r.active_conns)
+                .sum::<u64>();
+            if active > 0 {
+                break;
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+        }
+        engine.apply(&second, false).await.unwrap();
+        // The cleanup runs in the background too.
+        let mut remaining = String::new();
+        for _ in 0..50 {
+            remaining = conntrack_in(&ns_name, &["-L"]);
+            if remaining.lines().count() == 2 {
+                break;
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+        }
+        (active, remaining)
+    });
+    assert_eq!(active, 1, "the established connection counted as active");
+    let mut sports: Vec<&str> = remaining
+        .lines()
+        .filter_map(|l| l.split_whitespace().find(|w| w.starts_with("sport=")))
+        .collect();
+    sports.sort();
+    assert_eq!(sports, ["sport=40000", "sport=5001"], "{remaining}");
+}
