@@ -23,6 +23,11 @@ pub(crate) struct Entry {
     pub reply_dst: SocketAddr,
     pub tcp_state: Option<u8>,
     pub zone: Option<u16>,
+    /// The zone of the original direction, when zones are per direction.
+    pub orig_zone: Option<u16>,
+    /// The kernel's id of the entry: a delete names it, so that an entry made anew for the
+    /// same tuple since the table was read is left alone.
+    pub id: Option<u32>,
 }
 
 const IPPROTO_TCP: u8 = 6;
@@ -35,7 +40,9 @@ const IPCTNL_MSG_CT_DELETE: u16 = 2;
 const CTA_TUPLE_ORIG: u16 = 1;
 const CTA_TUPLE_REPLY: u16 = 2;
 const CTA_PROTOINFO: u16 = 4;
+const CTA_ID: u16 = 12;
 const CTA_ZONE: u16 = 18;
+const CTA_TUPLE_ZONE: u16 = 3;
 const CTA_TUPLE_IP: u16 = 1;
 const CTA_TUPLE_PROTO: u16 = 2;
 const CTA_IP_V4_SRC: u16 = 1;
@@ -48,21 +55,18 @@ const CTA_PROTO_DST_PORT: u16 = 3;
 const CTA_PROTOINFO_TCP: u16 = 1;
 const CTA_PROTOINFO_TCP_STATE: u16 = 1;
 
-/// ActiveConn / InActConn per (original destination, real server), IPVS style.
-pub(crate) fn counts(entries: &[Entry]) -> ConnCounts {
-    let mut counts = ConnCounts::default();
-    for e in entries {
-        let entry = counts
-            .by_pair
-            .entry((e.orig_dst, e.reply_src))
-            .or_insert((0, 0));
-        if e.tcp_state == Some(TCP_CONNTRACK_ESTABLISHED) {
-            entry.0 += 1;
-        } else {
-            entry.1 += 1;
-        }
+/// Counts `e` in ActiveConn (established TCP) or InActConn (the rest) of its (original
+/// destination, real server), IPVS style.
+fn count(counts: &mut ConnCounts, e: &Entry) {
+    let entry = counts
+        .by_pair
+        .entry((e.orig_dst, e.reply_src))
+        .or_insert((0, 0));
+    if e.tcp_state == Some(TCP_CONNTRACK_ESTABLISHED) {
+        entry.0 += 1;
+    } else {
+        entry.1 += 1;
     }
-    counts
 }
 
 /// A frontend whose entries from before its rules are stale: protocol, address (None for a
@@ -76,31 +80,29 @@ fn protocol_number(p: rvs_model::Protocol) -> u8 {
     }
 }
 
-/// The entries to delete, as kube-proxy deletes them: UDP entries answered by a server that
-/// is gone (the client's next datagram is scheduled afresh instead of following a dead pod),
-/// and entries to a new frontend that were never DNATed (created before its rules, or while
-/// it had no endpoint: they would keep those clients away from its endpoints).
-pub(crate) fn stale<'a>(
-    entries: &'a [Entry],
+/// Whether to delete `e`, as kube-proxy does: a UDP entry answered by a server that is gone
+/// (the client's next datagram is scheduled afresh instead of following a dead pod), or an
+/// entry to a new frontend that was never DNATed (created before its rules, or while it had
+/// no endpoint: it would keep that client away from the endpoints).
+pub(crate) fn is_stale(
+    e: &Entry,
     gone_servers: &BTreeSet<SocketAddr>,
     new_frontends: &[Frontend],
-) -> Vec<&'a Entry> {
-    entries
-        .iter()
-        .filter(|e| {
-            let answered_by_gone = e.protocol == IPPROTO_UDP && gone_servers.contains(&e.reply_src);
-            // Never DNATed: the reply comes from where the original went.
-            let undnated = e.reply_src == e.orig_dst;
-            let to_new_frontend = undnated
-                && new_frontends.iter().any(|(protocol, vip, port)| {
-                    protocol_number(*protocol) == e.protocol
-                        && e.orig_dst.port() == *port
-                        && vip.is_none_or(|vip| vip == e.orig_dst.ip())
-                });
-            answered_by_gone || to_new_frontend
-        })
-        .collect()
+) -> bool {
+    let answered_by_gone = e.protocol == IPPROTO_UDP && gone_servers.contains(&e.reply_src);
+    // Never DNATed: the reply comes from where the original went.
+    let undnated = e.reply_src == e.orig_dst;
+    let to_new_frontend = undnated
+        && new_frontends.iter().any(|(protocol, vip, port)| {
+            protocol_number(*protocol) == e.protocol
+                && e.orig_dst.port() == *port
+                && vip.is_none_or(|vip| vip == e.orig_dst.ip())
+        });
+    answered_by_gone || to_new_frontend
 }
+
+/// Deletions go out this many to a message buffer (one sendto, ~20 KiB for IPv4).
+const DELETES_PER_SEND: usize = 256;
 
 /// The connection tracking table of rvs's network namespace, over its own netlink socket
 /// (ctnetlink), as kube-proxy reads and cleans it.
@@ -116,8 +118,9 @@ impl Conntrack {
         })
     }
 
-    /// Every TCP and UDP entry, both families.
-    pub fn entries(&self) -> std::io::Result<Vec<Entry>> {
+    /// Hands every TCP and UDP entry, both families, to `each` (nothing of the table is
+    /// kept: it may hold a million entries).
+    fn for_each(&self, mut each: impl FnMut(Entry)) -> std::io::Result<()> {
         let mut request = netlink::Requests::default();
         // AF_UNSPEC: every family.
         request.push(
@@ -127,17 +130,41 @@ impl Conntrack {
             netlink::NLM_F_DUMP,
             |_| {},
         );
-        let mut entries = Vec::new();
         self.socket.dump(&mut request.buf, |_, attrs| {
             if let Some(entry) = parse_entry(attrs) {
-                entries.push(entry);
+                each(entry);
+            }
+        })
+    }
+
+    /// ActiveConn / InActConn per (original destination, real server).
+    pub fn counts(&self) -> std::io::Result<ConnCounts> {
+        let mut counts = ConnCounts::default();
+        self.for_each(|e| count(&mut counts, &e))?;
+        Ok(counts)
+    }
+
+    /// Deletes the stale entries (`is_stale`); returns how many went.
+    pub fn delete_stale(
+        &self,
+        gone_servers: &BTreeSet<SocketAddr>,
+        new_frontends: &[Frontend],
+    ) -> std::io::Result<usize> {
+        let mut stale = Vec::new();
+        self.for_each(|e| {
+            if is_stale(&e, gone_servers, new_frontends) {
+                stale.push(e);
             }
         })?;
-        Ok(entries)
+        let mut deleted = 0;
+        for chunk in stale.chunks(DELETES_PER_SEND) {
+            deleted += self.delete(chunk)?;
+        }
+        Ok(deleted)
     }
 
     /// Deletes `entries` (those gone meanwhile are no error); returns how many it deleted.
-    pub fn delete(&self, entries: &[&Entry]) -> std::io::Result<usize> {
+    fn delete(&self, entries: &[Entry]) -> std::io::Result<usize> {
         let mut requests = netlink::Requests::default();
         for e in entries {
             let family = if e.orig_src.is_ipv4() {
@@ -169,9 +196,15 @@ impl Conntrack {
                             netlink::attr(b, CTA_PROTO_SRC_PORT, &e.orig_src.port().to_be_bytes());
                             netlink::attr(b, CTA_PROTO_DST_PORT, &e.orig_dst.port().to_be_bytes());
                         });
+                        if let Some(zone) = e.orig_zone {
+                            netlink::attr(b, CTA_TUPLE_ZONE, &zone.to_be_bytes());
+                        }
                     });
                     if let Some(zone) = e.zone {
                         netlink::attr(b, CTA_ZONE, &zone.to_be_bytes());
+                    }
+                    if let Some(id) = e.id {
+                        netlink::attr(b, CTA_ID, &id.to_be_bytes());
                     }
                 },
             );
@@ -180,11 +213,15 @@ impl Conntrack {
             return Ok(0);
         }
         let errors = self.socket.send(&mut requests.buf)?;
-        // ENOENT: the entry expired or was deleted meanwhile.
-        if let Some((_, errno)) = errors.iter().find(|(_, errno)| *errno != libc::ENOENT) {
+        // ENOENT: the entry expired, or was made anew, meanwhile; ENOBUFS: answers (such
+        // ENOENTs) were lost.
+        if let Some((_, errno)) = errors
+            .iter()
+            .find(|(_, errno)| !matches!(*errno, libc::ENOENT | libc::ENOBUFS))
+        {
             return Err(std::io::Error::from_raw_os_error(*errno));
         }
-        Ok(entries.len() - errors.len())
+        Ok(entries.len().saturating_sub(errors.len()))
     }
 }
 
@@ -196,8 +233,9 @@ fn v6_octets(ip: IpAddr) -> [u8; 16] {
 }
 
 /// A tuple's source and destination, from its `CTA_TUPLE_*` nest.
-fn parse_tuple(data: &[u8]) -> Option<(u8, SocketAddr, SocketAddr)> {
+fn parse_tuple(data: &[u8]) -> Option<(u8, SocketAddr, SocketAddr, Option<u16>)> {
     let (mut src, mut dst, mut protocol, mut sport, mut dport) = (None, None, None, None, None);
+    let mut zone = None;
     for (kind, payload) in netlink::attributes(data) {
         match kind {
             CTA_TUPLE_IP => {
@@ -212,6 +250,11 @@ fn parse_tuple(data: &[u8]) -> Option<(u8, SocketAddr, SocketAddr)> {
                         CTA_IP_V4_DST | CTA_IP_V6_DST => dst = Some(ip),
                         _ => {}
                     }
+                }
+            }
+            CTA_TUPLE_ZONE => {
+                if let [a, b] = payload {
+                    zone = Some(u16::from_be_bytes([*a, *b]));
                 }
             }
             CTA_TUPLE_PROTO => {
@@ -231,12 +274,13 @@ fn parse_tuple(data: &[u8]) -> Option<(u8, SocketAddr, SocketAddr)> {
         protocol?,
         SocketAddr::new(src?, sport?),
         SocketAddr::new(dst?, dport?),
+        zone,
     ))
 }
 
 /// An entry from a ctnetlink answer's attributes; None for protocols without ports.
 fn parse_entry(attrs: &[u8]) -> Option<Entry> {
-    let (mut orig, mut reply, mut tcp_state, mut zone) = (None, None, None, None);
+    let (mut orig, mut reply, mut tcp_state, mut zone, mut id) = (None, None, None, None, None);
     for (kind, payload) in netlink::attributes(attrs) {
         match kind {
             CTA_TUPLE_ORIG => orig = parse_tuple(payload),
@@ -244,6 +288,11 @@ fn parse_entry(attrs: &[u8]) -> Option<Entry> {
             CTA_ZONE => {
                 if let [a, b] = payload {
                     zone = Some(u16::from_be_bytes([*a, *b]));
+                }
+            }
+            CTA_ID => {
+                if let [a, b, c, d] = payload {
+                    id = Some(u32::from_be_bytes([*a, *b, *c, *d]));
                 }
             }
             CTA_PROTOINFO => {
@@ -261,8 +310,8 @@ fn parse_entry(attrs: &[u8]) -> Option<Entry> {
             _ => {}
         }
     }
-    let (protocol, orig_src, orig_dst) = orig?;
-    let (_, reply_src, reply_dst) = reply?;
+    let (protocol, orig_src, orig_dst, orig_zone) = orig?;
+    let (_, reply_src, reply_dst, _) = reply?;
     matches!(protocol, IPPROTO_TCP | IPPROTO_UDP).then_some(Entry {
         protocol,
         orig_src,
@@ -271,6 +320,8 @@ fn parse_entry(attrs: &[u8]) -> Option<Entry> {
         reply_dst,
         tcp_state,
         zone,
+        orig_zone,
+        id,
     })
 }
 
@@ -287,6 +338,8 @@ mod tests {
             reply_dst: reply.1.parse().unwrap(),
             tcp_state: state,
             zone: None,
+            orig_zone: None,
+            id: None,
         }
     }
 
@@ -312,7 +365,10 @@ mod tests {
                 None,
             ),
         ];
-        let c = counts(&entries);
+        let mut c = ConnCounts::default();
+        for e in &entries {
+            count(&mut c, e);
+        }
         let web = (
             "10.96.0.10:80".parse().unwrap(),
             "10.244.2.11:8080".parse().unwrap(),
@@ -369,12 +425,27 @@ mod tests {
             ("10.200.0.1:30081", "192.0.2.1:6001"),
             Some(2),
         );
+        // Undnated, the new frontend's port, but another address or protocol.
+        let other_vip = entry(
+            17,
+            ("10.244.1.10:5005", "10.96.0.21:53"),
+            ("10.96.0.21:53", "10.244.1.10:5005"),
+            None,
+        );
+        let other_protocol = entry(
+            6,
+            ("10.244.1.10:5006", "10.96.0.20:53"),
+            ("10.96.0.20:53", "10.244.1.10:5006"),
+            Some(2),
+        );
         let entries = [
             udp_to_gone,
             tcp_to_gone,
             udp_to_kept,
             undnated_to_new,
             dnated_to_new,
+            other_vip,
+            other_protocol,
             to_node_port,
             other_port,
         ];
@@ -387,8 +458,9 @@ mod tests {
             ),
             (rvs_model::Protocol::Tcp, None, 30080),
         ];
-        let picked: Vec<u16> = stale(&entries, &gone, &new)
+        let picked: Vec<u16> = entries
             .iter()
+            .filter(|e| is_stale(e, &gone, &new))
             .map(|e| e.orig_src.port())
             .collect();
         assert_eq!(picked, [5000, 5003, 6000]);
@@ -432,16 +504,18 @@ mod tests {
                 netlink::attr(b, CTA_PROTOINFO_TCP_STATE, &[3])
             });
         });
+        netlink::attr(&mut attrs, CTA_ID, &0x0102_0304u32.to_be_bytes());
+        netlink::attr(&mut attrs, CTA_ZONE, &7u16.to_be_bytes());
         let parsed = parse_entry(&attrs).unwrap();
-        assert_eq!(
-            parsed,
-            entry(
-                6,
-                ("10.244.1.10:40000", "10.96.0.10:80"),
-                ("10.244.2.11:8080", "10.244.1.10:40000"),
-                Some(3)
-            )
+        let mut want = entry(
+            6,
+            ("10.244.1.10:40000", "10.96.0.10:80"),
+            ("10.244.2.11:8080", "10.244.1.10:40000"),
+            Some(3),
         );
+        want.id = Some(0x0102_0304);
+        want.zone = Some(7);
+        assert_eq!(parsed, want);
         // Truncated input is no entry, never a panic.
         for cut in 0..attrs.len() {
             let _ = parse_entry(&attrs[..cut]);

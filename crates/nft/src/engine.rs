@@ -6,7 +6,7 @@
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::net::{IpAddr, SocketAddr};
 use std::process::Stdio;
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, Instant};
 
 use rvs_model::status::{RealServerStatus, ServerDisplayState, ServiceTable, VirtualServiceStatus};
@@ -106,6 +106,27 @@ pub struct NftEngine {
     netlink: Option<Arc<netlink::Socket>>,
     /// The connection tracking table (counts for `rvs ls`, stale entries deleted).
     conntrack: Option<Arc<Conntrack>>,
+    cleanup: Arc<Mutex<CleanupQueue>>,
+}
+
+/// Conntrack entries to delete (see `stale_conntrack`).
+#[derive(Debug, Default)]
+struct StaleConntrack {
+    gone_servers: BTreeSet<SocketAddr>,
+    new_frontends: Vec<conntrack::Frontend>,
+}
+
+impl StaleConntrack {
+    fn is_empty(&self) -> bool {
+        self.gone_servers.is_empty() && self.new_frontends.is_empty()
+    }
+}
+
+#[derive(Debug, Default)]
+struct CleanupQueue {
+    work: StaleConntrack,
+    /// A cleanup task is running; it takes what is queued before it ends.
+    running: bool,
 }
 
 /// How long counters read from the kernel are reused before `table()` refreshes them.
@@ -139,6 +160,7 @@ impl NftEngine {
         NftEngine {
             netlink,
             conntrack,
+            cleanup: Arc::default(),
             library,
             config: Arc::new(config),
             applied: Arc::default(),
@@ -229,13 +251,22 @@ impl NftEngine {
         if let Ok(mut current) = self.current.lock() {
             *current = Some(snapshot.clone());
         }
-        // In the background: thousands of new addresses mean thousands of deletions, which
-        // must not hold up the next change.
+        // In the background: reading a large conntrack table must not hold up the next
+        // change. One cleanup at a time; what changes meanwhile queues up for the next round.
         if let Some(table) = self.conntrack.clone() {
-            let (previous, next) = (previous, snapshot.clone());
-            tokio::task::spawn_blocking(move || {
-                clean_conntrack(&table, previous.as_deref(), &next)
-            });
+            let work = stale_conntrack(previous.as_deref(), snapshot);
+            if !work.is_empty() {
+                let start = {
+                    let mut queue = self.cleanup.lock().unwrap_or_else(PoisonError::into_inner);
+                    queue.work.gone_servers.extend(work.gone_servers);
+                    queue.work.new_frontends.extend(work.new_frontends);
+                    !std::mem::replace(&mut queue.running, true)
+                };
+                if start {
+                    let queue = Arc::clone(&self.cleanup);
+                    tokio::task::spawn_blocking(move || clean_conntrack(&table, &queue));
+                }
+            }
         }
         Ok(ApplyStats {
             full,
@@ -417,11 +448,10 @@ impl NftEngine {
             }
         }
         let conns = match self.conntrack.clone() {
-            Some(table) => tokio::task::spawn_blocking(move || table.entries())
+            Some(table) => tokio::task::spawn_blocking(move || table.counts())
                 .await
                 .ok()
                 .and_then(Result::ok)
-                .map(|entries| conntrack::counts(&entries))
                 .unwrap_or_default(),
             None => ConnCounts::default(),
         };
@@ -579,8 +609,10 @@ fn status(vs: &VirtualService, counters: &Counters) -> VirtualServiceStatus {
 /// or UDP): whatever conntrack holds for it was created before its rules (a client that tried
 /// too early) and would keep that client's port away from the Service until it times out.
 /// Not on the first apply: after a restart the rules were already in place.
-fn clean_conntrack(table: &Conntrack, previous: Option<&Snapshot>, next: &Snapshot) {
-    let Some(previous) = previous else { return };
+fn stale_conntrack(previous: Option<&Snapshot>, next: &Snapshot) -> StaleConntrack {
+    let Some(previous) = previous else {
+        return StaleConntrack::default();
+    };
     let serving = |vs: &VirtualService| -> BTreeSet<SocketAddr> {
         vs.serving(false).map(|r| r.addr).collect()
     };
@@ -611,16 +643,27 @@ fn clean_conntrack(table: &Conntrack, previous: Option<&Snapshot>, next: &Snapsh
             });
         }
     }
-    if gone_servers.is_empty() && new_frontends.is_empty() {
-        return;
+    StaleConntrack {
+        gone_servers,
+        new_frontends,
     }
-    // One read of the table and one message of deletions, however many frontends changed.
-    let result = table.entries().and_then(|entries| {
-        let stale = conntrack::stale(&entries, &gone_servers, &new_frontends);
-        table.delete(&stale)
-    });
-    match result {
-        Ok(deleted) => tracing::debug!(deleted, "stale conntrack entries deleted"),
-        Err(e) => tracing::warn!("cannot clean conntrack entries up: {e}"),
+}
+
+/// Runs the queued cleanups until none is left: one read of the table and messages of
+/// deletions per round, however many frontends changed.
+fn clean_conntrack(table: &Conntrack, queue: &Mutex<CleanupQueue>) {
+    loop {
+        let work = {
+            let mut queue = queue.lock().unwrap_or_else(PoisonError::into_inner);
+            if queue.work.is_empty() {
+                queue.running = false;
+                return;
+            }
+            std::mem::take(&mut queue.work)
+        };
+        match table.delete_stale(&work.gone_servers, &work.new_frontends) {
+            Ok(deleted) => tracing::debug!(deleted, "stale conntrack entries deleted"),
+            Err(e) => tracing::warn!("cannot clean conntrack entries up: {e}"),
+        }
     }
 }

@@ -12,7 +12,7 @@
 use std::fmt;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
-use std::sync::Mutex;
+use std::sync::{Mutex, PoisonError};
 
 use crate::ruleset::{Element, Family, Op, SetKind, Transaction, Verb, TABLE};
 
@@ -1761,14 +1761,11 @@ impl Socket {
     /// queued when the call returns: messages ask for no acknowledgement, and any answer is an
     /// error.
     pub fn send(&self, batch: &mut [u8]) -> std::io::Result<Vec<(u32, i32)>> {
-        let mut state = self
-            .state
-            .lock()
-            .map_err(|_| std::io::Error::other("netlink socket lock poisoned"))?;
+        let mut state = self.state.lock().unwrap_or_else(PoisonError::into_inner);
         // Leftovers of an earlier batch (none, unless it failed oddly) are not this one's.
         self.drain(&mut Vec::new())?;
         let base = state.next_seq;
-        let messages = rebase_sequence_numbers(batch, base - 1);
+        let messages = rebase_sequence_numbers(batch, base.wrapping_sub(1));
         state.next_seq = base.wrapping_add(messages);
         let SocketState {
             send_buffer,
@@ -1795,7 +1792,7 @@ impl Socket {
         let mut errors: Vec<(u32, i32)> = answers
             .into_iter()
             .filter_map(|(seq, errno)| {
-                let own = seq.wrapping_sub(base - 1);
+                let own = seq.wrapping_sub(base.wrapping_sub(1));
                 (own >= 1 && own <= messages).then_some((own, errno))
             })
             .collect();
@@ -1808,13 +1805,10 @@ impl Socket {
     /// Sends one dump request and hands each answer's address family and attributes to
     /// `each`, until the kernel's end of dump.
     pub fn dump(&self, request: &mut [u8], mut each: impl FnMut(u8, &[u8])) -> std::io::Result<()> {
-        let mut state = self
-            .state
-            .lock()
-            .map_err(|_| std::io::Error::other("netlink socket lock poisoned"))?;
+        let mut state = self.state.lock().unwrap_or_else(PoisonError::into_inner);
         self.drain(&mut Vec::new())?;
         let seq = state.next_seq;
-        let messages = rebase_sequence_numbers(request, seq - 1);
+        let messages = rebase_sequence_numbers(request, seq.wrapping_sub(1));
         state.next_seq = seq.wrapping_add(messages);
         self.send_to_kernel(request)?;
         let mut buf = vec![0u8; 64 * 1024];
@@ -1853,7 +1847,15 @@ impl Socket {
                 }
                 if word(8) == seq {
                     match kind {
-                        NLMSG_DONE => return Ok(()),
+                        // A dump cut short says why in its end.
+                        NLMSG_DONE => {
+                            let code = if len >= 20 { word(16) as i32 } else { 0 };
+                            return if code < 0 {
+                                Err(std::io::Error::from_raw_os_error(-code))
+                            } else {
+                                Ok(())
+                            };
+                        }
                         NLMSG_ERROR if len >= 20 => {
                             let code = word(16) as i32;
                             if code != 0 {
@@ -1889,8 +1891,8 @@ impl Socket {
             let err = std::io::Error::last_os_error();
             return Err(match err.raw_os_error() {
                 Some(libc::EMSGSIZE) => std::io::Error::other(format!(
-                    "a batch of {} bytes does not fit the socket's send buffer (raise \
-                     net.core.wmem_max, or use --nft-backend libnftables)",
+                    "{} bytes of netlink messages do not fit the socket's send buffer (raise \
+                     net.core.wmem_max)",
                     messages.len()
                 )),
                 _ => err,
