@@ -4,7 +4,7 @@
 //! counters from the kernel.
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
-use std::net::{IpAddr, SocketAddr};
+use std::net::SocketAddr;
 use std::process::Stdio;
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, Instant};
@@ -16,12 +16,13 @@ use tokio::process::Command;
 
 use crate::conntrack::{self, ConnCounts, Conntrack};
 use crate::library::Library;
+use crate::listing;
 use crate::netlink;
 use crate::render::{
     endpoint_chain_name, patch, render_cached, render_delta, service_chain_name, RenderCache,
     RenderOptions,
 };
-use crate::ruleset::{Before, Existing, Family, Ruleset, Transaction, TABLE};
+use crate::ruleset::{Before, Existing, Family, Ruleset, Transaction};
 
 /// Transactions up to this size run in rvs's process (see `run_script`).
 const IN_PROCESS_MAX_BYTES: usize = 1 << 20;
@@ -34,8 +35,9 @@ fn first_lines(errors: &str) -> String {
 #[derive(Debug, Clone)]
 pub struct NftConfig {
     pub render: RenderOptions,
-    /// The nft binary (Debian package nftables): listings, large transactions (full syncs),
-    /// and every transaction when libnftables cannot be loaded or `library` is off.
+    /// The nft binary (Debian package nftables), for transactions when `netlink` is off:
+    /// large ones (full syncs), and every one when libnftables cannot be loaded or `library`
+    /// is off. Tables are always read over netlink.
     pub nft: String,
     /// Run transactions through libnftables in rvs's process (see `library.rs`) when
     /// netlink is off. With netlink on, a transaction it cannot encode (a bug) goes to the
@@ -104,6 +106,8 @@ pub struct NftEngine {
     library: Option<Library>,
     /// rvs's own netlink batches; None: libnftables or the nft tool.
     netlink: Option<Arc<netlink::Socket>>,
+    /// Reads the tables (names for full syncs, counters), beside transactions.
+    lister: Option<Arc<netlink::Socket>>,
     /// The connection tracking table (counts for `rvs ls`, stale entries deleted).
     conntrack: Option<Arc<Conntrack>>,
     cleanup: Arc<Mutex<CleanupQueue>>,
@@ -153,12 +157,17 @@ impl NftEngine {
         } else {
             None
         };
+        let lister = netlink::Socket::open()
+            .inspect_err(|e| tracing::warn!("no netlink socket to nftables: {e}"))
+            .ok()
+            .map(Arc::new);
         let conntrack = Conntrack::open()
             .inspect_err(|e| tracing::warn!("no netlink socket to conntrack: {e}"))
             .ok()
             .map(Arc::new);
         NftEngine {
             netlink,
+            lister,
             conntrack,
             cleanup: Arc::default(),
             library,
@@ -357,58 +366,24 @@ impl NftEngine {
         }
     }
 
-    /// Lists rvs's tables as JSON.
-    async fn list_json(&self, family: Family) -> Result<Option<serde_json::Value>, NftError> {
-        self.nft_json(&["-j", "list", "table", family.name(), TABLE])
-            .await
-    }
-
-    /// `nft ARGS` parsed as JSON; None when nft fails (no such table yet).
-    async fn nft_json(&self, args: &[&str]) -> Result<Option<serde_json::Value>, NftError> {
-        let out = Command::new(&self.config.nft)
-            .args(args)
-            .output()
-            .await
-            .map_err(|source| NftError::Spawn {
-                binary: self.config.nft.clone(),
-                source,
-            })?;
-        if !out.status.success() {
-            return Ok(None);
-        }
-        serde_json::from_slice(&out.stdout)
-            .map(Some)
-            .map_err(|e| NftError::Listing(e.to_string()))
-    }
-
-    /// The names in rvs's tables. Chains, sets and maps are listed by kind, tersely (`-t`:
-    /// no set elements) and without rules: milliseconds, where listing the whole table took
-    /// 2.5 s at 10,000 Services and held up every restart.
+    /// The names in rvs's tables (chains, sets, maps; not their contents), over netlink.
     async fn list_existing(&self) -> Result<BTreeMap<Family, Existing>, NftError> {
-        let mut listed = BTreeMap::new();
-        for family in Family::ALL {
-            let mut existing = Existing::default();
-            for (kinds, kind, names) in [
-                ("chains", "chain", &mut existing.chains),
-                ("sets", "set", &mut existing.sets),
-                ("maps", "map", &mut existing.maps),
-            ] {
-                let args = ["-t", "-j", "list", kinds, family.name()];
-                let Some(json) = self.nft_json(&args).await? else {
-                    continue;
-                };
-                for item in json["nftables"].as_array().into_iter().flatten() {
-                    let object = &item[kind];
-                    if object["table"] == TABLE {
-                        if let Some(name) = object["name"].as_str() {
-                            names.insert(name.to_string());
-                        }
-                    }
-                }
-            }
-            listed.insert(family, existing);
-        }
-        Ok(listed)
+        let socket = self.listing_socket()?;
+        tokio::task::spawn_blocking(move || {
+            Family::ALL
+                .into_iter()
+                .map(|family| Ok((family, listing::existing(&socket, family)?)))
+                .collect::<std::io::Result<BTreeMap<_, _>>>()
+        })
+        .await
+        .map_err(|e| NftError::Listing(e.to_string()))?
+        .map_err(|e| NftError::Listing(e.to_string()))
+    }
+
+    fn listing_socket(&self) -> Result<Arc<netlink::Socket>, NftError> {
+        self.lister
+            .clone()
+            .ok_or_else(|| NftError::Listing("no netlink socket to nftables".into()))
     }
 
     /// Removes rvs's tables (on exit with cleanup, or `rvs cleanup`).
@@ -419,34 +394,20 @@ impl NftEngine {
     }
 
     async fn refresh_counters(&self) {
-        let mut connections = HashMap::new();
-        for family in Family::ALL {
-            let Ok(Some(json)) = self.list_json(family).await else {
-                continue;
-            };
-            for item in json["nftables"].as_array().into_iter().flatten() {
-                let rule = &item["rule"];
-                let Some(chain) = rule["chain"].as_str() else {
-                    continue;
-                };
-                let exprs = rule["expr"].as_array();
-                let packets = exprs
-                    .into_iter()
-                    .flatten()
-                    .find_map(|e| e["counter"]["packets"].as_u64());
-                let target = exprs.into_iter().flatten().find_map(|e| {
-                    let dnat = &e["dnat"];
-                    let ip: IpAddr = dnat["addr"].as_str()?.parse().ok()?;
-                    Some(SocketAddr::new(
-                        ip,
-                        u16::try_from(dnat["port"].as_u64()?).ok()?,
-                    ))
-                });
-                if let (Some(packets), Some(target)) = (packets, target) {
-                    *connections.entry((chain.to_string(), target)).or_insert(0) += packets;
+        let connections = match self.listing_socket() {
+            Ok(socket) => tokio::task::spawn_blocking(move || {
+                let mut connections = HashMap::new();
+                for family in Family::ALL {
+                    if let Err(e) = listing::dnat_counters(&socket, family, &mut connections) {
+                        tracing::debug!("cannot read the DNAT counters: {e}");
+                    }
                 }
-            }
-        }
+                connections
+            })
+            .await
+            .unwrap_or_default(),
+            Err(_) => HashMap::new(),
+        };
         let conns = match self.conntrack.clone() {
             Some(table) => tokio::task::spawn_blocking(move || table.counts())
                 .await

@@ -4,6 +4,7 @@
 mod conntrack;
 mod engine;
 mod library;
+mod listing;
 mod netlink;
 mod render;
 mod ruleset;

@@ -193,7 +193,7 @@ impl<'a> Batch<'a> {
         self.origins.push(origin);
         self.header(
             (NFNL_SUBSYS_NFTABLES << 8) | msg,
-            nfproto(family),
+            family.nfproto(),
             NLM_F_REQUEST | flags,
             seq,
         )
@@ -239,13 +239,6 @@ impl<'a> Batch<'a> {
     fn origin(&self, seq: u32) -> Option<String> {
         let index = seq.checked_sub(FIRST_SEQ)? as usize;
         self.origins.get(index).map(ToString::to_string)
-    }
-}
-
-fn nfproto(family: Family) -> u8 {
-    match family {
-        Family::Ip => 2,   // NFPROTO_IPV4
-        Family::Ip6 => 10, // NFPROTO_IPV6
     }
 }
 
@@ -1456,7 +1449,7 @@ fn compile_rule<'r>(
                 e.immediate_value(NFT_REG_2, &port.to_be_bytes());
                 e.expr("nat", |b| {
                     attr_u32(b, 1, 1); // NFTA_NAT_TYPE: NFT_NAT_DNAT
-                    attr_u32(b, 2, u32::from(nfproto(family)));
+                    attr_u32(b, 2, u32::from(family.nfproto()));
                     attr_u32(b, 3, NFT_REG_1); // NFTA_NAT_REG_ADDR_MIN
                     attr_u32(b, 5, NFT_REG_2); // NFTA_NAT_REG_PROTO_MIN
                     attr_u32(b, 7, 0x2); // NF_NAT_RANGE_PROTO_SPECIFIED

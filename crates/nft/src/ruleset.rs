@@ -24,6 +24,14 @@ impl Family {
         }
     }
 
+    /// The netfilter family number (`NFPROTO_IPV4`, `NFPROTO_IPV6`).
+    pub fn nfproto(self) -> u8 {
+        match self {
+            Family::Ip => 2,
+            Family::Ip6 => 10,
+        }
+    }
+
     pub fn addr_type(self) -> &'static str {
         match self {
             Family::Ip => "ipv4_addr",
