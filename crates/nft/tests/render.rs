@@ -511,6 +511,30 @@ fn snapshot_of(step: Vec<Generated>, fillers: &[std::sync::Arc<VirtualService>])
     }
 }
 
+/// Render options of every shape the rules take: no, one or several cluster CIDRs (a prefix
+/// compare or an anonymous set), NodePort addresses (a named interval set), masquerading.
+fn options() -> impl Strategy<Value = RenderOptions> {
+    const CIDRS: [&str; 4] = [
+        "10.244.0.0/16",
+        "10.245.0.0/20",
+        "fd00:244::/48",
+        "fd00:245::/64",
+    ];
+    const NODE: [&str; 3] = ["192.168.0.0/16", "10.0.0.5/32", "fd00:1::/64"];
+    (
+        prop::sample::subsequence(CIDRS.to_vec(), 0..=4),
+        prop::sample::subsequence(NODE.to_vec(), 0..=3),
+        any::<bool>(),
+        any::<bool>(),
+    )
+        .prop_map(|(cidrs, node, all, random)| RenderOptions {
+            cluster_cidrs: cidrs.iter().map(|c| c.parse().unwrap()).collect(),
+            nodeport_addresses: node.iter().map(|c| c.parse().unwrap()).collect(),
+            masquerade_all: all,
+            masquerade_fully_random: random,
+        })
+}
+
 fn with_cluster_cidr() -> RenderOptions {
     RenderOptions {
         cluster_cidrs: vec!["10.244.0.0/16".parse().unwrap()],
@@ -524,9 +548,9 @@ proptest! {
     #[test]
     fn cached_render_equals_a_fresh_render(
         steps in steps(1..5),
-        padded in any::<bool>()
+        padded in any::<bool>(),
+        options in options()
     ) {
-        let options = with_cluster_cidr();
         let fillers = fillers(padded);
         let mut cache = rvs_nft::RenderCache::default();
         let mut previous: Option<Snapshot> = None;
