@@ -124,33 +124,33 @@ fresh_ns() {
 kv() { tr ' ' '\n' <<<"$1" | awk -F= -v k="$2" '$1 == k {print $2; exit}'; }
 ms_since() { echo $((($(date +%s%N) - $1) / 1000000)); }
 
+# sync_run KIND LOG N [ENV=VALUE...]: one sync_bench run of N Services in a fresh namespace;
+# appends "KIND LABELS... figures" to the results.
+sync_run() {
+    local kind=$1 name=$2 n=$3
+    shift 3
+    quiet_gap "$QUIET_WAIT"
+    fresh_ns
+    run_logged "$name" env "$@" ip netns exec "$SYNC_NS" "$SYNC_BENCH" "$n" "$SYNC_ENDPOINTS" "$SYNC_CHANGES" ||
+        die "sync_bench ($name) failed: $(tail -n 5 "$WORK/$name.log")"
+    ip netns del "$SYNC_NS"
+    local full change
+    full=$(grep '^full_sync ' "$WORK/$name.log")
+    change=$(grep '^endpoint_change ' "$WORK/$name.log" || true)
+    echo "$kind services=$n full_s=$(kv "$full" seconds) transaction_bytes=$(kv "$full" transaction_bytes) change_p50_ms=$(kv "$change" p50_ms) change_p99_ms=$(kv "$change" p99_ms) change_max_ms=$(kv "$change" max_ms) backend=$(kv "$full" backend) busy_before=$QUIET_BUSY" >>"$RESULTS"
+    log "  $(tail -n1 "$RESULTS")"
+}
+
 log "1. sync: ${SYNC_SIZES[*]} Services x $SYNC_ENDPOINTS endpoints, $SYNC_CHANGES changes, $SYNC_REPS repetition(s)"
 for ((rep = 1; rep <= SYNC_REPS; rep++)); do
     for n in "${SYNC_SIZES[@]}"; do
-        quiet_gap "$QUIET_WAIT"
-        fresh_ns
-        run_logged "sync-$rep-$n" ip netns exec "$SYNC_NS" "$SYNC_BENCH" "$n" "$SYNC_ENDPOINTS" "$SYNC_CHANGES" ||
-            die "sync_bench failed: $(tail -n 5 "$WORK/sync-$rep-$n.log")"
-        ip netns del "$SYNC_NS"
-        full=$(grep '^full_sync ' "$WORK/sync-$rep-$n.log")
-        change=$(grep '^endpoint_change ' "$WORK/sync-$rep-$n.log" || true)
-        echo "sync rep=$rep services=$n full_s=$(kv "$full" seconds) transaction_bytes=$(kv "$full" transaction_bytes) change_p50_ms=$(kv "$change" p50_ms) change_p99_ms=$(kv "$change" p99_ms) change_max_ms=$(kv "$change" max_ms) busy_before=$QUIET_BUSY" >>"$RESULTS"
-        log "  $(tail -n1 "$RESULTS")"
+        sync_run "sync rep=$rep" "sync-$rep-$n" "$n"
     done
 done
-
 # The same through libnftables (nft's parser in rvs's process for changes, the nft tool for
 # full syncs), the backend before rvs wrote its own netlink batches.
 for n in "${SYNC_SIZES[@]}"; do
-    quiet_gap "$QUIET_WAIT"
-    fresh_ns
-    run_logged "sync-lib-$n" env NFT_BACKEND=libnftables ip netns exec "$SYNC_NS" "$SYNC_BENCH" "$n" "$SYNC_ENDPOINTS" "$SYNC_CHANGES" ||
-        die "sync_bench (libnftables) failed: $(tail -n 5 "$WORK/sync-lib-$n.log")"
-    ip netns del "$SYNC_NS"
-    full=$(grep '^full_sync ' "$WORK/sync-lib-$n.log")
-    change=$(grep '^endpoint_change ' "$WORK/sync-lib-$n.log" || true)
-    echo "synclib services=$n full_s=$(kv "$full" seconds) transaction_bytes=$(kv "$full" transaction_bytes) change_p50_ms=$(kv "$change" p50_ms) change_p99_ms=$(kv "$change" p99_ms) backend=$(kv "$full" backend)" >>"$RESULTS"
-    log "  $(tail -n1 "$RESULTS")"
+    sync_run synclib "sync-lib-$n" "$n" NFT_BACKEND=libnftables
 done
 
 # Where a change's time goes, at each size: rvs's own render + diff of the whole snapshot

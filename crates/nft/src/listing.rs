@@ -5,33 +5,20 @@
 use std::collections::HashMap;
 use std::net::{IpAddr, SocketAddr};
 
-use crate::netlink::{self, Requests, Socket};
+use crate::netlink::{
+    self, Requests, Socket, NFNL_SUBSYS_NFTABLES, NFTA_CHAIN_NAME, NFTA_CHAIN_TABLE,
+    NFTA_DATA_VALUE, NFTA_EXPR_DATA, NFTA_EXPR_NAME, NFTA_RULE_CHAIN, NFTA_RULE_EXPRESSIONS,
+    NFTA_RULE_TABLE, NFTA_SET_FLAGS, NFTA_SET_NAME, NFTA_SET_TABLE, NFT_REG_1, NFT_REG_2,
+    NFT_SET_ANONYMOUS, NFT_SET_MAP,
+};
 use crate::ruleset::{Existing, Family, TABLE};
 
-const NFNL_SUBSYS_NFTABLES: u16 = 10;
 const NFT_MSG_GETCHAIN: u16 = 4;
 const NFT_MSG_GETRULE: u16 = 7;
 const NFT_MSG_GETSET: u16 = 10;
-
-const NFTA_CHAIN_TABLE: u16 = 1;
-const NFTA_CHAIN_NAME: u16 = 3;
-const NFTA_RULE_TABLE: u16 = 1;
-const NFTA_RULE_CHAIN: u16 = 2;
-const NFTA_RULE_EXPRESSIONS: u16 = 4;
-const NFTA_SET_TABLE: u16 = 1;
-const NFTA_SET_NAME: u16 = 2;
-const NFTA_SET_FLAGS: u16 = 3;
-const NFTA_EXPR_NAME: u16 = 1;
-const NFTA_EXPR_DATA: u16 = 2;
 const NFTA_COUNTER_PACKETS: u16 = 2;
 const NFTA_IMMEDIATE_DREG: u16 = 1;
 const NFTA_IMMEDIATE_DATA: u16 = 2;
-const NFTA_DATA_VALUE: u16 = 1;
-
-const NFT_SET_ANONYMOUS: u32 = 0x1;
-const NFT_SET_MAP: u32 = 0x8;
-const NFT_REG_1: u32 = 1;
-const NFT_REG_2: u32 = 2;
 
 /// A string attribute (NUL-terminated).
 fn text(payload: &[u8]) -> Option<&str> {

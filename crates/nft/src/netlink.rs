@@ -16,7 +16,7 @@ use std::sync::{Mutex, PoisonError};
 
 use crate::ruleset::{Element, Family, Op, SetKind, Transaction, Verb, TABLE};
 
-const NFNL_SUBSYS_NFTABLES: u16 = 10;
+pub(crate) const NFNL_SUBSYS_NFTABLES: u16 = 10;
 const NFNL_MSG_BATCH_BEGIN: u16 = 16;
 const NFNL_MSG_BATCH_END: u16 = 17;
 
@@ -42,18 +42,18 @@ pub(crate) const NLM_F_DUMP: u16 = 0x300;
 // Attribute numbers of linux/netfilter/nf_tables.h.
 const NFTA_TABLE_NAME: u16 = 1;
 const NFTA_TABLE_FLAGS: u16 = 2;
-const NFTA_CHAIN_TABLE: u16 = 1;
-const NFTA_CHAIN_NAME: u16 = 3;
+pub(crate) const NFTA_CHAIN_TABLE: u16 = 1;
+pub(crate) const NFTA_CHAIN_NAME: u16 = 3;
 const NFTA_CHAIN_HOOK: u16 = 4;
 const NFTA_CHAIN_TYPE: u16 = 7;
 const NFTA_HOOK_HOOKNUM: u16 = 1;
 const NFTA_HOOK_PRIORITY: u16 = 2;
-const NFTA_RULE_TABLE: u16 = 1;
-const NFTA_RULE_CHAIN: u16 = 2;
-const NFTA_RULE_EXPRESSIONS: u16 = 4;
-const NFTA_SET_TABLE: u16 = 1;
-const NFTA_SET_NAME: u16 = 2;
-const NFTA_SET_FLAGS: u16 = 3;
+pub(crate) const NFTA_RULE_TABLE: u16 = 1;
+pub(crate) const NFTA_RULE_CHAIN: u16 = 2;
+pub(crate) const NFTA_RULE_EXPRESSIONS: u16 = 4;
+pub(crate) const NFTA_SET_TABLE: u16 = 1;
+pub(crate) const NFTA_SET_NAME: u16 = 2;
+pub(crate) const NFTA_SET_FLAGS: u16 = 3;
 const NFTA_SET_KEY_TYPE: u16 = 4;
 const NFTA_SET_KEY_LEN: u16 = 5;
 const NFTA_SET_DATA_TYPE: u16 = 6;
@@ -68,18 +68,18 @@ const NFTA_SET_ELEM_LIST_TABLE: u16 = 1;
 const NFTA_SET_ELEM_LIST_SET: u16 = 2;
 const NFTA_SET_ELEM_LIST_ELEMENTS: u16 = 3;
 const NFTA_SET_ELEM_LIST_SET_ID: u16 = 4;
-const NFTA_DATA_VALUE: u16 = 1;
+pub(crate) const NFTA_DATA_VALUE: u16 = 1;
 const NFTA_DATA_VERDICT: u16 = 2;
 const NFTA_VERDICT_CODE: u16 = 1;
 const NFTA_VERDICT_CHAIN: u16 = 2;
 const NFTA_LIST_ELEM: u16 = 1;
-const NFTA_EXPR_NAME: u16 = 1;
-const NFTA_EXPR_DATA: u16 = 2;
+pub(crate) const NFTA_EXPR_NAME: u16 = 1;
+pub(crate) const NFTA_EXPR_DATA: u16 = 2;
 
-const NFT_SET_ANONYMOUS: u32 = 0x1;
+pub(crate) const NFT_SET_ANONYMOUS: u32 = 0x1;
 const NFT_SET_CONSTANT: u32 = 0x2;
 const NFT_SET_INTERVAL: u32 = 0x4;
-const NFT_SET_MAP: u32 = 0x8;
+pub(crate) const NFT_SET_MAP: u32 = 0x8;
 const NFT_SET_TIMEOUT: u32 = 0x10;
 const NFT_SET_EVAL: u32 = 0x20;
 const NFT_SET_ELEM_INTERVAL_END: u32 = 0x1;
@@ -92,8 +92,8 @@ const NFT_GOTO: i32 = -4;
 const NFT_RETURN: i32 = -5;
 
 const NFT_REG_VERDICT: u32 = 0;
-const NFT_REG_1: u32 = 1;
-const NFT_REG_2: u32 = 2;
+pub(crate) const NFT_REG_1: u32 = 1;
+pub(crate) const NFT_REG_2: u32 = 2;
 const NFT_REG32_00: u32 = 8;
 
 /// nft's set key datatypes (its `TYPE_*`), which the kernel stores for listings.
@@ -1724,27 +1724,19 @@ impl Socket {
         let mut buf = vec![0u8; 64 * 1024];
         let mut lost = false;
         loop {
-            // SAFETY: buf is valid for its length.
-            let n = unsafe {
-                libc::recv(
-                    self.fd.as_raw_fd(),
-                    buf.as_mut_ptr().cast(),
-                    buf.len(),
-                    libc::MSG_DONTWAIT,
-                )
-            };
-            if n < 0 {
-                let err = std::io::Error::last_os_error();
-                match err.raw_os_error() {
+            let n = match self.recv(&mut buf, libc::MSG_DONTWAIT) {
+                Ok(n) => n,
+                Err(e) => match e.raw_os_error() {
                     Some(libc::EAGAIN) => return Ok(lost),
-                    Some(libc::EINTR) => continue,
                     // Answers were dropped; the rest is still queued.
-                    Some(libc::ENOBUFS) => lost = true,
-                    _ => return Err(err),
-                }
-                continue;
-            }
-            parse_errors(&buf[..n as usize], errors);
+                    Some(libc::ENOBUFS) => {
+                        lost = true;
+                        continue;
+                    }
+                    _ => return Err(e),
+                },
+            };
+            parse_errors(&buf[..n], errors);
         }
     }
 
@@ -1806,23 +1798,8 @@ impl Socket {
         self.send_to_kernel(request)?;
         let mut buf = vec![0u8; 64 * 1024];
         loop {
-            // SAFETY: buf is valid for its length.
-            let n = unsafe {
-                libc::recv(
-                    self.fd.as_raw_fd(),
-                    buf.as_mut_ptr().cast(),
-                    buf.len(),
-                    libc::MSG_TRUNC,
-                )
-            };
-            if n < 0 {
-                let err = std::io::Error::last_os_error();
-                if err.raw_os_error() == Some(libc::EINTR) {
-                    continue;
-                }
-                return Err(err);
-            }
-            let n = n as usize;
+            // MSG_TRUNC: the real length, to tell a cut datagram.
+            let n = self.recv(&mut buf, libc::MSG_TRUNC)?;
             if n > buf.len() {
                 return Err(std::io::Error::other(
                     "netlink answer larger than the buffer",
@@ -1861,6 +1838,28 @@ impl Socket {
                     }
                 }
                 data = &data[len.next_multiple_of(4).min(data.len())..];
+            }
+        }
+    }
+
+    /// One datagram from the kernel into `buf` (its length), retried when interrupted.
+    fn recv(&self, buf: &mut [u8], flags: i32) -> std::io::Result<usize> {
+        loop {
+            // SAFETY: buf is valid for its length.
+            let n = unsafe {
+                libc::recv(
+                    self.fd.as_raw_fd(),
+                    buf.as_mut_ptr().cast(),
+                    buf.len(),
+                    flags,
+                )
+            };
+            if n >= 0 {
+                return Ok(n as usize);
+            }
+            let err = std::io::Error::last_os_error();
+            if err.raw_os_error() != Some(libc::EINTR) {
+                return Err(err);
             }
         }
     }

@@ -363,6 +363,17 @@ fn elements<'a>(
     }
 }
 
+/// Empties a set or map and puts `items` in.
+fn refill<'a>(
+    (kind, name): (SetKind, &'a str),
+    spec: &'a str,
+    items: Vec<Element<'a>>,
+    ops: &mut Vec<Op<'a>>,
+) {
+    ops.push(Op::FlushSet { kind, name });
+    elements(Verb::Add, (kind, name), spec, items, ops);
+}
+
 fn keys<'a>(keys: impl Iterator<Item = &'a String>) -> Vec<Element<'a>> {
     keys.map(|key| Element { key, value: None }).collect()
 }
@@ -466,12 +477,7 @@ fn rewrite_table<'a>(existing: &'a Existing, new: &'a Table, ops: &mut Vec<Op<'a
         });
         // Static sets are refilled; dynamic ones (affinity) keep what the kernel learned.
         if !set.spec.contains("dynamic") {
-            ops.push(Op::FlushSet {
-                kind: SetKind::Set,
-                name,
-            });
-            elements(
-                Verb::Add,
+            refill(
                 (SetKind::Set, name),
                 &set.spec,
                 keys(set.elements.iter()),
@@ -492,12 +498,7 @@ fn rewrite_table<'a>(existing: &'a Existing, new: &'a Table, ops: &mut Vec<Op<'a
     let all: Vec<(&str, &Chain)> = new.chains.iter().map(|(n, c)| (n.as_str(), c)).collect();
     write_rules(all, |name| existing.chains.contains(name), ops);
     for (name, map) in &new.maps {
-        ops.push(Op::FlushSet {
-            kind: SetKind::Map,
-            name,
-        });
-        elements(
-            Verb::Add,
+        refill(
             (SetKind::Map, name),
             &map.spec,
             map_items(map.elements.iter()),
