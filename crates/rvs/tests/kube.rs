@@ -486,10 +486,11 @@ fn a_thirty_second_outage_keeps_serving_then_converges() {
         std::thread::sleep(Duration::from_secs(2));
     }
     c._rt.block_on(c.api.come_back()).unwrap();
-    // The watch backoff is at most 30 s (kube-rs's default), plus the relist.
+    // kube-rs's default watch backoff is capped at 30 s, and its jitter adds up to as much
+    // again: the retry after the outage may come 60 s later, then the relist.
     eventually(
         "converged after the outage",
-        Duration::from_secs(45),
+        Duration::from_secs(75),
         || answering(c.vip) == ["pod-b"],
     );
     let (_, metrics) = http_get(c.admin, "/metrics").unwrap();
