@@ -26,7 +26,8 @@ use crate::kube::ApiFeed;
 pub enum EngineKind {
     /// Listeners on the virtual addresses; runs anywhere, no privileges.
     Userspace,
-    /// nftables rules like kube-proxy's nftables mode (needs CAP_NET_ADMIN and nft).
+    /// nftables rules like kube-proxy's nftables mode (needs CAP_NET_ADMIN; the nft tool only
+    /// for `--nft-backend libnftables` or `nft`).
     Nftables,
 }
 
