@@ -186,3 +186,16 @@ fn dnat_rule(expressions: &[u8]) -> Option<(SocketAddr, u64)> {
     nat.then_some(())?;
     Some((SocketAddr::new(addr?, port?), packets?))
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    proptest::proptest! {
+        /// Whatever the kernel sends, reading a rule never panics.
+        #[test]
+        fn any_bytes_read_as_a_rule_or_nothing(bytes in proptest::collection::vec(proptest::prelude::any::<u8>(), 0..200)) {
+            let _ = dnat_rule(&bytes);
+        }
+    }
+}

@@ -2100,4 +2100,110 @@ mod tests {
         parse_errors(&data, &mut errors);
         assert_eq!(errors, [(9, 2)]);
     }
+
+    const VOCABULARY: &[&str] = &[
+        "ip",
+        "ip6",
+        "saddr",
+        "daddr",
+        "th",
+        "sport",
+        "dport",
+        "meta",
+        "l4proto",
+        "mark",
+        "set",
+        "&",
+        "|",
+        "^",
+        "==",
+        "<",
+        "!=",
+        "0x4000",
+        "0",
+        "5",
+        "tcp",
+        "udp",
+        "icmp",
+        "{",
+        "}",
+        "10.0.0.0/8,",
+        "fd00::/8",
+        "10.0.0.1:80",
+        "[fd00::1]:80",
+        "vmap",
+        "@m",
+        "@",
+        "numgen",
+        "inc",
+        "random",
+        "mod",
+        "jhash",
+        "seed",
+        "update",
+        "counter",
+        "dnat",
+        "to",
+        "masquerade",
+        "fully-random",
+        "reject",
+        "with",
+        "reset",
+        "ct",
+        "state",
+        "new",
+        "status",
+        "fib",
+        "type",
+        "local",
+        "jump",
+        "goto",
+        "drop",
+        "return",
+        "accept",
+        ".",
+        "c",
+        "10.0.0.0/33",
+        "4294967295",
+        "99999999999",
+        "::1",
+        "127.0.0.0/8",
+    ];
+
+    proptest::proptest! {
+        /// Whatever the words, a rule is compiled or refused: never a panic.
+        #[test]
+        fn any_rule_text_is_compiled_or_refused(
+            words in proptest::collection::vec(proptest::sample::select(VOCABULARY), 0..14),
+            v6 in proptest::prelude::any::<bool>()
+        ) {
+            let family = if v6 { Family::Ip6 } else { Family::Ip };
+            let mut out = Vec::new();
+            let _ = compile_rule(&words.join(" "), family, 1, &mut out);
+        }
+
+        /// Intervals come out in order, starts and ends alternating, whatever the ranges.
+        #[test]
+        fn intervals_are_ordered(
+            ranges in proptest::collection::vec((0u32..64, 0u32..8), 0..8),
+            anonymous in proptest::prelude::any::<bool>()
+        ) {
+            let ranges: Vec<(u128, u128)> = ranges
+                .iter()
+                .map(|(first, len)| (u128::from(*first), u128::from(first + len)))
+                .collect();
+            let whose = if anonymous { Intervals::Anonymous } else { Intervals::Named };
+            if let Ok(elements) = interval_elements(FieldType::Ipv4, ranges, whose) {
+                let keys: Vec<u32> = elements
+                    .iter()
+                    .map(|e| u32::from_be_bytes(e.key[..4].try_into().unwrap()))
+                    .collect();
+                proptest::prop_assert!(keys.windows(2).all(|w| w[0] <= w[1]), "{:?}", keys);
+                let starts = elements.iter().skip(usize::from(anonymous && keys.first() == Some(&0) && elements[0].interval_end));
+                for (i, e) in starts.enumerate() {
+                    proptest::prop_assert_eq!(e.interval_end, i % 2 == 1);
+                }
+            }
+        }
+    }
 }

@@ -311,7 +311,15 @@ fn compare_backends(
             steps.push(list_everything(&ns_name));
             steps
         });
-        assert!(steps[0].contains("dnat to 10.244.2.11"), "{}", steps[0]);
+        for shown in [
+            "dnat to 10.244.2.11",
+            // dh; sh with the port; wrr's weighted numgen.
+            "jhash ip6 daddr mod",
+            "jhash ip6 saddr . th sport mod",
+            "numgen inc mod 4 < 3",
+        ] {
+            assert!(steps[0].contains(shown), "{shown}: {}", steps[0]);
+        }
         assert!(!steps[1].contains("10.244.2.11:"), "{}", steps[1]);
         assert!(!steps[2].contains("table"), "tables removed: {}", steps[2]);
         if options.masquerade_fully_random {
