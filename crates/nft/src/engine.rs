@@ -43,8 +43,8 @@ pub struct NftConfig {
     /// netlink is off. With netlink on, a transaction it cannot encode (a bug) goes to the
     /// nft tool.
     pub library: bool,
-    /// Write transactions as netlink batches (see `netlink.rs`); the nft tool and
-    /// libnftables then only list the table.
+    /// Write transactions as netlink batches (see `netlink.rs`); libnftables is then not
+    /// loaded at all.
     pub netlink: bool,
 }
 
@@ -66,7 +66,7 @@ pub enum NftError {
         binary: String,
         source: std::io::Error,
     },
-    #[error("nft refused the transaction, the previous ruleset stays in force: {0}")]
+    #[error("nftables refused the transaction, the previous ruleset stays in force: {0}")]
     Refused(String),
     #[error("cannot read the ruleset listing: {0}")]
     Listing(String),
@@ -219,7 +219,14 @@ impl NftEngine {
         };
         let listed = match (&delta, &applied.ruleset) {
             (None, Some(_)) if !full => None,
-            (None, _) => Some(self.list_existing().await?),
+            (None, _) => match self.list_existing().await {
+                Ok(listed) => Some(listed),
+                Err(e) => {
+                    // The render cache moved on: whatever comes next rewrites everything.
+                    applied.needs_full = true;
+                    return Err(e);
+                }
+            },
             (Some(_), _) => None,
         };
         let result = {
@@ -300,7 +307,7 @@ impl NftEngine {
                     })
                     .await
                     .map_err(|e| NftError::Netlink(e.to_string()))?
-                    .map_err(|e| NftError::Netlink(e.to_string()))?;
+                    .map_err(|e| NftError::Netlink(netlink::explain(&e)))?;
                     return if sent.is_empty() {
                         Ok((size, "netlink"))
                     } else {
@@ -323,8 +330,7 @@ impl NftEngine {
     /// Runs one script. Small ones (changes) through libnftables, which saves starting a
     /// process; large ones (full syncs, thousands of new Services) through a fresh `nft`, which
     /// parsed a 12 MB script 5-10% faster than libnftables in rvs's threaded process and gives
-    /// the parser's memory back when it exits (the tool is needed anyway: full syncs list the
-    /// table through it).
+    /// the parser's memory back when it exits.
     async fn run_script(&self, script: String) -> Result<(), NftError> {
         let small = script.len() <= IN_PROCESS_MAX_BYTES;
         if let Some(library) = self.library.as_ref().filter(|_| small) {
@@ -377,7 +383,7 @@ impl NftEngine {
         })
         .await
         .map_err(|e| NftError::Listing(e.to_string()))?
-        .map_err(|e| NftError::Listing(e.to_string()))
+        .map_err(|e| NftError::Listing(netlink::explain(&e)))
     }
 
     fn listing_socket(&self) -> Result<Arc<netlink::Socket>, NftError> {

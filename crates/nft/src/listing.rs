@@ -29,6 +29,18 @@ fn be32(payload: &[u8]) -> Option<u32> {
     Some(u32::from_be_bytes(payload.get(..4)?.try_into().ok()?))
 }
 
+/// Runs `read` again when the table changed during its dump (nft does the same), a few
+/// times at most.
+fn consistent<T>(mut read: impl FnMut() -> std::io::Result<T>) -> std::io::Result<T> {
+    let mut attempts = 0;
+    loop {
+        match read() {
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted && attempts < 3 => attempts += 1,
+            other => return other,
+        }
+    }
+}
+
 /// One dump of `kind` in `family`, filtered to rvs's table where the kernel can.
 fn dump(
     socket: &Socket,
@@ -58,6 +70,10 @@ fn dump(
 
 /// The names of the chains, sets and maps in rvs's table of `family`.
 pub(crate) fn existing(socket: &Socket, family: Family) -> std::io::Result<Existing> {
+    consistent(|| existing_once(socket, family))
+}
+
+fn existing_once(socket: &Socket, family: Family) -> std::io::Result<Existing> {
     let mut existing = Existing::default();
     dump(socket, family, NFT_MSG_GETCHAIN, None, |attrs| {
         let (mut table, mut name) = (None, None);
@@ -110,27 +126,36 @@ pub(crate) fn dnat_counters(
     family: Family,
     into: &mut HashMap<(String, SocketAddr), u64>,
 ) -> std::io::Result<()> {
-    dump(
-        socket,
-        family,
-        NFT_MSG_GETRULE,
-        Some(NFTA_RULE_TABLE),
-        |attrs| {
-            let (mut chain, mut expressions) = (None, None);
-            for (kind, payload) in netlink::attributes(attrs) {
-                match kind {
-                    NFTA_RULE_CHAIN => chain = text(payload),
-                    NFTA_RULE_EXPRESSIONS => expressions = Some(payload),
-                    _ => {}
+    let counted = consistent(|| {
+        let mut counted: HashMap<(String, SocketAddr), u64> = HashMap::new();
+        dump(
+            socket,
+            family,
+            NFT_MSG_GETRULE,
+            Some(NFTA_RULE_TABLE),
+            |attrs| {
+                let (mut table, mut chain, mut expressions) = (None, None, None);
+                for (kind, payload) in netlink::attributes(attrs) {
+                    match kind {
+                        NFTA_RULE_TABLE => table = text(payload),
+                        NFTA_RULE_CHAIN => chain = text(payload),
+                        NFTA_RULE_EXPRESSIONS => expressions = Some(payload),
+                        _ => {}
+                    }
                 }
-            }
-            if let (Some(chain), Some(expressions)) = (chain, expressions) {
-                if let Some((target, packets)) = dnat_rule(expressions) {
-                    *into.entry((chain.to_string(), target)).or_insert(0) += packets;
+                if let (Some(TABLE), Some(chain), Some(expressions)) = (table, chain, expressions) {
+                    if let Some((target, packets)) = dnat_rule(expressions) {
+                        *counted.entry((chain.to_string(), target)).or_insert(0) += packets;
+                    }
                 }
-            }
-        },
-    )
+            },
+        )?;
+        Ok(counted)
+    })?;
+    for (key, packets) in counted {
+        *into.entry(key).or_insert(0) += packets;
+    }
+    Ok(())
 }
 
 /// A rule's DNAT target and counter, as rvs writes them: `counter`, the address into
@@ -190,6 +215,57 @@ fn dnat_rule(expressions: &[u8]) -> Option<(SocketAddr, u64)> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A rule's expressions as the kernel lists `meta l4proto tcp counter dnat to ADDR:PORT`.
+    fn listed_dnat_rule(addr: &[u8], port: u16, packets: u64) -> Vec<u8> {
+        let mut out = Vec::new();
+        let expr = |out: &mut Vec<u8>, name: &str, body: &dyn Fn(&mut Vec<u8>)| {
+            netlink::nested(out, 1, |b| {
+                netlink::attr_str(b, NFTA_EXPR_NAME, name);
+                netlink::nested(b, NFTA_EXPR_DATA, |b| body(b));
+            });
+        };
+        expr(&mut out, "meta", &|b| {
+            netlink::attr_u32(b, 2, 16);
+            netlink::attr_u32(b, 1, NFT_REG_1);
+        });
+        expr(&mut out, "cmp", &|b| netlink::attr_u32(b, 1, NFT_REG_1));
+        expr(&mut out, "counter", &|b| {
+            netlink::attr(b, 1, &(packets * 60).to_be_bytes());
+            netlink::attr(b, NFTA_COUNTER_PACKETS, &packets.to_be_bytes());
+        });
+        for (register, value) in [(NFT_REG_1, addr), (NFT_REG_2, &port.to_be_bytes()[..])] {
+            expr(&mut out, "immediate", &|b| {
+                netlink::attr_u32(b, NFTA_IMMEDIATE_DREG, register);
+                netlink::nested(b, NFTA_IMMEDIATE_DATA, |b| {
+                    netlink::attr(b, NFTA_DATA_VALUE, value)
+                });
+            });
+        }
+        expr(&mut out, "nat", &|b| netlink::attr_u32(b, 1, 1));
+        out
+    }
+
+    #[test]
+    fn dnat_rules_are_read_in_both_families() {
+        let v4 = listed_dnat_rule(&[10, 244, 1, 10], 8080, 7);
+        assert_eq!(
+            dnat_rule(&v4),
+            Some(("10.244.1.10:8080".parse().unwrap(), 7))
+        );
+        let ip: std::net::Ipv6Addr = "fd00:244:0:1::a".parse().unwrap();
+        let v6 = listed_dnat_rule(&ip.octets(), 8080, 3);
+        assert_eq!(
+            dnat_rule(&v6),
+            Some(("[fd00:244:0:1::a]:8080".parse().unwrap(), 3))
+        );
+        // A rule without nat is no DNAT rule; cut short, it is nothing, never a panic.
+        let no_nat = &v4[..v4.len() - 24];
+        assert_eq!(dnat_rule(no_nat), None);
+        for cut in 0..v4.len() {
+            let _ = dnat_rule(&v4[..cut]);
+        }
+    }
 
     proptest::proptest! {
         /// Whatever the kernel sends, reading a rule never panics.

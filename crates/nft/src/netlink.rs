@@ -226,7 +226,10 @@ impl<'a> Batch<'a> {
             .take(5)
             .map(|(seq, errno)| {
                 let what = self.origin(*seq).unwrap_or_else(|| "the batch".into());
-                format!("{what}: {}", std::io::Error::from_raw_os_error(*errno))
+                format!(
+                    "{what}: {}",
+                    explain(&std::io::Error::from_raw_os_error(*errno))
+                )
             })
             .collect();
         if errors.len() > 5 {
@@ -1551,6 +1554,15 @@ fn parse_target(target: &str, family: Family) -> Option<(Vec<u8>, u16)> {
     Some((bytes, addr.port()))
 }
 
+/// An error of a netlink call, with the likely cause when the kernel says EPERM.
+pub fn explain(e: &std::io::Error) -> String {
+    if e.raw_os_error() == Some(libc::EPERM) {
+        format!("{e} (rvs needs CAP_NET_ADMIN in its network namespace: run it as root or grant the capability)")
+    } else {
+        e.to_string()
+    }
+}
+
 /// Plain netlink requests (not an nftables batch), numbered from 1 like a batch's messages.
 #[derive(Default)]
 pub(crate) struct Requests {
@@ -1797,6 +1809,7 @@ impl Socket {
         state.next_seq = seq.wrapping_add(messages);
         self.send_to_kernel(request)?;
         let mut buf = vec![0u8; 64 * 1024];
+        let mut interrupted = false;
         loop {
             // MSG_TRUNC: the real length, to tell a cut datagram.
             let n = self.recv(&mut buf, libc::MSG_TRUNC)?;
@@ -1816,12 +1829,20 @@ impl Socket {
                     break;
                 }
                 if word(8) == seq {
+                    // NLM_F_DUMP_INTR: the table changed during the dump, which may have
+                    // skipped or repeated objects.
+                    interrupted |= u16::from_ne_bytes([data[6], data[7]]) & 0x10 != 0;
                     match kind {
                         // A dump cut short says why in its end.
                         NLMSG_DONE => {
                             let code = if len >= 20 { word(16) as i32 } else { 0 };
                             return if code < 0 {
                                 Err(std::io::Error::from_raw_os_error(-code))
+                            } else if interrupted {
+                                Err(std::io::Error::new(
+                                    std::io::ErrorKind::Interrupted,
+                                    "the table changed during the dump",
+                                ))
                             } else {
                                 Ok(())
                             };

@@ -632,6 +632,7 @@ fn dnat_counters_are_read_over_netlink() {
     for args in [
         &["link", "set", "lo", "up"][..],
         &["route", "add", "default", "dev", "lo"],
+        &["-6", "route", "add", "default", "dev", "lo"],
     ] {
         let status = Command::new("ip")
             .args(["-n", &ns.0])
@@ -644,29 +645,41 @@ fn dnat_counters_are_read_over_netlink() {
     let counted = in_netns(&ns, move || async move {
         let engine = rvs_nft::NftEngine::new(cluster_config());
         engine.apply(&snapshot, true).await.unwrap();
-        for _ in 0..4 {
+        // Four to an IPv4 ClusterIP (a rule per endpoint), two to an IPv6 one (source
+        // hashing: endpoint chains).
+        for target in ["10.96.0.10:80"; 4]
+            .into_iter()
+            .chain(["[fd00:96::14]:80"; 2])
+        {
             let _ = tokio::time::timeout(
                 std::time::Duration::from_millis(100),
-                tokio::net::TcpStream::connect("10.96.0.10:80"),
+                tokio::net::TcpStream::connect(target),
             )
             .await;
         }
-        // Counters refresh in the background: ask until they are in.
-        for _ in 0..50 {
-            let counted: u64 = engine
+        let count = |address: &str| -> u64 {
+            engine
                 .table()
                 .services
                 .iter()
-                .filter(|s| s.address == "10.96.0.10:80")
+                .filter(|s| s.address == address)
                 .flat_map(|s| &s.real_servers)
                 .map(|r| r.connections)
-                .sum();
-            if counted >= 4 {
+                .sum()
+        };
+        // Counters refresh in the background: ask until they are in.
+        for _ in 0..50 {
+            let counted = (count("10.96.0.10:80"), count("[fd00:96::14]:80"));
+            if counted.0 >= 4 && counted.1 >= 2 {
                 return counted;
             }
             tokio::time::sleep(std::time::Duration::from_millis(100)).await;
         }
-        0
+        (count("10.96.0.10:80"), count("[fd00:96::14]:80"))
     });
-    assert_eq!(counted, 4, "each connection counted once, by its endpoint");
+    assert_eq!(
+        counted,
+        (4, 2),
+        "each connection counted once, by its endpoint"
+    );
 }
