@@ -12,7 +12,7 @@
 use std::fmt;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
-use std::sync::{Mutex, PoisonError};
+use std::sync::{Mutex, MutexGuard, PoisonError};
 
 use crate::ruleset::{Element, Family, Op, SetKind, Transaction, Verb, TABLE};
 
@@ -174,18 +174,9 @@ impl<'a> Batch<'a> {
     }
 
     fn header(&mut self, kind: u16, family: u8, flags: u16, seq: u32) -> usize {
-        let start = self.buf.len();
-        self.buf.extend_from_slice(&0u32.to_ne_bytes());
-        self.buf.extend_from_slice(&kind.to_ne_bytes());
-        self.buf.extend_from_slice(&flags.to_ne_bytes());
-        self.buf.extend_from_slice(&seq.to_ne_bytes());
-        self.buf.extend_from_slice(&0u32.to_ne_bytes());
-        // nfgenmsg: family, version 0, resource id (the subsystem for batch messages).
-        self.buf.push(family);
-        self.buf.push(0);
+        // The resource id of batch messages is the subsystem.
         let res_id = if family == 0 { NFNL_SUBSYS_NFTABLES } else { 0 };
-        self.buf.extend_from_slice(&res_id.to_be_bytes());
-        start
+        header(&mut self.buf, kind, flags, seq, family, res_id)
     }
 
     fn begin(&mut self, msg: u16, family: Family, flags: u16, origin: Origin<'a>) -> usize {
@@ -200,8 +191,7 @@ impl<'a> Batch<'a> {
     }
 
     fn end(&mut self, start: usize) {
-        let len = (self.buf.len() - start) as u32;
-        self.buf[start..start + 4].copy_from_slice(&len.to_ne_bytes());
+        end(&mut self.buf, start);
     }
 
     fn finish(mut self) -> Self {
@@ -243,6 +233,67 @@ impl<'a> Batch<'a> {
         let index = seq.checked_sub(FIRST_SEQ)? as usize;
         self.origins.get(index).map(ToString::to_string)
     }
+}
+
+/// Starts a message: nlmsghdr (length patched by `end`), then nfgenmsg (family, version 0,
+/// resource id). Returns where it starts.
+fn header(buf: &mut Vec<u8>, kind: u16, flags: u16, seq: u32, family: u8, res_id: u16) -> usize {
+    let start = buf.len();
+    buf.extend_from_slice(&0u32.to_ne_bytes());
+    buf.extend_from_slice(&kind.to_ne_bytes());
+    buf.extend_from_slice(&flags.to_ne_bytes());
+    buf.extend_from_slice(&seq.to_ne_bytes());
+    buf.extend_from_slice(&0u32.to_ne_bytes());
+    buf.extend_from_slice(&[family, 0]);
+    buf.extend_from_slice(&res_id.to_be_bytes());
+    start
+}
+
+/// Ends the message started at `start`: its length.
+fn end(buf: &mut [u8], start: usize) {
+    let len = (buf.len() - start) as u32;
+    buf[start..start + 4].copy_from_slice(&len.to_ne_bytes());
+}
+
+/// A message received from the kernel: its header fields and what follows the header.
+struct Message<'d> {
+    kind: u16,
+    flags: u16,
+    seq: u32,
+    body: &'d [u8],
+}
+
+impl Message<'_> {
+    /// The errno of an NLMSG_ERROR or NLMSG_DONE (0: none).
+    fn error(&self) -> i32 {
+        match self.body.get(..4) {
+            Some(code) => -i32::from_ne_bytes([code[0], code[1], code[2], code[3]]),
+            None => 0,
+        }
+    }
+}
+
+/// The messages of a datagram; stops at anything malformed.
+fn messages(mut data: &[u8]) -> impl Iterator<Item = Message<'_>> {
+    std::iter::from_fn(move || {
+        let word =
+            |at: usize| u32::from_ne_bytes([data[at], data[at + 1], data[at + 2], data[at + 3]]);
+        if data.len() < 16 {
+            return None;
+        }
+        let len = word(0) as usize;
+        if len < 16 || len > data.len() {
+            return None;
+        }
+        let message = Message {
+            kind: u16::from_ne_bytes([data[4], data[5]]),
+            flags: u16::from_ne_bytes([data[6], data[7]]),
+            seq: word(8),
+            body: &data[16..len],
+        };
+        data = &data[len.next_multiple_of(4).min(data.len())..];
+        Some(message)
+    })
 }
 
 // Netlink attributes, written in place.
@@ -1064,9 +1115,9 @@ impl Expressions<'_> {
     }
 
     /// Loads a concatenation from word `base` on; returns its length in register space.
-    fn load_key(&mut self, key: &[Selector], base: u32) -> u32 {
+    fn load_key(&mut self, key: &[(Selector, FieldType)], base: u32) -> u32 {
         let mut word = base;
-        for selector in key {
+        for (selector, _) in key {
             self.load(*selector, register(word));
             word += selector.len().div_ceil(4);
         }
@@ -1277,17 +1328,16 @@ fn compile_rule<'r>(
     };
     while let Some(word) = words.peek() {
         if let Some(key) = words.key(family)? {
-            let selectors: Vec<Selector> = key.iter().map(|(s, _)| *s).collect();
             match words.peek() {
                 Some("vmap") => {
                     words.next()?;
                     let set = words.set_name()?;
-                    e.load_key(&selectors, 0);
+                    e.load_key(&key, 0);
                     e.lookup(set, None, true, false);
                 }
                 Some(w) if w.starts_with('@') => {
                     let set = words.set_name()?;
-                    e.load_key(&selectors, 0);
+                    e.load_key(&key, 0);
                     e.lookup(set, None, false, false);
                 }
                 _ => {
@@ -1410,7 +1460,6 @@ fn compile_rule<'r>(
             }
             "jhash" => {
                 let key = words.key(family)?.ok_or("jhash of nothing")?;
-                let selectors: Vec<Selector> = key.iter().map(|(s, _)| *s).collect();
                 words.expect("mod")?;
                 let modulus = words.number()?;
                 words.expect("seed")?;
@@ -1418,7 +1467,7 @@ fn compile_rule<'r>(
                 words.expect("vmap")?;
                 let set = words.set_name()?;
                 // The key from the second 128-bit register on, the hash into the first.
-                let len = e.load_key(&selectors, 4);
+                let len = e.load_key(&key, 4);
                 e.expr("hash", |b| {
                     attr_u32(b, 1, NFT_REG_2); // NFTA_HASH_SREG
                     attr_u32(b, 2, NFT_REG_1);
@@ -1434,8 +1483,7 @@ fn compile_rule<'r>(
                 words.expect("{")?;
                 let key = words.key(family)?.ok_or("update with no key")?;
                 words.expect("}")?;
-                let selectors: Vec<Selector> = key.iter().map(|(s, _)| *s).collect();
-                e.load_key(&selectors, 0);
+                e.load_key(&key, 0);
                 e.expr("dynset", |b| {
                     attr_str(b, 1, set); // NFTA_DYNSET_SET_NAME
                     attr_u32(b, 3, 1); // NFTA_DYNSET_OP: NFT_DYNSET_OP_UPDATE
@@ -1581,18 +1629,16 @@ impl Requests {
         body: impl FnOnce(&mut Vec<u8>),
     ) {
         self.count += 1;
-        let start = self.buf.len();
-        self.buf.extend_from_slice(&0u32.to_ne_bytes());
-        self.buf
-            .extend_from_slice(&((subsystem << 8) | kind).to_ne_bytes());
-        self.buf
-            .extend_from_slice(&(NLM_F_REQUEST | flags).to_ne_bytes());
-        self.buf.extend_from_slice(&self.count.to_ne_bytes());
-        self.buf.extend_from_slice(&0u32.to_ne_bytes());
-        self.buf.extend_from_slice(&[family, 0, 0, 0]);
+        let start = header(
+            &mut self.buf,
+            (subsystem << 8) | kind,
+            NLM_F_REQUEST | flags,
+            self.count,
+            family,
+            0,
+        );
         body(&mut self.buf);
-        let len = (self.buf.len() - start) as u32;
-        self.buf[start..start + 4].copy_from_slice(&len.to_ne_bytes());
+        end(&mut self.buf, start);
     }
 
     pub fn is_empty(&self) -> bool {
@@ -1758,12 +1804,7 @@ impl Socket {
     /// queued when the call returns: messages ask for no acknowledgement, and any answer is an
     /// error.
     pub fn send(&self, batch: &mut [u8]) -> std::io::Result<Vec<(u32, i32)>> {
-        let mut state = self.state.lock().unwrap_or_else(PoisonError::into_inner);
-        // Leftovers of an earlier batch (none, unless it failed oddly) are not this one's.
-        self.drain(&mut Vec::new())?;
-        let base = state.next_seq;
-        let messages = rebase_sequence_numbers(batch, base.wrapping_sub(1));
-        state.next_seq = base.wrapping_add(messages);
+        let (mut state, base, messages) = self.start(batch)?;
         let SocketState {
             send_buffer,
             receive_buffer,
@@ -1802,11 +1843,7 @@ impl Socket {
     /// Sends one dump request and hands each answer's address family and attributes to
     /// `each`, until the kernel's end of dump.
     pub fn dump(&self, request: &mut [u8], mut each: impl FnMut(u8, &[u8])) -> std::io::Result<()> {
-        let mut state = self.state.lock().unwrap_or_else(PoisonError::into_inner);
-        self.drain(&mut Vec::new())?;
-        let seq = state.next_seq;
-        let messages = rebase_sequence_numbers(request, seq.wrapping_sub(1));
-        state.next_seq = seq.wrapping_add(messages);
+        let (_state, seq, _) = self.start(request)?;
         self.send_to_kernel(request)?;
         let mut buf = vec![0u8; 64 * 1024];
         let mut interrupted = false;
@@ -1818,47 +1855,30 @@ impl Socket {
                     "netlink answer larger than the buffer",
                 ));
             }
-            let mut data = &buf[..n];
-            while data.len() >= 16 {
-                let word = |at: usize| {
-                    u32::from_ne_bytes([data[at], data[at + 1], data[at + 2], data[at + 3]])
-                };
-                let len = word(0) as usize;
-                let kind = u16::from_ne_bytes([data[4], data[5]]);
-                if len < 16 || len > data.len() {
-                    break;
-                }
-                if word(8) == seq {
-                    // NLM_F_DUMP_INTR: the table changed during the dump, which may have
-                    // skipped or repeated objects.
-                    interrupted |= u16::from_ne_bytes([data[6], data[7]]) & 0x10 != 0;
-                    match kind {
-                        // A dump cut short says why in its end.
-                        NLMSG_DONE => {
-                            let code = if len >= 20 { word(16) as i32 } else { 0 };
-                            return if code < 0 {
-                                Err(std::io::Error::from_raw_os_error(-code))
-                            } else if interrupted {
-                                Err(std::io::Error::new(
-                                    std::io::ErrorKind::Interrupted,
-                                    "the table changed during the dump",
-                                ))
-                            } else {
-                                Ok(())
-                            };
+            for message in messages(&buf[..n]).filter(|m| m.seq == seq) {
+                // NLM_F_DUMP_INTR: the table changed during the dump, which may have skipped
+                // or repeated objects.
+                interrupted |= message.flags & 0x10 != 0;
+                match message.kind {
+                    // A dump cut short says why in its end.
+                    NLMSG_DONE | NLMSG_ERROR if message.error() != 0 => {
+                        return Err(std::io::Error::from_raw_os_error(message.error()));
+                    }
+                    NLMSG_DONE if interrupted => {
+                        return Err(std::io::Error::new(
+                            std::io::ErrorKind::Interrupted,
+                            "the table changed during the dump",
+                        ));
+                    }
+                    NLMSG_DONE => return Ok(()),
+                    NLMSG_ERROR => {}
+                    // nfgenmsg (family first), then attributes.
+                    _ => {
+                        if let Some((head, attrs)) = message.body.split_at_checked(4) {
+                            each(head[0], attrs);
                         }
-                        NLMSG_ERROR if len >= 20 => {
-                            let code = word(16) as i32;
-                            if code != 0 {
-                                return Err(std::io::Error::from_raw_os_error(-code));
-                            }
-                        }
-                        // nlmsghdr, then nfgenmsg (family first), then attributes.
-                        _ if len >= 20 => each(data[16], &data[20..len]),
-                        _ => {}
                     }
                 }
-                data = &data[len.next_multiple_of(4).min(data.len())..];
             }
         }
     }
@@ -1883,6 +1903,21 @@ impl Socket {
                 return Err(err);
             }
         }
+    }
+
+    /// Takes the socket for one exchange: answers left over are read and dropped, and
+    /// `messages` (numbered from 1) get the next sequence numbers. Returns the first one and
+    /// how many there are.
+    fn start(
+        &self,
+        messages: &mut [u8],
+    ) -> std::io::Result<(MutexGuard<'_, SocketState>, u32, u32)> {
+        let mut state = self.state.lock().unwrap_or_else(PoisonError::into_inner);
+        self.drain(&mut Vec::new())?;
+        let base = state.next_seq;
+        let count = rebase_sequence_numbers(messages, base.wrapping_sub(1));
+        state.next_seq = base.wrapping_add(count);
+        Ok((state, base, count))
     }
 
     fn send_to_kernel(&self, messages: &[u8]) -> std::io::Result<()> {
@@ -1940,23 +1975,11 @@ fn rebase_sequence_numbers(batch: &mut [u8], offset: u32) -> u32 {
 }
 
 /// (sequence number, errno) of each error in a datagram of netlink messages.
-fn parse_errors(mut data: &[u8], errors: &mut Vec<(u32, i32)>) {
-    while data.len() >= 16 {
-        let word =
-            |at: usize| u32::from_ne_bytes([data[at], data[at + 1], data[at + 2], data[at + 3]]);
-        let len = word(0) as usize;
-        let kind = u16::from_ne_bytes([data[4], data[5]]);
-        let seq = word(8);
-        if len < 16 || len > data.len() {
-            break;
+fn parse_errors(data: &[u8], errors: &mut Vec<(u32, i32)>) {
+    for message in messages(data) {
+        if message.kind == NLMSG_ERROR && message.error() != 0 {
+            errors.push((message.seq, message.error()));
         }
-        if kind == NLMSG_ERROR && len >= 20 {
-            let code = word(16) as i32;
-            if code != 0 {
-                errors.push((seq, -code));
-            }
-        }
-        data = &data[len.next_multiple_of(4).min(data.len())..];
     }
 }
 

@@ -314,11 +314,6 @@ impl Ruleset {
                 .collect(),
         }
     }
-
-    /// The script that removes rvs's tables.
-    pub fn delete_script(families: &[Family]) -> String {
-        Self::delete_transaction(families).script()
-    }
 }
 
 /// The rules of `chains`, replacing what they hold: chains that already exist in the kernel

@@ -179,7 +179,7 @@ fn kernel_accepts_full_incremental_and_removal_scripts() {
     // And a full resync over what the kernel has (names only) is accepted as well.
     nft(&ns, &fourth.script(Before::Listed(&Default::default()))).unwrap();
 
-    nft(&ns, &Ruleset::delete_script(&Family::ALL)).unwrap();
+    nft(&ns, &Ruleset::delete_transaction(&Family::ALL).script()).unwrap();
     assert!(!list(&ns).contains("rvs"));
 }
 

@@ -372,7 +372,9 @@ fn an_endpoint_change_rewrites_one_chain_only() {
         "the other Service is untouched:\n{script}"
     );
     assert_eq!(after.script(Before::Applied(&after)), "");
-    assert!(Ruleset::delete_script(&[Family::Ip]).contains("delete table ip rvs"));
+    assert!(Ruleset::delete_transaction(&[Family::Ip])
+        .script()
+        .contains("delete table ip rvs"));
 }
 
 proptest! {
