@@ -35,16 +35,31 @@ type Response = http::Response<ProxyBody>;
 /// An auth answer's body is read whole (so the connection can be kept) up to this size.
 const MAX_AUTH_BODY: usize = 64 * 1024;
 
-/// Asks the auth service about the request whose head is `req`.
-pub(crate) async fn check(
-    auth: &ExternalAuth,
-    req: &Parts,
-    conn: &ClientConn,
-    shared: &Shared,
-    policy: &RoutePolicy,
-    (host, request_id): (&str, &str),
-    exact_host: bool,
-) -> Verdict {
+/// The request an auth service is asked about, and what asking needs.
+pub(crate) struct AuthCheck<'a> {
+    pub auth: &'a ExternalAuth,
+    /// The request's head.
+    pub req: &'a Parts,
+    pub conn: &'a ClientConn,
+    pub shared: &'a Shared,
+    pub policy: &'a RoutePolicy,
+    pub host: &'a str,
+    pub request_id: &'a str,
+    /// Routed by an exact host name (see `Routed::exact_host`).
+    pub exact_host: bool,
+}
+
+/// Asks the auth service about the request.
+pub(crate) async fn check(ask_about: AuthCheck<'_>) -> Verdict {
+    let AuthCheck {
+        auth,
+        req,
+        conn,
+        shared,
+        host,
+        exact_host,
+        ..
+    } = ask_about;
     let grpc = crate::proxy::is_grpc(&req.headers);
     if auth.host_from_request && !exact_host {
         // `https://$host/...` on a wildcard or catch-all route: the client would choose
@@ -66,7 +81,7 @@ pub(crate) async fn check(
         .and_then(|key| shared.auth_answers.get(key));
     let (status, headers) = match cached {
         Some(answer) => answer,
-        None => match ask(&url, auth, req, conn, shared, policy, (host, request_id)).await {
+        None => match ask(&url, &ask_about).await {
             Ok((status, headers)) => {
                 if let (Some(cache), Some(key)) = (&auth.cache, cache_key) {
                     // As nginx's proxy_cache: an answer setting a cookie is not kept.
@@ -182,16 +197,17 @@ enum AuthError {
 }
 
 /// Sends the auth request; the answer's status and headers.
-#[allow(clippy::too_many_arguments)]
-async fn ask(
-    url: &str,
-    auth: &ExternalAuth,
-    req: &Parts,
-    conn: &ClientConn,
-    shared: &Shared,
-    policy: &RoutePolicy,
-    (host, request_id): (&str, &str),
-) -> Result<(StatusCode, HeaderMap), AuthError> {
+async fn ask(url: &str, ask_about: &AuthCheck<'_>) -> Result<(StatusCode, HeaderMap), AuthError> {
+    let AuthCheck {
+        auth,
+        req,
+        conn,
+        shared,
+        policy,
+        host,
+        request_id,
+        ..
+    } = *ask_about;
     let target: Uri = url.parse().map_err(|_| AuthError::Url(url.into()))?;
     let protocol = match target.scheme_str() {
         Some("http") => BackendProtocol::Http,

@@ -258,16 +258,16 @@ async fn proxy(
     let mut auth_headers = Vec::new();
     let mut auth_cookies = Vec::new();
     if let Some(auth) = &target.policy.external_auth {
-        let request = (done.info.host.as_str(), done.info.request_id.as_str());
-        let verdict = crate::external_auth::check(
+        let verdict = crate::external_auth::check(crate::external_auth::AuthCheck {
             auth,
-            &parts,
+            req: &parts,
             conn,
             shared,
-            &target.policy,
-            request,
-            routed.exact_host,
-        );
+            policy: &target.policy,
+            host: &done.info.host,
+            request_id: &done.info.request_id,
+            exact_host: routed.exact_host,
+        });
         match Box::pin(verdict).await {
             Verdict::Allow { headers, cookies } => {
                 auth_headers = headers;
