@@ -47,24 +47,27 @@ BACKEND_PORT=18080
 STATUS=127.0.0.13:18089
 NGINX_ADDR=127.51.0.1
 RVS_ADDR=127.52.0.1
+HAPROXY_ADDR=127.53.0.1
+RELAY_ADDR=127.54.0.1
 HTTP_PORT=8080
 TLS_PORT=8443
 RVS_ADMIN=127.0.0.1:19091
 HOST=bench.example.com
 
 [[ $(uname -s) == Linux ]] || die "Linux only"
-apt_install wrk 'nginx-light|nginx' nghttp2-client curl util-linux iproute2 procps python3
+apt_install wrk 'nginx-light|nginx' haproxy nghttp2-client curl util-linux iproute2 procps python3
 
 WORK=$(mktemp -d /tmp/rvs-bench-l7.XXXXXX)
 RESULTS=$WORK/results.tsv
 : >"$RESULTS"
-mkdir -p "$WORK/runs" "$WORK/backend" "$WORK/peer" "$WORK/manifests"
+mkdir -p "$WORK/runs" "$WORK/backend" "$WORK/peer" "$WORK/manifests" "$WORK/haproxy"
 
 bench_exit_trap
 build_rvs
 
 for a in "$BACKEND_A:$BACKEND_PORT" "$BACKEND_B:$BACKEND_PORT" "$STATUS" "$NGINX_ADDR:$HTTP_PORT" \
-    "$RVS_ADDR:$HTTP_PORT" "$RVS_ADDR:$TLS_PORT" "$RVS_ADMIN"; do
+    "$RVS_ADDR:$HTTP_PORT" "$RVS_ADDR:$TLS_PORT" "$RVS_ADMIN" "$HAPROXY_ADDR:$HTTP_PORT" \
+    "$HAPROXY_ADDR:$((HTTP_PORT + 1))" "$RELAY_ADDR:$HTTP_PORT"; do
     port_free "${a%:*}" "${a##*:}" || die "$a is already in use"
 done
 ulimit -n 65536 2>/dev/null || ulimit -n "$(ulimit -Hn)"
@@ -152,6 +155,62 @@ done)
 EOF
 }
 
+# Reference points, access log off only (haproxy logs through syslog, not to a file):
+# haproxy in HTTP mode set up as close to the peer as it allows (the same forwarded headers and
+# a request id, upstream connections reused, 3 tries; it has no per-client-connection request
+# limit), and haproxy as a plain TCP relay: it parses nothing and gives each client connection
+# its own backend connection, so it shows what relaying the bytes alone costs here.
+haproxy_conf() { # http|tcp
+    cat <<EOF
+global
+    nbthread 1
+    # Two descriptors per connection; haproxy refuses to start above the descriptor limit.
+    maxconn $(((NOFILE - 100) / 2))
+defaults
+    timeout connect 5s
+    timeout client 60s
+    timeout server 60s
+EOF
+    if [[ $1 == tcp ]]; then
+        cat <<EOF
+    mode tcp
+listen relay
+    bind $RELAY_ADDR:$HTTP_PORT backlog 4096
+    balance roundrobin
+    server a $BACKEND_A:$BACKEND_PORT
+    server b $BACKEND_B:$BACKEND_PORT
+EOF
+        return
+    fi
+    cat <<EOF
+    mode http
+    option http-keep-alive
+    timeout http-keep-alive 75s
+    timeout http-request 60s
+    retries 2
+    option redispatch
+frontend ingress
+    bind $HAPROXY_ADDR:$HTTP_PORT backlog 4096
+    bind $HAPROXY_ADDR:$((HTTP_PORT + 1)) backlog 4096 proto h2
+    http-request set-header X-Request-ID %[rand(4294967295),hex]%[rand(4294967295),hex]%[rand(4294967295),hex]%[rand(4294967295),hex]
+    http-request set-header X-Real-IP %[src]
+    option forwardfor
+    http-request set-header X-Forwarded-Host %[req.hdr(host)]
+    http-request set-header X-Forwarded-Port %[dst_port]
+    http-request set-header X-Forwarded-Proto http
+    http-request set-header X-Forwarded-Scheme http
+    http-request set-header X-Scheme http
+    default_backend default-bench-80
+backend default-bench-80
+    balance roundrobin
+    http-reuse always
+    server a $BACKEND_A:$BACKEND_PORT pool-max-conn 320 pool-purge-delay 60s
+    server b $BACKEND_B:$BACKEND_PORT pool-max-conn 320 pool-purge-delay 60s
+EOF
+}
+haproxy_conf http >"$WORK/haproxy/http.cfg"
+haproxy_conf tcp >"$WORK/haproxy/tcp.cfg"
+
 cat >"$WORK/manifests/bench.yaml" <<EOF
 apiVersion: networking.k8s.io/v1
 kind: IngressClass
@@ -227,7 +286,7 @@ pinned() {
 start_bg backend "$CPU_REST" nginx -c "$WORK/backend/nginx.conf" -g 'daemon off;'
 wait_until 10 curl -sf "http://$BACKEND_A:$BACKEND_PORT/" || die "backend nginx did not start"
 
-PEER_PID="" RVS_PID=""
+PEER_PID="" RVS_PID="" HAPROXY_PID=""
 start_peer() { # ACCESS_LOG
     peer_conf "$1" >"$WORK/peer/nginx.conf"
     start_bg "peer-$1" "$CPU_PROXY" nginx -c "$WORK/peer/nginx.conf" -g 'daemon off;'
@@ -243,6 +302,13 @@ start_rvs() { # ACCESS_LOG [h2]
         --http-listen "$RVS_ADDR:$HTTP_PORT" --https-listen "$RVS_ADDR:$TLS_PORT" --access-log "$target" "${extra[@]}"
     RVS_PID=$STARTED_PID
     wait_until 10 curl -sf -H "Host: $HOST" "http://$RVS_ADDR:$HTTP_PORT/" || die "rvs did not start (see $WORK/rvs-$1.log)"
+}
+start_haproxy() { # http|tcp
+    start_bg "haproxy-$1" "$CPU_PROXY" haproxy -db -f "$WORK/haproxy/$1.cfg"
+    local addr=$HAPROXY_ADDR
+    [[ $1 == tcp ]] && addr=$RELAY_ADDR
+    wait_until 10 curl -sf -H "Host: $HOST" "http://$addr:$HTTP_PORT/" || die "haproxy ($1) did not start (see $WORK/haproxy-$1.log)"
+    HAPROXY_PID=$STARTED_PID
 }
 stop_pid() {
     kill -TERM "$1" 2>/dev/null || true
@@ -320,11 +386,21 @@ for config in log-off log-on; do
     logmode=${config#log-}
     for ((rep = 1; rep <= REPS; rep++)); do
         log "access log $logmode, repetition $rep of $REPS (${DURATION}s per step)"
-        for proxy in nginx rvs; do
+        proxies=(nginx rvs)
+        [[ $logmode == off ]] && proxies=(nginx haproxy relay rvs)
+        for proxy in "${proxies[@]}"; do
             if [[ $proxy == nginx ]]; then
                 start_peer "$logmode"
                 pid=$PEER_PID addr=$NGINX_ADDR
                 h2addr=$NGINX_ADDR:$((HTTP_PORT + 1))
+            elif [[ $proxy == haproxy ]]; then
+                start_haproxy http
+                pid=$HAPROXY_PID addr=$HAPROXY_ADDR
+                h2addr=$HAPROXY_ADDR:$((HTTP_PORT + 1))
+            elif [[ $proxy == relay ]]; then
+                start_haproxy tcp
+                pid=$HAPROXY_PID addr=$RELAY_ADDR
+                h2addr=""
             else
                 start_rvs "$logmode"
                 pid=$RVS_PID addr=$RVS_ADDR
@@ -340,7 +416,8 @@ for config in log-off log-on; do
                 start_rvs "$logmode" h2
                 pid=$RVS_PID
             fi
-            run_h2load "$rep" "$config" "$proxy" "$h2addr" "$pid"
+            # The relay forwards HTTP/2 to an HTTP/1.1 backend: no h2 step for it.
+            [[ -n $h2addr ]] && run_h2load "$rep" "$config" "$proxy" "$h2addr" "$pid"
             stop_pid "$pid"
         done
     done
@@ -386,7 +463,7 @@ SECTION=$WORK/section.md
     echo "_Generated by \`bench/l7.sh\`$([[ $QUICK == 1 ]] && echo ' (QUICK=1)') on $(date -u '+%Y-%m-%d %H:%M UTC'); do not edit by hand, re-run the script._"
     echo
     echo "- Machine: $NCPU CPUs ($(awk -F': ' '/^model name/ {print $2; exit}' /proc/cpuinfo)), Linux $(uname -r)"
-    echo "- Versions: rvs $RVS_REV (release build), $(nginx -v 2>&1 | sed 's/.*: //'), $(wrk -v 2>&1 | head -n1 | awk '{print $1, $2}'), h2load $(h2load --version 2>&1 | awk '{print $NF; exit}')"
+    echo "- Versions: rvs $RVS_REV (release build), $(nginx -v 2>&1 | sed 's/.*: //'), haproxy $(haproxy -v 2>&1 | awk '{print $3; exit}'), $(wrk -v 2>&1 | head -n1 | awk '{print $1, $2}'), h2load $(h2load --version 2>&1 | awk '{print $NF; exit}')"
     echo "- CPUs: the proxy under test (nginx with \`worker_processes 1\`, or rvs whose Tokio runtime sizes itself from its CPU affinity: one worker) is pinned to CPU 1; wrk/h2load and the backend nginx to CPU 0. One proxy runs at a time."
     echo "- Configuration, the same in both: the peer is nginx configured as ingress-nginx's template renders an Ingress (upstream \`keepalive 320\`, \`keepalive_timeout 60s\`, \`keepalive_requests 10000\`, \`keepalive_time 1h\`; HTTP/1.1 upstream with \`Connection\` cleared; ingress-nginx's \`proxy_set_header\` list incl. \`X-Request-ID \$request_id\`; client \`keepalive_timeout 75s\`, \`keepalive_requests 1000\`; \`proxy_next_upstream error timeout\`, 3 tries); rvs serves an Ingress with no annotations (the same defaults). Backends: one nginx, two addresses, \`return 200\` with 100 bytes."
     echo "- Access log: **log-on** = one JSON line per request to a file in both (nginx \`log_format ... escape=json\` with the same fields as rvs' log); **log-off** = none in both."
@@ -425,6 +502,26 @@ SECTION=$WORK/section.md
         done
         echo
     done
+    echo "### Reference points, access log off: haproxy, and a relay that parses nothing"
+    echo
+    echo "How far a proxy gets on this machine and setup: haproxy in HTTP mode (the same forwarded headers and request id, upstream reuse, 3 tries) and haproxy in TCP mode, which relays bytes between each client connection and a backend connection of its own, with no HTTP work at all: the floor of any proxy's cost here. Same steps and pinning as above."
+    echo
+    echo "| measurement | nginx | haproxy (HTTP) | haproxy/nginx | TCP relay | relay/nginx | rvs | rvs/nginx |"
+    echo "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: |"
+    for m in ka64 ka256 h2; do
+        for col in 5 10 12; do
+            [[ $m == h2 && $col == 12 ]] && continue
+            row=()
+            for p in nginx haproxy relay rvs; do row+=("$(med log-off "$m" "$p" "$col")"); done
+            case $col in
+            5) what="req/s" digits=0 ;;
+            10) what="proxy CPU µs/request" digits=2 ;;
+            12) what="… of which user, µs" digits=2 ;;
+            esac
+            echo "| ${LABEL[$m]}: $what | $(fmt $digits "${row[0]:--}") | $(fmt $digits "${row[1]:--}") | $(ratio "${row[1]:--}" "${row[0]:--}") | $(fmt $digits "${row[2]:--}") | $(ratio "${row[2]:--}" "${row[0]:--}") | $(fmt $digits "${row[3]:--}") | $(ratio "${row[3]:--}" "${row[0]:--}") |"
+        done
+    done
+    echo
     echo "### Memory with $IDLE_CONNS idle keep-alive client connections"
     echo
     echo "| | nginx | rvs | rvs/nginx |"
@@ -442,7 +539,7 @@ SECTION=$WORK/section.md
         echo "| KiB per idle connection, ${at} s | $(fmt 1 "$n_per") | $(fmt 1 "$r_per") | $(ratio "$r_per" "$n_per") |"
     done
     echo
-    echo "(nginx: master + one worker process; rvs: one process with a worker thread per CPU (2), neither pinned. Each connection carried one request, then stayed open and idle; the clients open 500 at a time, so both proxies also keep up to 320 idle upstream connections. rvs parks a plain HTTP/1.1 client connection after 1 s without a request (hyper's connection and buffers dropped, a small task waits on the socket), and an idle upstream connection after 1 to 2 s (hyper's connection dropped, the socket kept in the pool); the second reading shows what the allocator has given back by then.)"
+    echo "(nginx: master + one worker process; rvs: one process with a worker thread per CPU (2), neither pinned. Each connection carried one request, then stayed open and idle; the clients open 500 at a time, so both proxies also keep up to 320 idle upstream connections. rvs parks a plain HTTP/1.1 client connection after 250 ms without a request (hyper's connection and buffers dropped, a small task waits on the socket), and an idle upstream connection within 1.25 s (hyper's connection dropped, the socket kept in the pool); mimalloc returns freed pages to the kernel 250 ms after they are freed.)"
     echo
     echo "rvs' own pool counters after the last log-on run:"
     echo

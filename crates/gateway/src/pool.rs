@@ -67,9 +67,10 @@ struct PoolKey {
 }
 
 /// How long a kept-alive HTTP/1.1 connection stays idle with hyper's connection (its state
-/// and 16 KiB of buffers) before it is parked. nginx keeps no buffers for idle upstream
-/// connections; a burst's 320 kept-alive connections per endpoint would otherwise hold 6 MiB.
-const PARK_AFTER: Duration = Duration::from_secs(1);
+/// and 16 KiB of buffers) before it is parked (by the next sweep, once a second). nginx keeps
+/// no buffers for idle upstream connections; a burst's 320 kept-alive connections per
+/// endpoint would otherwise hold 6 MiB.
+const PARK_AFTER: Duration = Duration::from_millis(250);
 
 /// How long closing a kept-alive connection may take (a TLS close_notify to a backend that
 /// stopped reading must not hold the task).

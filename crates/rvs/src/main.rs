@@ -104,7 +104,23 @@ fn collect_freed_memory() {
     }
 }
 
+/// mimalloc's `mi_option_purge_delay` (v3's option enum; the crate exports no constant).
+const MI_OPTION_PURGE_DELAY: libmimalloc_sys::mi_option_t = 15;
+
+/// How long mimalloc keeps freed pages before giving them back to the kernel. Its default,
+/// a second, kept 10,000 just-parked idle connections' buffers resident for that second
+/// (65 MiB against 36 MiB); 250 ms cost no measurable HTTP/1.1 throughput where purging at
+/// once cost 5-12%. `MIMALLOC_PURGE_DELAY` in the environment still decides.
+fn shorten_purge_delay() {
+    if std::env::var_os("MIMALLOC_PURGE_DELAY").is_none() {
+        // SAFETY: called first thing in main, before any other thread exists (the setter is
+        // not thread-safe); the option index is checked by a test.
+        unsafe { libmimalloc_sys::mi_option_set(MI_OPTION_PURGE_DELAY, 250) };
+    }
+}
+
 fn main() -> std::process::ExitCode {
+    shorten_purge_delay();
     let cli = Cli::parse();
     let filter = tracing_subscriber::EnvFilter::try_new(&cli.log)
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
@@ -158,5 +174,23 @@ fn main() -> std::process::ExitCode {
             eprintln!("rvs: {e:#}");
             std::process::ExitCode::FAILURE
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn purge_delay_option_index_names_purge_delay() {
+        if std::env::var_os("MIMALLOC_PURGE_DELAY").is_some() {
+            println!("skipped: MIMALLOC_PURGE_DELAY is set, so the default cannot be checked");
+            return;
+        }
+        // Of mimalloc v3's options only purge_delay defaults to 1000 (ms); its neighbours
+        // (eager commit delay, NUMA nodes) default to 1 and 0.
+        // SAFETY: a read of an option, thread-safe.
+        let value = unsafe { libmimalloc_sys::mi_option_get(MI_OPTION_PURGE_DELAY) };
+        assert_eq!(value, 1000);
     }
 }
