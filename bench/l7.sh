@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # L7 benchmark: rvs' ingress gateway vs nginx configured as ingress-nginx configures it, side
-# by side in one run, on loopback.
+# by side in one run, on loopback; haproxy (HTTP mode, and a bare TCP relay) as reference
+# points for what a proxy reaches on the machine.
 #
-#   bench/l7.sh            # full run (~6 minutes on 2 cores), rewrites its section of
+#   bench/l7.sh            # full run (~8 minutes on 2 cores), rewrites its section of
 #                          # docs/benchmarks.md
 #   QUICK=1 bench/l7.sh    # ~2 minutes: 5 s steps, one repetition
 #
@@ -11,7 +12,7 @@
 # on CPU 0; default 1 with 2+ CPUs), IDLE_CONNS (idle keep-alive connections for the memory
 # step; 10000), OUT (docs/benchmarks.md), SKIP_BUILD=1, KEEP=1 (keep the work directory).
 #
-# Needs: Linux, root for apt-get (nginx, wrk, nghttp2-client for h2load), cargo, python3.
+# Needs: Linux, root for apt-get (nginx, haproxy, wrk, nghttp2-client for h2load), cargo, python3.
 # All traffic stays on 127.0.0.0/8. Everything the script starts is stopped on exit.
 set -euo pipefail
 
