@@ -158,7 +158,7 @@ EOF
 
 # Reference points, access log off only (haproxy logs through syslog, not to a file):
 # haproxy in HTTP mode set up as close to the peer as it allows (the same forwarded headers and
-# a request id, upstream connections reused, 3 tries; it has no per-client-connection request
+# a random request id (a UUID; nginx's is 32 hex digits), upstream connections reused, 3 tries; it has no per-client-connection request
 # limit), and haproxy as a plain TCP relay: it parses nothing and gives each client connection
 # its own backend connection, so it shows what relaying the bytes alone costs here.
 haproxy_conf() { # http|tcp
@@ -193,7 +193,7 @@ EOF
 frontend ingress
     bind $HAPROXY_ADDR:$HTTP_PORT backlog 4096
     bind $HAPROXY_ADDR:$((HTTP_PORT + 1)) backlog 4096 proto h2
-    http-request set-header X-Request-ID %[rand(4294967295),hex]%[rand(4294967295),hex]%[rand(4294967295),hex]%[rand(4294967295),hex]
+    http-request set-header X-Request-ID %[uuid]
     http-request set-header X-Real-IP %[src]
     option forwardfor
     http-request set-header X-Forwarded-Host %[req.hdr(host)]
@@ -540,7 +540,7 @@ SECTION=$WORK/section.md
         echo "| KiB per idle connection, ${at} s | $(fmt 1 "$n_per") | $(fmt 1 "$r_per") | $(ratio "$r_per" "$n_per") |"
     done
     echo
-    echo "(nginx: master + one worker process; rvs: one process with a worker thread per CPU (2), neither pinned. Each connection carried one request, then stayed open and idle; the clients open 500 at a time, so both proxies also keep up to 320 idle upstream connections. rvs parks a plain HTTP/1.1 client connection after 250 ms without a request (hyper's connection and buffers dropped, a small task waits on the socket), and an idle upstream connection within 1.25 s (hyper's connection dropped, the socket kept in the pool); mimalloc returns freed pages to the kernel 250 ms after they are freed.)"
+    echo "(nginx: master + one worker process; rvs: one process with a worker thread per CPU (2), neither pinned. Each connection carried one request, then stayed open and idle; the clients open 500 at a time, so both proxies also keep up to 320 idle upstream connections. rvs parks a plain HTTP/1.1 client connection after 1 s without a request (hyper's connection and buffers dropped, a small task waits on the socket), and an idle upstream connection within 1.25 s (hyper's connection dropped, the socket kept in the pool); mimalloc returns freed pages to the kernel at its first collection 250 ms after they are freed.)"
     echo
     echo "rvs' own pool counters after the last log-on run:"
     echo

@@ -69,7 +69,10 @@ struct PoolKey {
 /// How long a kept-alive HTTP/1.1 connection stays idle with hyper's connection (its state
 /// and 16 KiB of buffers) before it is parked (by the next sweep, once a second). nginx keeps
 /// no buffers for idle upstream connections; a burst's 320 kept-alive connections per
-/// endpoint would otherwise hold 6 MiB.
+/// endpoint would otherwise hold 6 MiB. Shorter than the client side's second: the pool
+/// hands out its most recently used connection first, so what parks is a burst's surplus or
+/// an endpoint with under four requests a second, and parking them sooner took the RSS of
+/// 10,000 just-idle clients 2 s on from 33-36 to 25-27 MiB.
 const PARK_AFTER: Duration = Duration::from_millis(250);
 
 /// How long closing a kept-alive connection may take (a TLS close_notify to a backend that

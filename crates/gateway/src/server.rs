@@ -303,12 +303,12 @@ fn http1_builder(settings: &ClientSettings) -> http1::Builder {
     builder
 }
 
-/// How long a plain HTTP/1.1 connection may sit idle before it is parked. Busy connections
-/// (a request every few milliseconds) stay with hyper throughout; a client pausing longer
-/// pays a new hyper connection (a few µs) on its next request, against 16 KiB held per idle
-/// client meanwhile: 10,000 clients that just went quiet held 158 MiB for the first second
-/// with a 1 s threshold, 65 MiB with this one.
-const PARK_AFTER: Duration = Duration::from_millis(250);
+/// How long a plain HTTP/1.1 connection may sit idle before it is parked. A client's next
+/// request after a park costs a new task and hyper connection: 250 ms was tried (10,000
+/// clients that just went quiet: 65 instead of ~105 MiB in their first second) but clients
+/// pausing 300 ms between requests then cost 56-81 instead of 43 µs of CPU per request;
+/// clients are many, so a second.
+const PARK_AFTER: Duration = Duration::from_secs(1);
 
 /// Plain HTTP/1.1, with parking: hyper serves the connection until it has been idle for
 /// [`PARK_AFTER`]; then its connection (state, 8 KiB read and 8 KiB write buffer) and this
@@ -463,9 +463,11 @@ pub struct ClientIo<T> {
 /// ends (hyper's connection finishes and is dropped with its buffers) and [`park`] waits
 /// on the bare socket until the client speaks again.
 struct Parking {
-    /// The connection's request count (requests begun) when bytes last arrived with no
-    /// request in flight: while it is still the count, those bytes began a request not yet
-    /// begun (a head half sent, however short), so no park.
+    /// The connection's request count (requests begun) when bytes last arrived: while it is
+    /// still the count, those bytes may be a request not yet begun (a head half sent, however
+    /// short, or pipelined behind the request then in flight), so no park. Bytes of a body
+    /// read in pieces hold a connection unparked until its next request, the price of never
+    /// cutting a pipelined head in two (hyper would answer the half with a 400).
     requests_at_last_read: u32,
 }
 
@@ -573,7 +575,7 @@ impl<T: AsyncRead + Unpin> AsyncRead for ClientIo<T> {
                     this.armed = false;
                     let conn = &this.conn;
                     let idle = conn.in_flight.load(Ordering::Acquire) == 0;
-                    if let Some(parking) = this.parking.as_mut().filter(|_| idle) {
+                    if let Some(parking) = this.parking.as_mut() {
                         parking.requests_at_last_read = conn.requests.load(Ordering::Acquire);
                     }
                     this.framing.observe(

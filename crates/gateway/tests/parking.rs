@@ -14,7 +14,8 @@ use common::{path, rule, Backend, Env, Manifests};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
-/// Longer than the gateway's one second before it parks an idle connection.
+/// Well past the second after which the gateway parks an idle client connection, and past
+/// the upstream pool's sweep (once a second) after its 250 ms.
 const PAST_PARK: Duration = Duration::from_millis(1600);
 
 async fn env(config: &[(&str, &str)]) -> (Env, Backend) {
@@ -33,7 +34,7 @@ fn metric(env: &Env, name: &str) -> u64 {
         .unwrap_or_else(|| panic!("metric {name}"))
 }
 
-/// Parked upstream connections (after 1 s idle, at the next sweep, each second).
+/// Parked upstream connections (after 250 ms idle, at the next sweep, each second).
 fn upstream_parked(env: &Env) -> u64 {
     metric(env, "rvs_gateway_upstream_parked_connections")
 }
@@ -77,6 +78,18 @@ async fn read_exchange(tcp: &mut TcpStream) -> (String, String) {
 
 const GET: &[u8] = b"GET /x HTTP/1.1\r\nHost: p.example.com\r\n\r\n";
 
+/// A connection answered just now is not parked yet; checked only while "just now" is well
+/// inside the 250 ms of the sooner of the two parks (a loaded machine may take longer to
+/// get here).
+fn not_parked_yet(parked: u64, answered: Instant) {
+    let elapsed = answered.elapsed();
+    if elapsed < Duration::from_millis(150) {
+        assert_eq!(parked, 0, "not parked while recently busy");
+    } else {
+        println!("not checked that a busy connection stays unparked: {elapsed:?} passed");
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_idle_connection_parks_and_serves_its_next_request() {
     // keep-alive-requests 2: the count survives the park, so the second response closes.
@@ -84,9 +97,10 @@ async fn an_idle_connection_parks_and_serves_its_next_request() {
     let mut tcp = TcpStream::connect(env.http).await.unwrap();
     tcp.write_all(GET).await.unwrap();
     let head = read_response(&mut tcp).await;
+    let answered = Instant::now();
     assert!(head.starts_with("HTTP/1.1 200"), "{head}");
     assert!(!head.to_ascii_lowercase().contains("connection: close"));
-    assert_eq!(parked(&env), 0, "not parked while recently busy");
+    not_parked_yet(parked(&env), answered);
     tokio::time::sleep(PAST_PARK).await;
     assert_eq!(parked(&env), 1);
     assert_eq!(env.gateway().client_connections(), 1, "still open");
@@ -164,6 +178,31 @@ async fn a_stalled_request_head_survives() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_pipelined_half_head_sent_during_a_request_survives_a_stall() {
+    let (env, b) = env(&[]).await;
+    let mut tcp = TcpStream::connect(env.http).await.unwrap();
+    // The first request waits 300 ms at the backend; the next head's first half follows it
+    // while it is in flight, the rest only well after the response.
+    tcp.write_all(b"GET /x HTTP/1.1\r\nHost: p.example.com\r\nx-delay-ms: 300\r\n\r\n")
+        .await
+        .unwrap();
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    tcp.write_all(&GET[..20]).await.unwrap();
+    let head = read_response(&mut tcp).await;
+    assert!(head.starts_with("HTTP/1.1 200"), "{head}");
+    tokio::time::sleep(PAST_PARK).await;
+    assert_eq!(parked(&env), 0, "a head begun must not be cut by a park");
+    tcp.write_all(&GET[20..]).await.unwrap();
+    let (head, body) = read_exchange(&mut tcp).await;
+    assert!(
+        head.starts_with("HTTP/1.1 200"),
+        "the pipelined request: {head}"
+    );
+    assert!(body.contains("\"method\":\"GET\""), "{body}");
+    assert_eq!(b.hits(), 2);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn shutdown_closes_parked_connections() {
     let (mut env, _b) = env(&[]).await;
     let mut tcp = TcpStream::connect(env.http).await.unwrap();
@@ -188,10 +227,11 @@ async fn shutdown_closes_parked_connections() {
 async fn an_idle_upstream_connection_parks_and_carries_the_next_request() {
     let (env, b) = env(&[]).await;
     assert_eq!(env.get("p.example.com", "/a").await.status, 200);
-    assert_eq!(upstream_parked(&env), 0, "not parked while recently busy");
+    let answered = Instant::now();
+    not_parked_yet(upstream_parked(&env), answered);
     assert!(
         common::eventually(Duration::from_secs(5), || upstream_parked(&env) == 1).await,
-        "parked within a second or two of idling"
+        "parked within 1.25 s of idling"
     );
     let reused_before = metric(&env, "rvs_gateway_upstream_requests_reused_total");
     // A new client connection: only the upstream side was parked.
