@@ -157,9 +157,9 @@ EOF
 }
 
 # Reference points, access log off only (haproxy logs through syslog, not to a file):
-# haproxy in HTTP mode set up as close to the peer as it allows (the same forwarded headers and
-# a random request id (a UUID; nginx's is 32 hex digits), upstream connections reused, 3 tries; it has no per-client-connection request
-# limit), and haproxy as a plain TCP relay: it parses nothing and gives each client connection
+# haproxy in HTTP mode set up as close to the peer as it allows (the same forwarded headers, a
+# random request id (a UUID; nginx's is 32 hex digits), upstream connections reused, 3 tries;
+# it has no per-client-connection request limit), and haproxy as a plain TCP relay: it parses nothing and gives each client connection
 # its own backend connection, so it shows what relaying the bytes alone costs here.
 haproxy_conf() { # http|tcp
     cat <<EOF
