@@ -11,8 +11,8 @@ use std::time::{Duration, Instant};
 
 use rvs_model::ingress::{IngressRef, Limits};
 
-/// A token bucket: `rate` tokens per `per`, holding at most `burst` (nginx admits a request
-/// when the excess over the rate stays within `burst`).
+/// A token bucket: `rate` tokens per `per`, holding at most its capacity (nginx admits a
+/// request when the excess over the rate stays within `burst`, so `burst` + 1 at once).
 #[derive(Debug, Clone, Copy)]
 pub struct Bucket {
     tokens: f64,
@@ -57,6 +57,12 @@ const SHARDS: usize = 16;
 const MAX_CLIENTS_PER_SHARD: usize = 65_536;
 
 type ClientKey = (IngressRef, IpAddr);
+
+/// The requests `limit_req ... burst=B nodelay` lets through at once: the first finds no
+/// excess, then B more fit within the burst.
+fn nginx_capacity(burst: f64) -> f64 {
+    burst + 1.0
+}
 
 #[derive(Default)]
 struct Shard {
@@ -134,7 +140,7 @@ impl LimitState {
             return Err(Refusal::Rate);
         }
         if let Some(rps) = limits.rps {
-            let burst = f64::from(rps) * multiplier;
+            let burst = nginx_capacity(f64::from(rps) * multiplier);
             let bucket = shard
                 .rps
                 .entry(key.clone())
@@ -144,7 +150,7 @@ impl LimitState {
             }
         }
         if let Some(rpm) = limits.rpm {
-            let burst = f64::from(rpm) * multiplier;
+            let burst = nginx_capacity(f64::from(rpm) * multiplier);
             let bucket = shard
                 .rpm
                 .entry(key.clone())
@@ -210,7 +216,7 @@ mod tests {
         let admitted = (0..20)
             .filter(|_| state.admit(&ingress(), client, &limits, t0).is_ok())
             .count();
-        assert_eq!(admitted, 10, "burst = rps x multiplier");
+        assert_eq!(admitted, 11, "burst = rps x multiplier, and the first request");
         // Half a second later one more token (2/s).
         let t1 = t0 + Duration::from_millis(500);
         assert!(state.admit(&ingress(), client, &limits, t1).is_ok());

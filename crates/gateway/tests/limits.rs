@@ -26,7 +26,7 @@ fn manifests(backend: &Backend, annotations: &[(&str, &str)]) -> Manifests {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn limit_rps_admits_the_burst_per_client() {
     let b = Backend::echo("web").await;
-    // burst = 1 x 10; refills one a second.
+    // burst = 1 x 10: eleven at once, as nginx's `burst=10 nodelay`; refills one a second.
     let env = Env::start(&manifests(
         &b,
         &[("limit-rps", "1"), ("limit-burst-multiplier", "10")],
@@ -42,14 +42,14 @@ async fn limit_rps_admits_the_burst_per_client() {
     let limited = codes.iter().filter(|c| **c == 503).count();
     assert_eq!(ok + limited, 15, "{codes:?}");
     if took < Duration::from_millis(900) {
-        assert_eq!((ok, limited), (10, 5), "{codes:?}");
+        assert_eq!((ok, limited), (11, 4), "{codes:?}");
     } else {
         // A slow machine: at most one more token came in each second.
         let refilled = took.as_secs() as usize + 1;
-        assert!((10..=10 + refilled).contains(&ok), "{codes:?} in {took:?}");
+        assert!((11..=11 + refilled).contains(&ok), "{codes:?} in {took:?}");
     }
-    // The first ten, then the refusals.
-    assert!(codes[..10].iter().all(|c| *c == 200), "{codes:?}");
+    // The first eleven, then the refusals.
+    assert!(codes[..11].iter().all(|c| *c == 200), "{codes:?}");
     assert_eq!(b.hits(), ok);
 
     // Another client address has a bucket of its own.
@@ -65,6 +65,23 @@ async fn limit_rps_admits_the_burst_per_client() {
     )
     .await;
     assert_eq!(r.status, StatusCode::OK);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn limit_rpm_admits_its_burst_then_refuses() {
+    let b = Backend::echo("web").await;
+    // burst = 2 x 1: three at once; the next token comes only after 30 s.
+    let env = Env::start(&manifests(
+        &b,
+        &[("limit-rpm", "2"), ("limit-burst-multiplier", "1")],
+    ))
+    .await;
+    let mut codes = Vec::new();
+    for _ in 0..5 {
+        codes.push(env.get("limit.example.com", "/").await.status.as_u16());
+    }
+    assert_eq!(codes, [200, 200, 200, 503, 503]);
+    assert_eq!(b.hits(), 3);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
