@@ -216,7 +216,10 @@ mod tests {
         let admitted = (0..20)
             .filter(|_| state.admit(&ingress(), client, &limits, t0).is_ok())
             .count();
-        assert_eq!(admitted, 11, "burst = rps x multiplier, and the first request");
+        assert_eq!(
+            admitted, 11,
+            "burst = rps x multiplier, and the first request"
+        );
         // Half a second later one more token (2/s).
         let t1 = t0 + Duration::from_millis(500);
         assert!(state.admit(&ingress(), client, &limits, t1).is_ok());

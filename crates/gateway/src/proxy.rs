@@ -194,8 +194,8 @@ async fn handle_request(
         }
     };
     if conn.tls {
-        if let Some(max_age) = settings.hsts {
-            if let Ok(v) = HeaderValue::from_str(&format!("max-age={max_age}")) {
+        if let Some(value) = settings.hsts_header() {
+            if let Ok(v) = HeaderValue::from_str(&value) {
                 response
                     .headers_mut()
                     .insert(header::STRICT_TRANSPORT_SECURITY, v);
@@ -401,7 +401,10 @@ fn admit(
         let status = StatusCode::from_u16(to.status).unwrap_or(StatusCode::MOVED_PERMANENTLY);
         return Err(redirect(status, &location));
     }
-    if !conn.tls && (policy.force_ssl_redirect || (policy.ssl_redirect && routed.host_tls)) {
+    if !conn.tls
+        && (policy.force_ssl_redirect || (policy.ssl_redirect && routed.host_tls))
+        && !settings.never_redirected(&target.path)
+    {
         return Err(redirect(
             StatusCode::PERMANENT_REDIRECT,
             &https_location(req),

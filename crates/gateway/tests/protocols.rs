@@ -112,7 +112,13 @@ async fn tls_sni_alpn_and_ssl_redirect() {
             "secure",
             &[],
             &[
-                rule(Some("secure.example.com"), &[path("/", "Prefix", "secure")]),
+                rule(
+                    Some("secure.example.com"),
+                    &[
+                        path("/", "Prefix", "secure"),
+                        path("/.well-known/acme-challenge", "Prefix", "secure"),
+                    ],
+                ),
                 rule(Some("*.wild.example.com"), &[path("/", "Prefix", "secure")]),
                 rule(Some("plain.example.com"), &[path("/", "Prefix", "secure")]),
             ],
@@ -138,10 +144,11 @@ async fn tls_sni_alpn_and_ssl_redirect() {
         t.response.upstream_header("x-forwarded-proto").as_deref(),
         Some("https")
     );
-    assert!(t
-        .response
-        .header("strict-transport-security")
-        .is_some_and(|v| v.starts_with("max-age=")));
+    assert_eq!(
+        t.response.header("strict-transport-security").as_deref(),
+        Some("max-age=31536000; includeSubDomains"),
+        "ingress-nginx's hsts defaults"
+    );
 
     // HTTP/1.1 when the client offers only that.
     let t = tls_get(
@@ -194,7 +201,12 @@ async fn tls_sni_alpn_and_ssl_redirect() {
     let r = env.get("plain.example.com", "/").await;
     assert_eq!(r.status, StatusCode::OK);
     assert!(r.header("strict-transport-security").is_none());
-    assert_eq!(b.hits(), 5);
+    // ... nor for an ACME HTTP-01 challenge (`no-tls-redirect-locations`' default).
+    let r = env
+        .get("secure.example.com", "/.well-known/acme-challenge/token")
+        .await;
+    assert_eq!(r.status, StatusCode::OK);
+    assert_eq!(b.hits(), 6);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

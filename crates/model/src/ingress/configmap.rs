@@ -93,6 +93,16 @@ fn apply(s: &mut GlobalSettings, key: &str, raw: &str) -> Result<Applied, String
                 None
             }
         }
+        "hsts-include-subdomains" => s.hsts_include_subdomains = boolean(raw)?,
+        "hsts-preload" => s.hsts_preload = boolean(raw)?,
+        "no-tls-redirect-locations" => {
+            s.no_tls_redirect_locations = raw
+                .split(',')
+                .map(str::trim)
+                .filter(|location| !location.is_empty())
+                .map(str::to_string)
+                .collect()
+        }
         "hsts-max-age" => {
             let age = number(raw)?;
             if let Some(current) = s.hsts.as_mut() {
@@ -175,6 +185,12 @@ mod tests {
     fn empty_is_the_defaults() {
         let (settings, problems, warnings) = parse(&[]);
         assert_eq!(settings, GlobalSettings::default());
+        // ingress-nginx's defaults.
+        assert_eq!(
+            settings.hsts_header().as_deref(),
+            Some("max-age=31536000; includeSubDomains")
+        );
+        assert!(settings.never_redirected("/.well-known/acme-challenge/token"));
         assert!(problems.is_empty() && warnings.is_empty());
     }
 
@@ -199,6 +215,12 @@ mod tests {
             ("use-http2", "false"),
             ("ssl-redirect", "false"),
             ("hsts-max-age", "100"),
+            ("hsts-include-subdomains", "false"),
+            ("hsts-preload", "true"),
+            (
+                "no-tls-redirect-locations",
+                "/.well-known/acme-challenge, /open",
+            ),
             ("disable-access-log", "true"),
             ("proxy-connect-timeout", "3"),
             ("proxy-read-timeout", "120s"),
@@ -229,6 +251,12 @@ mod tests {
         assert!(!s.generate_request_id && !s.use_http2 && !s.ssl_redirect);
         assert!(!s.defaults.ssl_redirect);
         assert_eq!(s.hsts, Some(100));
+        assert_eq!(s.hsts_header().as_deref(), Some("max-age=100; preload"));
+        assert_eq!(
+            s.no_tls_redirect_locations,
+            ["/.well-known/acme-challenge", "/open"]
+        );
+        assert!(s.never_redirected("/open/x") && !s.never_redirected("/"));
         assert!(!s.defaults.access_log);
         let d = &s.defaults;
         assert_eq!(d.connect_timeout, Duration::from_secs(3));
@@ -247,6 +275,7 @@ mod tests {
         let (s, problems, _) = parse(&[("hsts", "false"), ("proxy-body-size", "0")]);
         assert!(problems.is_empty());
         assert_eq!(s.hsts, None);
+        assert_eq!(s.hsts_header(), None);
         assert_eq!(s.defaults.body_size_limit, None);
     }
 

@@ -834,8 +834,37 @@ pub struct GlobalSettings {
     pub ssl_redirect: bool,
     /// `hsts` (true) with `hsts-max-age` (31536000) on TLS responses.
     pub hsts: Option<u64>,
+    /// `hsts-include-subdomains` (true).
+    pub hsts_include_subdomains: bool,
+    /// `hsts-preload` (false).
+    pub hsts_preload: bool,
+    /// `no-tls-redirect-locations` ("/.well-known/acme-challenge"): Ingress paths starting
+    /// with one of these are never redirected to https (ACME HTTP-01 challenges).
+    pub no_tls_redirect_locations: Vec<String>,
     /// Defaults for every Ingress (`proxy-*`, `proxy-body-size`, `limit-*` ...).
     pub defaults: RoutePolicy,
+}
+
+impl GlobalSettings {
+    /// The `Strict-Transport-Security` value for TLS responses, as ingress-nginx writes it.
+    pub fn hsts_header(&self) -> Option<String> {
+        let max_age = self.hsts?;
+        let mut value = format!("max-age={max_age}");
+        if self.hsts_include_subdomains {
+            value.push_str("; includeSubDomains");
+        }
+        if self.hsts_preload {
+            value.push_str("; preload");
+        }
+        Some(value)
+    }
+
+    /// An Ingress path that `no-tls-redirect-locations` keeps on plain HTTP.
+    pub fn never_redirected(&self, ingress_path: &str) -> bool {
+        self.no_tls_redirect_locations
+            .iter()
+            .any(|location| ingress_path.starts_with(location.as_str()))
+    }
 }
 
 impl Default for GlobalSettings {
@@ -859,6 +888,9 @@ impl Default for GlobalSettings {
             use_http2: true,
             ssl_redirect: true,
             hsts: Some(31_536_000),
+            hsts_include_subdomains: true,
+            hsts_preload: false,
+            no_tls_redirect_locations: vec!["/.well-known/acme-challenge".to_string()],
             defaults: RoutePolicy::default(),
         }
     }
