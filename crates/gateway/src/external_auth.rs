@@ -14,8 +14,7 @@ use http_body_util::BodyExt;
 use rvs_model::ingress::{BackendProtocol, ExternalAuth, RoutePolicy};
 
 use crate::body::{BodyProgress, ProxyBody, UpstreamBody};
-use crate::proxy::{error_response, expand, send, strip_hop_by_hop};
-use crate::server::ClientConn;
+use crate::proxy::{error_response, expand, send, strip_hop_by_hop, ClientView};
 use crate::Shared;
 
 /// What the auth service said.
@@ -40,7 +39,7 @@ pub(crate) struct AuthCheck<'a> {
     pub auth: &'a ExternalAuth,
     /// The request's head.
     pub req: &'a Parts,
-    pub conn: &'a ClientConn,
+    pub client: &'a ClientView,
     pub shared: &'a Shared,
     pub policy: &'a RoutePolicy,
     pub host: &'a str,
@@ -54,7 +53,7 @@ pub(crate) async fn check(ask_about: AuthCheck<'_>) -> Verdict {
     let AuthCheck {
         auth,
         req,
-        conn,
+        client,
         shared,
         host,
         exact_host,
@@ -71,11 +70,11 @@ pub(crate) async fn check(ask_about: AuthCheck<'_>) -> Verdict {
         );
         return Verdict::Deny(error_response(StatusCode::INTERNAL_SERVER_ERROR, grpc));
     }
-    let url = expand(&auth.url, req, conn, host);
+    let url = expand(&auth.url, req, client, host);
     let cache_key = auth
         .cache
         .as_ref()
-        .map(|cache| (url.clone(), expand(&cache.key, req, conn, host)));
+        .map(|cache| (url.clone(), expand(&cache.key, req, client, host)));
     let cached = cache_key
         .as_ref()
         .and_then(|key| shared.auth_answers.get(key));
@@ -120,10 +119,10 @@ pub(crate) async fn check(ask_about: AuthCheck<'_>) -> Verdict {
         },
         StatusCode::UNAUTHORIZED => match &auth.signin {
             Some(signin) if !grpc => {
-                let signin = expand(signin, req, conn, host);
+                let signin = expand(signin, req, client, host);
                 let original = format!(
                     "{}://{}{}",
-                    conn.scheme(),
+                    client.scheme,
                     crate::proxy::request_authority(req).unwrap_or(host),
                     escape(req.uri.path_and_query().map_or("/", |p| p.as_str()))
                 );
@@ -201,7 +200,7 @@ async fn ask(url: &str, ask_about: &AuthCheck<'_>) -> Result<(StatusCode, Header
     let AuthCheck {
         auth,
         req,
-        conn,
+        client,
         shared,
         policy,
         host,
@@ -236,8 +235,8 @@ async fn ask(url: &str, ask_about: &AuthCheck<'_>) -> Result<(StatusCode, Header
         .path_and_query()
         .map_or_else(|| "/".to_string(), |p| p.as_str().to_string());
     let request_uri = req.uri.path_and_query().map_or("/", |p| p.as_str());
-    let scheme = conn.scheme();
-    let client = crate::proxy::canonical(conn.peer.ip()).to_string();
+    let scheme = client.scheme;
+    let client = client.ip.to_string();
     let original_host = crate::proxy::request_authority(req).unwrap_or(host);
     let mut headers = req.headers.clone();
     strip_hop_by_hop(&mut headers, false);

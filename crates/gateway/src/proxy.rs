@@ -75,11 +75,61 @@ enum Outcome {
     },
 }
 
+/// Who sent a request and how it reached the first proxy: what the socket says or, with
+/// `use-forwarded-headers`, what the load balancer in front says, as ingress-nginx reads it
+/// (nginx's real_ip module over `X-Forwarded-For` with every source trusted and
+/// `real_ip_recursive on`: its leftmost address; `$pass_access_scheme`: `X-Forwarded-Proto`).
+#[derive(Debug, Clone)]
+pub(crate) struct ClientView {
+    /// nginx's `$remote_addr`: allowlists, limits, `X-Real-IP`, the access log.
+    pub ip: IpAddr,
+    /// `$pass_access_scheme`: https redirects and the `X-Forwarded-Proto` family.
+    pub access_scheme: HeaderValue,
+    /// nginx's `$scheme`: the client connection's own.
+    pub scheme: &'static str,
+}
+
+impl ClientView {
+    pub(crate) fn of(
+        headers: &HeaderMap,
+        conn: &ClientConn,
+        settings: &rvs_model::ingress::GlobalSettings,
+    ) -> Self {
+        let socket = ClientView {
+            ip: canonical(conn.peer.ip()),
+            access_scheme: HeaderValue::from_static(conn.scheme()),
+            scheme: conn.scheme(),
+        };
+        if !settings.use_forwarded_headers {
+            return socket;
+        }
+        let forwarded_ip = headers
+            .get(&X_FORWARDED_FOR)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|list| list.split(',').next())
+            .and_then(|first| first.trim().parse::<IpAddr>().ok());
+        ClientView {
+            ip: forwarded_ip.map_or(socket.ip, canonical),
+            access_scheme: headers
+                .get(&X_FORWARDED_PROTO)
+                .filter(|v| !v.is_empty())
+                .cloned()
+                .unwrap_or(socket.access_scheme),
+            scheme: socket.scheme,
+        }
+    }
+
+    /// The client's request arrived over plain HTTP (an https redirect applies).
+    fn came_over_http(&self) -> bool {
+        self.access_scheme == "http"
+    }
+}
+
 /// Timing and identity of a request, for its completion.
 struct RequestInfo {
     start: Instant,
     time: SystemTime,
-    client: IpAddr,
+    client: ClientView,
     method: Method,
     host: String,
     uri: Uri,
@@ -121,7 +171,7 @@ async fn handle_request(
     let info = RequestInfo {
         start: Instant::now(),
         time: SystemTime::now(),
-        client: conn.peer.ip(),
+        client: ClientView::of(&parts.headers, &conn, &settings),
         method: parts.method.clone(),
         uri: parts.uri.clone(),
         protocol: protocol_name(parts.version),
@@ -246,7 +296,7 @@ async fn proxy(
     // Phase 2: admission, then credentials (after the limits, so a flood of bad passwords
     // is limited before any hash is computed; checking is async: slow hashes run off the
     // event loop).
-    done.slot = match admit(&parts, &routed, conn, shared, settings) {
+    done.slot = match admit(&parts, &routed, &done.info.client, shared, settings) {
         Ok(slot) => slot,
         Err(response) => return finish(response, done),
     };
@@ -261,7 +311,7 @@ async fn proxy(
         let verdict = crate::external_auth::check(crate::external_auth::AuthCheck {
             auth,
             req: &parts,
-            conn,
+            client: &done.info.client,
             shared,
             policy: &target.policy,
             host: &done.info.host,
@@ -287,11 +337,12 @@ async fn proxy(
     });
     let request_id = done.info.request_id.clone();
     let host = done.info.host.clone();
+    let client = done.info.client.clone();
     let make_head = || {
         let mut head = upstream_request(
             &parts,
             &routed,
-            conn,
+            (conn, &client),
             &policy,
             (&request_id, &host),
             settings,
@@ -315,7 +366,7 @@ async fn proxy(
         .unwrap_or_default();
     // Phase 4: upstream attempts.
     let hash_key = match &policy.balancing {
-        Balancing::Hash(key) => Some(expand(key, &parts, conn, &done.info.host)),
+        Balancing::Hash(key) => Some(expand(key, &parts, &done.info.client, &done.info.host)),
         _ => None,
     };
     let attempt = Attempt {
@@ -389,7 +440,7 @@ async fn proxy(
 fn admit(
     req: &http::request::Parts,
     routed: &Routed,
-    conn: &ClientConn,
+    client: &ClientView,
     shared: &Shared,
     settings: &rvs_model::ingress::GlobalSettings,
 ) -> Result<Option<ConnectionSlot>, Response<ProxyBody>> {
@@ -397,11 +448,11 @@ fn admit(
     let policy = &target.policy;
     let grpc = is_grpc(&req.headers);
     if let Some(to) = &policy.redirect {
-        let location = expand(&to.location, req, conn, &request_host(req));
+        let location = expand(&to.location, req, client, &request_host(req));
         let status = StatusCode::from_u16(to.status).unwrap_or(StatusCode::MOVED_PERMANENTLY);
         return Err(redirect(status, &location));
     }
-    if !conn.tls
+    if client.came_over_http()
         && (policy.force_ssl_redirect || (policy.ssl_redirect && routed.host_tls))
         && !settings.never_redirected(&target.path)
     {
@@ -415,8 +466,7 @@ fn admit(
             return Err(redirect(StatusCode::FOUND, root));
         }
     }
-    let client = conn.peer.ip();
-    let client = canonical(client);
+    let client = client.ip;
     if (!policy.allowlist.is_empty() && !policy.allowlist.iter().any(|n| n.contains(&client)))
         || policy.denylist.iter().any(|n| n.contains(&client))
     {
@@ -510,7 +560,7 @@ struct UpstreamHead {
 fn upstream_request(
     req: &http::request::Parts,
     routed: &Routed,
-    conn: &ClientConn,
+    (conn, client): (&ClientConn, &ClientView),
     policy: &RoutePolicy,
     (request_id, request_host): (&str, &str),
     settings: &rvs_model::ingress::GlobalSettings,
@@ -520,12 +570,13 @@ fn upstream_request(
     strip_hop_by_hop(&mut headers, upgrade);
     let original_host = request_authority(req).unwrap_or(request_host);
     let host = policy.upstream_vhost.as_deref().unwrap_or(original_host);
-    let scheme = HeaderValue::from_static(conn.scheme());
-    let client_ip = canonical(conn.peer.ip()).to_string();
+    let scheme = client.access_scheme.clone();
+    let client_ip = client.ip.to_string();
     let trusted = settings.use_forwarded_headers;
     let forwarded_for = match headers.get(&X_FORWARDED_FOR).and_then(|v| v.to_str().ok()) {
+        // nginx's `$proxy_add_x_forwarded_for`: the socket's peer, whatever real_ip made of it.
         Some(previous) if trusted && settings.compute_full_forwarded_for => {
-            HeaderValue::from_str(&format!("{previous}, {client_ip}")).ok()
+            HeaderValue::from_str(&format!("{previous}, {}", canonical(conn.peer.ip()))).ok()
         }
         Some(_) if trusted => None,
         _ => HeaderValue::from_str(&client_ip).ok(),
@@ -553,9 +604,7 @@ fn upstream_request(
             HeaderValue::from(conn.local.port()),
         );
     }
-    if !(trusted && headers.contains_key(&X_FORWARDED_PROTO)) {
-        headers.insert(X_FORWARDED_PROTO.clone(), scheme.clone());
-    }
+    headers.insert(X_FORWARDED_PROTO.clone(), scheme.clone());
     headers.insert(X_FORWARDED_SCHEME.clone(), scheme.clone());
     headers.insert(X_SCHEME.clone(), scheme);
     if let Some(prefix) = &policy.forwarded_prefix {
@@ -654,7 +703,7 @@ const EWMA_FAILURE: Duration = Duration::from_secs(1);
 pub(crate) fn expand(
     template: &Template,
     req: &http::request::Parts,
-    conn: &ClientConn,
+    client: &ClientView,
     host: &str,
 ) -> String {
     let mut out = String::new();
@@ -670,8 +719,8 @@ pub(crate) fn expand(
             TemplatePart::Uri => out.push_str(req.uri.path()),
             TemplatePart::Args => out.push_str(req.uri.query().unwrap_or("")),
             TemplatePart::Host => out.push_str(host),
-            TemplatePart::RemoteAddr => out.push_str(&canonical(conn.peer.ip()).to_string()),
-            TemplatePart::Scheme => out.push_str(conn.scheme()),
+            TemplatePart::RemoteAddr => out.push_str(&client.ip.to_string()),
+            TemplatePart::Scheme => out.push_str(client.scheme),
             TemplatePart::Method => out.push_str(req.method.as_str()),
             TemplatePart::Header(name) => {
                 if let Some(v) = req.headers.get(name.as_str()).and_then(|v| v.to_str().ok()) {
@@ -1446,7 +1495,7 @@ impl Completion for Done {
         }
         let record = AccessEntry {
             time: self.info.time,
-            remote_addr: canonical(self.info.client),
+            remote_addr: self.info.client.ip,
             method: self.info.method.clone(),
             host: std::mem::take(&mut self.info.host),
             uri: self.info.uri.clone(),

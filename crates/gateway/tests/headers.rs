@@ -138,7 +138,67 @@ async fn forwarded_headers_trusted_when_configured() {
         r.upstream_header("x-forwarded-proto").as_deref(),
         Some("https")
     );
+    // The real client is the load balancer's: nginx's real_ip over X-Forwarded-For.
+    assert_eq!(r.upstream_header("x-real-ip").as_deref(), Some("1.2.3.4"));
+    assert_eq!(
+        r.upstream_header("x-forwarded-scheme").as_deref(),
+        Some("https")
+    );
+    assert_eq!(r.upstream_header("x-scheme").as_deref(), Some("https"));
     assert_eq!(r.upstream_header("x-request-id"), None);
+}
+
+/// Behind a load balancer that terminates TLS (use-forwarded-headers): its X-Forwarded-Proto
+/// decides https redirects and its X-Forwarded-For the client that allowlists and limits see.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_trusted_load_balancer_decides_scheme_and_client() {
+    let (env, b) = common::single_route(
+        "h.example.com",
+        &[("use-forwarded-headers", "true")],
+        &[
+            ("force-ssl-redirect", "true"),
+            ("allowlist-source-range", "1.2.3.0/24"),
+        ],
+    )
+    .await;
+    let send = |proto: &'static str, from: &'static str| {
+        let env = &env;
+        async move {
+            let headers = [("x-forwarded-proto", proto), ("x-forwarded-for", from)];
+            env.send(Method::GET, "h.example.com", "/p", &headers, Vec::new())
+                .await
+        }
+    };
+    let r = send("https", "1.2.3.4, 10.0.0.1").await;
+    assert_eq!(r.status, http::StatusCode::OK, "TLS ended at the balancer");
+    assert_eq!(r.upstream_header("x-real-ip").as_deref(), Some("1.2.3.4"));
+    let r = send("http", "1.2.3.4").await;
+    assert_eq!(r.status, http::StatusCode::PERMANENT_REDIRECT);
+    assert_eq!(
+        r.header("location").as_deref(),
+        Some("https://h.example.com/p")
+    );
+    let r = send("https", "5.6.7.8").await;
+    assert_eq!(
+        r.status,
+        http::StatusCode::FORBIDDEN,
+        "not in the allowlist"
+    );
+    assert_eq!(b.hits(), 1);
+
+    // Not trusted (the default): the socket decides, whatever the client claims.
+    let (env, _b) =
+        common::single_route("h.example.com", &[], &[("force-ssl-redirect", "true")]).await;
+    let r = env
+        .send(
+            Method::GET,
+            "h.example.com",
+            "/p",
+            &[("x-forwarded-proto", "https")],
+            Vec::new(),
+        )
+        .await;
+    assert_eq!(r.status, http::StatusCode::PERMANENT_REDIRECT);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
