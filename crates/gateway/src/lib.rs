@@ -36,7 +36,7 @@ use tokio::sync::watch;
 use tokio::task::JoinHandle;
 
 pub use access_log::AccessLogTarget;
-pub use metrics::Metrics;
+pub use metrics::{ControllerLabels, Metrics};
 
 use crate::access_log::AccessLog;
 use crate::limits::LimitState;

@@ -95,9 +95,32 @@ pub struct CacheKey {
     pub canary: bool,
 }
 
+/// The labels ingress-nginx puts on every metric of a controller; its Grafana dashboards
+/// build their selectors from them (`label_values(..., controller_class)`).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ControllerLabels {
+    /// The pod's namespace (`POD_NAMESPACE`; empty outside a cluster).
+    pub namespace: String,
+    /// The IngressClass controller served.
+    pub class: String,
+    /// The pod's name (`POD_NAME`; empty outside a cluster).
+    pub pod: String,
+}
+
+impl Default for ControllerLabels {
+    fn default() -> Self {
+        ControllerLabels {
+            namespace: String::new(),
+            class: rvs_model::ingress::CONTROLLER.to_string(),
+            pod: String::new(),
+        }
+    }
+}
+
 #[derive(Clone)]
 #[allow(clippy::new_without_default)]
 pub struct Metrics {
+    controller: ControllerLabels,
     requests: Family<RequestLabels, BareCounter>,
     request_duration: HistogramFamily,
     response_duration: HistogramFamily,
@@ -135,6 +158,7 @@ impl Metrics {
     pub fn new() -> Self {
         let pool = Arc::new(PoolStats::default());
         Metrics {
+            controller: ControllerLabels::default(),
             requests: Family::default(),
             request_duration: Family::new_with_constructor(duration_histogram),
             response_duration: Family::new_with_constructor(duration_histogram),
@@ -186,7 +210,26 @@ impl Metrics {
         }
     }
 
+    /// The controller labels every metric carries (see [`ControllerLabels`]).
+    pub fn with_controller(mut self, controller: ControllerLabels) -> Self {
+        self.controller = controller;
+        self
+    }
+
     pub fn register(&self, registry: &mut Registry) {
+        let ControllerLabels {
+            namespace,
+            class,
+            pod,
+        } = self.controller.clone();
+        let registry = registry.sub_registry_with_labels(
+            [
+                ("controller_namespace".into(), namespace.into()),
+                ("controller_class".into(), class.into()),
+                ("controller_pod".into(), pod.into()),
+            ]
+            .into_iter(),
+        );
         let nginx = registry.sub_registry_with_prefix("nginx_ingress_controller");
         nginx.register(
             "requests",

@@ -78,6 +78,34 @@ async fn request_metrics_and_reuse_ratio() {
         Some(7.0),
         "{text}"
     );
+    // Every proxied request, as nginx's `$upstream_connect_time` (near 0 on a reused
+    // connection) feeds connect_duration.
+    for histogram in [
+        "response_duration_seconds",
+        "connect_duration_seconds",
+        "request_size",
+        "response_size",
+    ] {
+        let name = format!("nginx_ingress_controller_{histogram}_count");
+        assert_eq!(sample(&text, &name, &labels), Some(7.0), "{name}:\n{text}");
+    }
+    // ingress-nginx's controller labels, which its dashboards select by, on every metric.
+    let controller = [
+        "controller_class=\"rvs.io/ingress-controller\"",
+        "controller_namespace=\"\"",
+        "controller_pod=\"\"",
+    ];
+    for line in text
+        .lines()
+        .filter(|l| !l.starts_with('#') && !l.is_empty())
+    {
+        assert!(
+            controller.iter().all(|label| line.contains(label)),
+            "{line}"
+        );
+    }
+    let hash = sample(&text, "nginx_ingress_controller_config_hash", &controller);
+    assert!(hash.is_some_and(|h| h != 0.0), "config hash: {text}");
     // One upstream connection opened, six reused.
     assert_eq!(
         sample(&text, "rvs_gateway_upstream_connections_opened_total", &[]),

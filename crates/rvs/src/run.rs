@@ -293,7 +293,13 @@ pub async fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
         engine: engine.clone(),
         ready: AtomicBool::new(false),
         config: Mutex::new(ConfigStatus::default()),
-        gateway_metrics: rvs_gateway::Metrics::new(),
+        gateway_metrics: rvs_gateway::Metrics::new().with_controller(
+            rvs_gateway::ControllerLabels {
+                namespace: args.kube.pod_namespace.clone().unwrap_or_default(),
+                pod: args.kube.pod_name.clone().unwrap_or_default(),
+                ..Default::default()
+            },
+        ),
         kube_metrics: rvs_kube::WatchMetrics::default(),
     });
     let admin = tokio::net::TcpListener::bind(args.admin)

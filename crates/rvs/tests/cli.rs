@@ -125,7 +125,7 @@ fn quickstart_serves_two_backends_and_shows_the_table() {
     let (status, metrics) = http_get(admin, "/metrics").unwrap();
     assert_eq!(status, 200);
     assert!(
-        metrics.contains("nginx_ingress_controller_requests{host=\"hello.local\",status=\"200\",method=\"GET\",path=\"/\",namespace=\"default\",ingress=\"hello\",service=\"hello\",canary=\"\"}"),
+        metrics.contains("nginx_ingress_controller_requests{controller_namespace=\"\",controller_class=\"rvs.io/ingress-controller\",controller_pod=\"\",host=\"hello.local\",status=\"200\",method=\"GET\",path=\"/\",namespace=\"default\",ingress=\"hello\",service=\"hello\",canary=\"\"}"),
         "{metrics}"
     );
     assert!(metrics.contains("node_ipvs_backend_connections_active{local_address=\"127.10.0.1\",local_port=\"8080\",remote_address=\"127.0.0.1\",remote_port=\"18081\",proto=\"TCP\",local_mark=\"\"}"), "{metrics}");
@@ -625,7 +625,9 @@ fn gateway_follows_edits_and_rotates_its_log() {
     assert_eq!(first_word("/cart/1").as_deref(), Some("cart-b"));
     let (_, metrics) = http_get(admin, "/metrics").unwrap();
     assert!(
-        metrics.contains("nginx_ingress_controller_config_last_reload_successful 0"),
+        metrics.lines().any(|l| l
+            .starts_with("nginx_ingress_controller_config_last_reload_successful{")
+            && l.ends_with("} 0")),
         "{metrics}"
     );
 
