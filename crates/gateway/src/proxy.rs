@@ -407,7 +407,6 @@ async fn proxy(
         } => {
             done.upstream = Some(endpoint);
             done.upstream_status = Some(response.status().as_u16());
-            done.upstream_time = Some(done.info.start.elapsed());
             let status = response.status();
             let upgraded = status == StatusCode::SWITCHING_PROTOCOLS;
             if upgraded {
@@ -857,6 +856,7 @@ async fn forward(
             )
             .await;
         done.connect_time = Some(connect_start.elapsed());
+        done.upstream_start = Some(connect_start);
         let error = match checkout {
             Err(e) => {
                 if let Some(ep) = ewma_open.take() {
@@ -1376,7 +1376,9 @@ struct Done {
     canary: Option<Arc<Backend>>,
     upstream: Option<SocketAddr>,
     upstream_status: Option<u16>,
-    upstream_time: Option<Duration>,
+    /// When the last upstream attempt began: nginx's `$upstream_response_time` runs from
+    /// there (its connect) to the response's last byte.
+    upstream_start: Option<Instant>,
     connect_time: Option<Duration>,
     slot: Option<ConnectionSlot>,
     /// [`Completion::complete`] ran.
@@ -1402,7 +1404,7 @@ impl Done {
             canary: None,
             upstream: None,
             upstream_status: None,
-            upstream_time: None,
+            upstream_start: None,
             connect_time: None,
             slot: None,
             completed: false,
@@ -1478,12 +1480,13 @@ impl Completion for Done {
         let elapsed = self.info.start.elapsed();
         let request_length =
             self.info.head_length + self.info.request_length.bytes.load(Ordering::Relaxed);
+        let upstream_time = self.upstream_start.map(|start| start.elapsed());
         let metrics = self.metrics();
         metrics.requests.inc();
         metrics.request_duration.observe(elapsed.as_secs_f64());
         metrics.request_size.observe(request_length as f64);
         metrics.response_size.observe(bytes_sent as f64);
-        if let Some(t) = self.upstream_time {
+        if let Some(t) = upstream_time {
             metrics.response_duration.observe(t.as_secs_f64());
         }
         if let Some(t) = self.connect_time {
@@ -1506,7 +1509,7 @@ impl Completion for Done {
             request_time: elapsed.as_secs_f64(),
             upstream_addr: self.upstream,
             upstream_status: self.upstream_status,
-            upstream_response_time: self.upstream_time.map(|t| t.as_secs_f64()),
+            upstream_response_time: upstream_time.map(|t| t.as_secs_f64()),
             route: self.target.clone(),
             canary: self.canary.clone(),
             request_id: std::mem::take(&mut self.info.request_id),

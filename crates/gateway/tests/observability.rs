@@ -2,14 +2,20 @@
 
 mod common;
 
+use std::net::SocketAddr;
 use std::time::Duration;
 
 use common::{eventually, path, rule, Backend, Env, Manifests};
 use http::StatusCode;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 fn manifests(b: &Backend) -> Manifests {
+    manifests_for(b.addr)
+}
+
+fn manifests_for(backend: SocketAddr) -> Manifests {
     let mut m = Manifests::new();
-    m.service("web", &[b.addr]).ingress(
+    m.service("web", &[backend]).ingress(
         "web",
         &[],
         &[rule(
@@ -213,4 +219,60 @@ async fn access_log_has_a_json_line_per_request() {
     assert_eq!(missing["upstream_addr"], serde_json::Value::Null);
     assert_eq!(missing["ingress"], "");
     assert_eq!(missing["request_id"].as_str().unwrap().len(), 32);
+}
+
+/// A backend that sends its head and half its body at once, the other half 300 ms later.
+async fn slow_body_backend() -> SocketAddr {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move {
+        while let Ok((mut socket, _)) = listener.accept().await {
+            tokio::spawn(async move {
+                let mut head = Vec::new();
+                let mut chunk = [0u8; 4096];
+                while !head.windows(4).any(|w| w == b"\r\n\r\n") {
+                    match socket.read(&mut chunk).await {
+                        Ok(0) | Err(_) => return,
+                        Ok(n) => head.extend_from_slice(&chunk[..n]),
+                    }
+                }
+                let head = b"HTTP/1.1 200 OK\r\ncontent-length: 10\r\n\r\nhello";
+                if socket.write_all(head).await.is_err() {
+                    return;
+                }
+                tokio::time::sleep(Duration::from_millis(300)).await;
+                let _ = socket.write_all(b"world").await;
+                let _ = socket.read(&mut chunk).await;
+            });
+        }
+    });
+    addr
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn upstream_response_time_runs_to_the_last_byte() {
+    let backend = slow_body_backend().await;
+    let env = Env::start_with(&manifests_for(backend), true).await;
+    let log = env.access_log.clone().unwrap();
+    let r = env.get("obs.example.com", "/app").await;
+    assert_eq!(r.status, StatusCode::OK);
+    assert_eq!(&r.body[..], b"helloworld");
+    let line = || {
+        std::fs::read_to_string(&log)
+            .unwrap_or_default()
+            .lines()
+            .next()
+            .map(String::from)
+    };
+    assert!(eventually(Duration::from_secs(3), || line().is_some()).await);
+    let record: serde_json::Value = serde_json::from_str(&line().unwrap()).unwrap();
+    let upstream = record["upstream_response_time"].as_f64().expect("a number");
+    assert!(upstream >= 0.3, "nginx's $upstream_response_time: {record}");
+    let text = env.metrics_text();
+    let sum = sample(
+        &text,
+        "nginx_ingress_controller_response_duration_seconds_sum",
+        &["status=\"200\""],
+    );
+    assert!(sum.is_some_and(|s| s >= 0.3), "{text}");
 }
