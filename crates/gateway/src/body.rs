@@ -35,6 +35,8 @@ pub struct BodyProgress {
     /// A frame was handed upstream: the request cannot be replayed.
     pub started: AtomicBool,
     pub too_large: AtomicBool,
+    /// The client sent no body bytes for `client-body-timeout` (nginx answers 408).
+    pub client_timed_out: AtomicBool,
 }
 
 /// A request body as sent upstream.
@@ -103,6 +105,9 @@ impl Body for UpstreamBody {
             Poll::Ready(None) => Poll::Ready(None),
             Poll::Pending => match body.idle.as_mut().poll(cx) {
                 Poll::Ready(()) => {
+                    body.progress
+                        .client_timed_out
+                        .store(true, Ordering::Relaxed);
                     Poll::Ready(Some(Err(BodyError::ClientTimeout(body.timeout).into())))
                 }
                 Poll::Pending => Poll::Pending,

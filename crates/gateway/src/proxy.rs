@@ -393,8 +393,12 @@ async fn proxy(
     match outcome {
         Outcome::Failed { status, endpoint } => {
             done.upstream = endpoint;
-            let status = if done.info.request_length.too_large.load(Ordering::Relaxed) {
+            // The client's fault, not the backend's.
+            let progress = &done.info.request_length;
+            let status = if progress.too_large.load(Ordering::Relaxed) {
                 StatusCode::PAYLOAD_TOO_LARGE
+            } else if progress.client_timed_out.load(Ordering::Relaxed) {
+                StatusCode::REQUEST_TIMEOUT
             } else {
                 status
             };

@@ -1,5 +1,5 @@
 //! Hostile clients on raw TCP: request smuggling with both Content-Length and
-//! Transfer-Encoding, oversized heads, a head that never ends.
+//! Transfer-Encoding, oversized heads, a head that never ends, a body that stalls.
 
 mod common;
 
@@ -123,4 +123,28 @@ async fn stalled_head_is_closed_after_client_header_timeout() {
         "{text}"
     );
     assert_eq!(b.hits(), 0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn stalled_body_is_408_after_client_body_timeout() {
+    let (env, b) = env(&[("client-body-timeout", "1s")]).await;
+    let mut stream = TcpStream::connect(env.http).await.unwrap();
+    let start = Instant::now();
+    stream
+        .write_all(b"POST / HTTP/1.1\r\nHost: h.example.com\r\nContent-Length: 10\r\n\r\nabc")
+        .await
+        .unwrap();
+    let mut buf = Vec::new();
+    let read = tokio::time::timeout(Duration::from_secs(6), stream.read_to_end(&mut buf)).await;
+    let took = start.elapsed();
+    assert!(read.is_ok(), "no answer within 6 s");
+    assert!(
+        took >= Duration::from_millis(900) && took < Duration::from_secs(4),
+        "answered after {took:?}"
+    );
+    // nginx's answer to a client that stops sending its body: the client's fault, not a 502.
+    let text = String::from_utf8_lossy(&buf);
+    assert!(text.starts_with("HTTP/1.1 408"), "{text}");
+    // The backend saw the head, and the body cut short (its echo answer was not relayed).
+    assert!(b.hits() <= 1);
 }
