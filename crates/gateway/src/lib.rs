@@ -172,14 +172,19 @@ impl Gateway {
         });
         let connections = server::ConnectionTracker::new(shared.metrics.client_connections.clone());
         let mut listeners = Vec::new();
-        let http2 = defaults.use_http2;
-        let tls_config = shared
-            .certs
-            .server_config(http2)
-            .map_err(GatewayError::Tls)?;
+        let offers = |with_h2| {
+            shared
+                .certs
+                .server_config(with_h2)
+                .map_err(GatewayError::Tls)
+        };
+        let tls_offers = server::TlsOffers {
+            with_h2: offers(true)?,
+            http1_only: offers(false)?,
+        };
         for (addr, tls) in [
             (config.http_listen, None),
-            (config.https_listen, Some(tls_config)),
+            (config.https_listen, Some(tls_offers)),
         ] {
             let Some(addr) = addr else { continue };
             let listener =

@@ -121,13 +121,25 @@ impl ClientConn {
     }
 }
 
+/// The TLS listener's two offers: with h2 in ALPN, and HTTP/1.1 only (`use-http2: false`),
+/// chosen per connection from the configuration in force.
+pub struct TlsOffers {
+    pub with_h2: Arc<ServerConfig>,
+    pub http1_only: Arc<ServerConfig>,
+}
+
 pub async fn accept_loop(
     listener: TcpListener,
-    tls: Option<Arc<ServerConfig>>,
+    tls: Option<TlsOffers>,
     shared: Arc<Shared>,
     tracker: ConnectionTracker,
 ) {
-    let acceptor = tls.map(TlsAcceptor::from);
+    let acceptors = tls.map(|offers| {
+        (
+            TlsAcceptor::from(offers.with_h2),
+            TlsAcceptor::from(offers.http1_only),
+        )
+    });
     let mut shutdown = shared.shutdown.clone();
     loop {
         let accepted = tokio::select! {
@@ -145,7 +157,13 @@ pub async fn accept_loop(
         };
         let tracked = tracker.track();
         let shared = shared.clone();
-        let acceptor = acceptor.clone();
+        let acceptor = acceptors.as_ref().map(|(with_h2, http1_only)| {
+            if shared.table.load().snapshot.settings.use_http2 {
+                with_h2.clone()
+            } else {
+                http1_only.clone()
+            }
+        });
         tokio::spawn(serve(stream, peer, acceptor, shared, tracked));
     }
 }

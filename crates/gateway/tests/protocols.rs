@@ -365,3 +365,45 @@ async fn websocket_upgrade_echo() {
     assert_eq!(echoed, Message::binary(vec![1u8, 2, 3]));
     ws.close(None).await.unwrap();
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn use_http2_false_offers_http1_only_from_the_next_connection() {
+    let b = Backend::echo("secure").await;
+    let (cert, key, _) = certificate(&["secure.example.com"]);
+    let manifests = |use_http2: &str| {
+        let mut m = Manifests::new();
+        m.config("use-http2", use_http2)
+            .service("secure", &[b.addr])
+            .tls_secret("secure-tls", &cert, &key)
+            .ingress(
+                "secure",
+                &[],
+                &[rule(
+                    Some("secure.example.com"),
+                    &[path("/", "Prefix", "secure")],
+                )],
+                "  tls:\n    - {hosts: [secure.example.com], secretName: secure-tls}\n",
+            );
+        m
+    };
+    let mut env = Env::start(&manifests("true")).await;
+    let alpn = |env: &Env| {
+        let https = env.https;
+        async move {
+            let t = tls_get(
+                https,
+                "secure.example.com",
+                &[b"h2", b"http/1.1"],
+                "secure.example.com",
+                "/",
+            )
+            .await;
+            assert_eq!(t.response.status, StatusCode::OK);
+            t.alpn
+        }
+    };
+    assert_eq!(alpn(&env).await.as_deref(), Some(&b"h2"[..]));
+    // A ConfigMap change, no restart: ingress-nginx reloads with `listen 443 ssl` alone.
+    assert!(env.apply(&manifests("false")).is_empty());
+    assert_eq!(alpn(&env).await.as_deref(), Some(&b"http/1.1"[..]));
+}
