@@ -1457,7 +1457,7 @@ impl Done {
                 canary: self
                     .canary
                     .as_ref()
-                    .map(|c| c.service.name.clone())
+                    .map(|c| c.service.upstream_name())
                     .unwrap_or_default(),
             }
         })

@@ -121,6 +121,15 @@ async fn canary_by_header_cookie_and_precedence() {
         }
     }
     assert!(wrong.is_empty(), "{wrong:#?}");
+    // Metrics name the canary's upstream as ingress-nginx does (namespace-service-port).
+    let text = env.metrics_text();
+    assert!(
+        text.lines()
+            .any(|l| l.starts_with("nginx_ingress_controller_requests{")
+                && l.contains("host=\"hc.example.com\"")
+                && l.contains("canary=\"default-canary-80\"")),
+        "{text}"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

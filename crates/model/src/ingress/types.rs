@@ -278,6 +278,14 @@ pub struct BackendService {
     pub port: ServicePortRef,
 }
 
+impl BackendService {
+    /// ingress-nginx's name for the upstream (`namespace-service-port`): its metrics'
+    /// `canary` label holds the canary's.
+    pub fn upstream_name(&self) -> String {
+        format!("{}-{}-{}", self.namespace, self.name, self.port)
+    }
+}
+
 impl fmt::Display for BackendService {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(f, "{}/{}:{}", self.namespace, self.name, self.port)
