@@ -159,6 +159,11 @@ async fn allowlist_source_range() {
     let r = env.get("limit.example.com", "/").await;
     assert_eq!(r.status, StatusCode::FORBIDDEN);
     assert_eq!(b.hits(), 0);
+    // The older name, as ingress-nginx still reads it.
+    let env = Env::start(&manifests(&b, &[("whitelist-source-range", "10.0.0.0/8")])).await;
+    let r = env.get("limit.example.com", "/").await;
+    assert_eq!(r.status, StatusCode::FORBIDDEN);
+    assert_eq!(b.hits(), 0);
 
     let env = Env::start(&manifests(
         &b,

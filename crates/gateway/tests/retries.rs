@@ -332,3 +332,81 @@ async fn slow_upload_is_not_cut_by_the_read_timeout() {
     assert_eq!(response.status(), StatusCode::OK);
     assert!(started.elapsed() >= Duration::from_secs(2));
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn http_504_retry() {
+    let good = Backend::echo("good").await;
+    let bad = Backend::with_status("bad", 504).await;
+    let env = env_with(
+        &[bad.addr, good.addr],
+        &[("proxy-next-upstream", "error timeout http_504")],
+    )
+    .await;
+    let (ok, _, codes) = run(&env, 10, Method::GET, b"").await;
+    assert_eq!(ok, 10, "GET retried after 504: {codes:?}");
+    assert!(bad.hits() >= 5, "the 504 endpoint was tried");
+    // Without http_504 the 504 is passed on.
+    let env = env_with(&[bad.addr, good.addr], &[]).await;
+    let (ok, failed, _) = run(&env, 10, Method::GET, b"").await;
+    assert_eq!((ok, failed), (5, 5));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn retry_non_idempotent_from_the_configmap() {
+    let good = Backend::echo("good").await;
+    let bad = Backend::with_status("bad", 502).await;
+    let mut m = Manifests::new();
+    m.config("retry-non-idempotent", "true")
+        .service("svc", &[bad.addr, good.addr])
+        .ingress(
+            "retry",
+            &[("proxy-next-upstream", "error timeout http_502")],
+            &[rule(
+                Some("retry.example.com"),
+                &[path("/", "Prefix", "svc")],
+            )],
+            "",
+        );
+    let env = Env::start(&m).await;
+    let (ok, _, codes) = run(&env, 10, Method::POST, b"").await;
+    assert_eq!(ok, 10, "POST retried with retry-non-idempotent: {codes:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn next_upstream_timeout_bounds_the_retries() {
+    let slow = |name| {
+        Backend::start(
+            name,
+            EchoOptions {
+                delay: Duration::from_millis(2500),
+                ..EchoOptions::default()
+            },
+        )
+    };
+    let (a, b) = (slow("a").await, slow("b").await);
+    let timed = |env: Env| async move {
+        let start = Instant::now();
+        let status = env.get("retry.example.com", "/").await.status;
+        (status, start.elapsed())
+    };
+    // Read timeout 1 s, up to 3 tries: both endpoints are tried, ~2 s.
+    let env = env_with(&[a.addr, b.addr], &[("proxy-read-timeout", "1")]).await;
+    let (status, took) = timed(env).await;
+    assert_eq!(status, StatusCode::GATEWAY_TIMEOUT);
+    assert!(took >= Duration::from_millis(1900), "two tries: {took:?}");
+    // proxy-next-upstream-timeout 1 s: the first try used it up, no second.
+    let env = env_with(
+        &[a.addr, b.addr],
+        &[
+            ("proxy-read-timeout", "1"),
+            ("proxy-next-upstream-timeout", "1"),
+        ],
+    )
+    .await;
+    let (status, took) = timed(env).await;
+    assert_eq!(status, StatusCode::GATEWAY_TIMEOUT);
+    assert!(
+        took >= Duration::from_millis(900) && took < Duration::from_millis(1800),
+        "one try: {took:?}"
+    );
+}

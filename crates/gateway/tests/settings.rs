@@ -1,5 +1,6 @@
 //! ConfigMap settings and smaller annotations: client keep-alive limits, status codes of
-//! the limits, app-root, upstream-vhost, x-forwarded-prefix, backend-protocol HTTP2.
+//! the limits, app-root, upstream-vhost, x-forwarded-prefix, backend-protocol HTTP2, the
+//! upstream keep-alive limits.
 
 mod common;
 
@@ -188,4 +189,26 @@ async fn keep_alive_requests_retires_http2_connections() {
         .expect("the connection ended after the third stream")
         .unwrap()
         .unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn upstream_keepalive_requests_and_connections() {
+    // At most 3 requests per upstream connection: 7 in a row take 3 connections.
+    let (limited, b) = env(&[("upstream-keepalive-requests", "3")], &[]).await;
+    for _ in 0..7 {
+        assert_eq!(
+            limited.get("s.example.com", "/").await.status,
+            StatusCode::OK
+        );
+    }
+    assert_eq!(b.connections(), 3);
+    // No kept-alive connections at all: one per request, as nginx without `keepalive`.
+    let (unpooled, b) = env(&[("upstream-keepalive-connections", "0")], &[]).await;
+    for _ in 0..4 {
+        assert_eq!(
+            unpooled.get("s.example.com", "/").await.status,
+            StatusCode::OK
+        );
+    }
+    assert_eq!(b.connections(), 4);
 }

@@ -240,6 +240,54 @@ async fn cookie_affinity_pins_an_endpoint() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn session_cookie_name_names_the_affinity_cookie() {
+    let a = Backend::echo("a").await;
+    let b = Backend::echo("b").await;
+    let mut m = Manifests::new();
+    m.service("web", &[a.addr, b.addr]).ingress(
+        "web",
+        &[("affinity", "cookie"), ("session-cookie-name", "route")],
+        &[rule(
+            Some("sticky.example.com"),
+            &[path("/", "Prefix", "web")],
+        )],
+        "",
+    );
+    let env = Env::start(&m).await;
+    let r = env.get("sticky.example.com", "/").await;
+    let set = r.header("set-cookie").expect("Set-Cookie");
+    assert!(set.starts_with("route="), "{set}");
+    let cookie = set.split(';').next().unwrap().to_string();
+    let pinned = r.backend();
+    for _ in 0..4 {
+        let r = env
+            .send(
+                Method::GET,
+                "sticky.example.com",
+                "/",
+                &[("cookie", &cookie)],
+                Vec::new(),
+            )
+            .await;
+        assert_eq!(r.backend(), pinned);
+    }
+    // The default name means nothing to this Ingress.
+    let other = cookie.replacen("route=", "INGRESSCOOKIE=", 1);
+    let r = env
+        .send(
+            Method::GET,
+            "sticky.example.com",
+            "/",
+            &[("cookie", &other)],
+            Vec::new(),
+        )
+        .await;
+    assert!(r
+        .header("set-cookie")
+        .is_some_and(|s| s.starts_with("route=")));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn round_robin_spreads_evenly() {
     let backends = [
         Backend::echo("a").await,
