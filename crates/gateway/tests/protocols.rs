@@ -4,7 +4,7 @@
 mod common;
 
 use bytes::Bytes;
-use common::{certificate, path, rule, tls_get, Backend, Env, Manifests, Resp};
+use common::{certificate, path, rule, tls_get, Backend, EchoOptions, Env, Manifests, Resp};
 use futures_util::{SinkExt, StreamExt};
 use http::{Method, Request, StatusCode, Version};
 use http_body_util::Full;
@@ -406,4 +406,44 @@ async fn use_http2_false_offers_http1_only_from_the_next_connection() {
     // A ConfigMap change, no restart: ingress-nginx reloads with `listen 443 ssl` alone.
     assert!(env.apply(&manifests("false")).is_empty());
     assert_eq!(alpn(&env).await.as_deref(), Some(&b"http/1.1"[..]));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn backend_protocol_https_and_grpcs_speak_tls_to_the_backend() {
+    let b = Backend::start(
+        "tls",
+        EchoOptions {
+            tls: true,
+            ..EchoOptions::default()
+        },
+    )
+    .await;
+    for (protocol, version) in [("HTTPS", "HTTP/1.1"), ("GRPCS", "HTTP/2.0")] {
+        let mut m = Manifests::new();
+        m.service("tls", &[b.addr]).ingress(
+            "tls",
+            &[("backend-protocol", protocol)],
+            &[rule(Some("tls.example.com"), &[path("/", "Prefix", "tls")])],
+            "",
+        );
+        let env = Env::start(&m).await;
+        let r = env.get("tls.example.com", "/t").await;
+        assert_eq!(r.status, StatusCode::OK, "{protocol}");
+        assert_eq!(r.backend(), "tls", "{protocol}");
+        let echoed: serde_json::Value = serde_json::from_slice(&r.body).unwrap();
+        assert_eq!(echoed["version"], version, "{protocol}: {echoed}");
+    }
+    // Plain text to a TLS backend fails: the TLS above was real.
+    let mut m = Manifests::new();
+    m.service("tls", &[b.addr]).ingress(
+        "tls",
+        &[],
+        &[rule(Some("tls.example.com"), &[path("/", "Prefix", "tls")])],
+        "",
+    );
+    let env = Env::start(&m).await;
+    assert_eq!(
+        env.get("tls.example.com", "/t").await.status,
+        StatusCode::BAD_GATEWAY
+    );
 }

@@ -43,6 +43,8 @@ pub struct EchoOptions {
     pub status: Option<u16>,
     /// Every response waits this long first (a request's `x-delay-ms` header adds its own).
     pub delay: Duration,
+    /// Serves TLS (a self-signed certificate; ALPN h2 and http/1.1) instead of plain text.
+    pub tls: bool,
 }
 
 /// A small HTTP server (HTTP/1.1 and h2c) that answers with JSON: its name, the request's
@@ -94,6 +96,7 @@ impl Backend {
             paths: paths.clone(),
         });
         let seen = peers.clone();
+        let acceptor = state.options.tls.then(tls_backend_acceptor);
         let task = tokio::spawn(async move {
             loop {
                 let Ok((stream, peer)) = listener.accept().await else {
@@ -101,13 +104,24 @@ impl Backend {
                 };
                 seen.lock().unwrap().insert(peer);
                 let state = state.clone();
+                let acceptor = acceptor.clone();
                 tokio::spawn(async move {
                     let service = service_fn(move |req| echo(req, state.clone()));
                     let builder =
                         hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
-                    let _ = builder
-                        .serve_connection(TokioIo::new(stream), service)
-                        .await;
+                    let _ = match acceptor {
+                        Some(acceptor) => {
+                            let Ok(tls) = acceptor.accept(stream).await else {
+                                return;
+                            };
+                            builder.serve_connection(TokioIo::new(tls), service).await
+                        }
+                        None => {
+                            builder
+                                .serve_connection(TokioIo::new(stream), service)
+                                .await
+                        }
+                    };
                 });
             }
         });
@@ -811,6 +825,22 @@ pub async fn tls_get(
 }
 
 /// A self-signed certificate for `names`: (PEM chain, PEM key, DER).
+/// A TLS server side for a test backend: a self-signed certificate, ALPN h2 and http/1.1.
+fn tls_backend_acceptor() -> tokio_rustls::TlsAcceptor {
+    let generated = rcgen::generate_simple_self_signed(vec!["backend.test".to_string()]).unwrap();
+    let key = rustls::pki_types::PrivateKeyDer::Pkcs8(generated.signing_key.serialize_der().into());
+    let mut config = rustls::ServerConfig::builder_with_provider(Arc::new(
+        rustls::crypto::ring::default_provider(),
+    ))
+    .with_safe_default_protocol_versions()
+    .unwrap()
+    .with_no_client_auth()
+    .with_single_cert(vec![generated.cert.der().clone()], key)
+    .unwrap();
+    config.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
+    tokio_rustls::TlsAcceptor::from(Arc::new(config))
+}
+
 pub fn certificate(names: &[&str]) -> (String, String, Vec<u8>) {
     let generated =
         rcgen::generate_simple_self_signed(names.iter().map(|n| n.to_string()).collect::<Vec<_>>())
