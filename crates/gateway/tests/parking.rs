@@ -26,11 +26,18 @@ fn parked(env: &Env) -> u64 {
     metric(env, "rvs_gateway_parked_client_connections")
 }
 
+/// A sample's value; its labels (the controller's) are not looked at.
 fn metric(env: &Env, name: &str) -> u64 {
     env.metrics_text()
         .lines()
-        .find_map(|l| l.strip_prefix(name)?.strip_prefix(' '))
-        .and_then(|v| v.trim().parse().ok())
+        .find_map(|l| {
+            let rest = l.strip_prefix(name)?;
+            let value = match rest.strip_prefix('{') {
+                Some(labelled) => labelled.split_once("} ")?.1,
+                None => rest.strip_prefix(' ')?,
+            };
+            value.trim().parse().ok()
+        })
         .unwrap_or_else(|| panic!("metric {name}"))
 }
 
