@@ -212,3 +212,15 @@ async fn upstream_keepalive_requests_and_connections() {
     }
     assert_eq!(b.connections(), 4);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn upstream_keepalive_timeout_closes_idle_upstream_connections() {
+    let (env, b) = env(&[("upstream-keepalive-timeout", "1")], &[]).await;
+    assert_eq!(env.get("s.example.com", "/").await.status, StatusCode::OK);
+    assert_eq!(env.get("s.example.com", "/").await.status, StatusCode::OK);
+    assert_eq!(b.connections(), 1, "kept alive between requests");
+    // Idle past the timeout (swept once a second): the next request needs a new one.
+    tokio::time::sleep(Duration::from_millis(2500)).await;
+    assert_eq!(env.get("s.example.com", "/").await.status, StatusCode::OK);
+    assert_eq!(b.connections(), 2);
+}
