@@ -120,9 +120,11 @@ pub(crate) async fn check(ask_about: AuthCheck<'_>) -> Verdict {
         StatusCode::UNAUTHORIZED => match &auth.signin {
             Some(signin) if !grpc => {
                 let signin = expand(signin, req, client, host);
+                // `rd=$pass_access_scheme://...`: back to the scheme the client used, also
+                // behind a load balancer that ended TLS.
                 let original = format!(
                     "{}://{}{}",
-                    client.scheme,
+                    client.access_scheme_str(),
                     crate::proxy::request_authority(req).unwrap_or(host),
                     escape(req.uri.path_and_query().map_or("/", |p| p.as_str()))
                 );
@@ -236,6 +238,7 @@ async fn ask(url: &str, ask_about: &AuthCheck<'_>) -> Result<(StatusCode, Header
         .map_or_else(|| "/".to_string(), |p| p.as_str().to_string());
     let request_uri = req.uri.path_and_query().map_or("/", |p| p.as_str());
     let scheme = client.scheme;
+    let access_scheme = client.access_scheme_str();
     let client = client.ip.to_string();
     let original_host = crate::proxy::request_authority(req).unwrap_or(host);
     let mut headers = req.headers.clone();
@@ -255,7 +258,7 @@ async fn ask(url: &str, ask_about: &AuthCheck<'_>) -> Result<(StatusCode, Header
         &format!("{scheme}://{original_host}{request_uri}"),
     );
     set(&mut headers, "x-original-uri", request_uri);
-    set(&mut headers, "x-scheme", scheme);
+    set(&mut headers, "x-scheme", access_scheme);
     set(&mut headers, "x-original-method", req.method.as_str());
     set(&mut headers, "x-sent-from", "nginx-ingress-controller");
     set(&mut headers, "x-real-ip", &client);

@@ -106,8 +106,7 @@ impl ClientView {
         let forwarded_ip = headers
             .get(&X_FORWARDED_FOR)
             .and_then(|v| v.to_str().ok())
-            .and_then(|list| list.split(',').next())
-            .and_then(|first| first.trim().parse::<IpAddr>().ok());
+            .and_then(forwarded_client);
         ClientView {
             ip: forwarded_ip.map_or(socket.ip, canonical),
             access_scheme: headers
@@ -123,6 +122,35 @@ impl ClientView {
     fn came_over_http(&self) -> bool {
         self.access_scheme == "http"
     }
+
+    /// `$pass_access_scheme` as text (the connection's scheme if the header's is not).
+    pub(crate) fn access_scheme_str(&self) -> &str {
+        self.access_scheme.to_str().unwrap_or(self.scheme)
+    }
+}
+
+/// The client an `X-Forwarded-For` list names, as nginx's real_ip module with every source
+/// trusted and `real_ip_recursive on` reads it: from the right, each address replaces the
+/// last until one does not parse (`unknown`), so the leftmost of the well-formed tail.
+/// Entries may carry a port (`1.2.3.4:5678`, `[2001:db8::1]:443`) or brackets.
+pub(crate) fn forwarded_client(list: &str) -> Option<IpAddr> {
+    let mut client = None;
+    // Empty entries (`a,,b`, a trailing comma) are separators to nginx, not addresses.
+    for entry in list.rsplit(',').map(str::trim).filter(|e| !e.is_empty()) {
+        let parsed = entry
+            .parse::<IpAddr>()
+            .ok()
+            .or_else(|| entry.parse::<SocketAddr>().ok().map(|a| a.ip()))
+            .or_else(|| {
+                let inner = entry.strip_prefix('[')?.strip_suffix(']')?;
+                inner.parse::<std::net::Ipv6Addr>().ok().map(IpAddr::V6)
+            });
+        match parsed {
+            Some(ip) => client = Some(ip),
+            None => break,
+        }
+    }
+    client
 }
 
 /// Timing and identity of a request, for its completion.
@@ -576,12 +604,12 @@ fn upstream_request(
     let scheme = client.access_scheme.clone();
     let client_ip = client.ip.to_string();
     let trusted = settings.use_forwarded_headers;
+    // ingress-nginx: `$remote_addr` (what real_ip made of the list, when trusted), or with
+    // compute-full-forwarded-for the list with the socket's peer appended.
     let forwarded_for = match headers.get(&X_FORWARDED_FOR).and_then(|v| v.to_str().ok()) {
-        // nginx's `$proxy_add_x_forwarded_for`: the socket's peer, whatever real_ip made of it.
         Some(previous) if trusted && settings.compute_full_forwarded_for => {
             HeaderValue::from_str(&format!("{previous}, {}", canonical(conn.peer.ip()))).ok()
         }
-        Some(_) if trusted => None,
         _ => HeaderValue::from_str(&client_ip).ok(),
     };
     let set = |headers: &mut HeaderMap, name: &HeaderName, value: &str| {
@@ -751,6 +779,21 @@ pub(crate) fn expand(
     out
 }
 
+/// When an upstream attempt began and how long its connect took: the served attempt's go to
+/// the metrics and the access log.
+#[derive(Clone, Copy)]
+struct AttemptTiming {
+    start: Instant,
+    connect: Duration,
+}
+
+impl AttemptTiming {
+    fn record(self, done: &mut Done) {
+        done.connect_time = Some(self.connect);
+        done.upstream_start = Some(self.start);
+    }
+}
+
 /// What an attempt needs besides the request.
 struct Attempt<'a> {
     backend: &'a Backend,
@@ -824,7 +867,9 @@ async fn forward(
     // An EWMA pick waiting for its response time.
     let mut ewma_open: Option<SocketAddr> = None;
     let mut last = (AttemptError::Connect, None);
-    let mut kept: Option<Outcome> = None;
+    // A response kept for want of a better one, with its attempt's timing.
+    let mut kept: Option<(Outcome, AttemptTiming)> = None;
+    let mut last_timing = None;
     while tried.len() < max_tries || fresh {
         let pick = if fresh {
             // The same endpoint again, on a new connection.
@@ -859,8 +904,11 @@ async fn forward(
                 upgrade,
             )
             .await;
-        done.connect_time = Some(connect_start.elapsed());
-        done.upstream_start = Some(connect_start);
+        let timing = AttemptTiming {
+            start: connect_start,
+            connect: connect_start.elapsed(),
+        };
+        last_timing = Some(timing);
         let error = match checkout {
             Err(e) => {
                 if let Some(ep) = ewma_open.take() {
@@ -890,9 +938,12 @@ async fn forward(
                 let request = build(head, upstream_body);
                 let sent = send(checkout, request, policy.read_timeout, &progress).await;
                 if let Some(ep) = ewma_open.take() {
-                    // A failure counts as slow, so the next picks go elsewhere for a while.
+                    // A failure counts as slow, so the next picks go elsewhere for a while;
+                    // not one the client caused (a stalled or oversized body).
                     let took = connect_start.elapsed();
-                    let sample = if sent.is_ok() {
+                    let clients_fault = progress.client_timed_out.load(Ordering::Relaxed)
+                        || progress.too_large.load(Ordering::Relaxed);
+                    let sample = if sent.is_ok() || clients_fault {
                         took
                     } else {
                         took.max(EWMA_FAILURE)
@@ -913,10 +964,11 @@ async fn forward(
                             endpoint,
                         };
                         if !may_retry {
+                            timing.record(done);
                             return outcome;
                         }
                         // Served if no other endpoint does better.
-                        kept = Some(outcome);
+                        kept = Some((outcome, timing));
                         AttemptError::Status(status)
                     }
                     Err((error, unsent)) => {
@@ -951,8 +1003,12 @@ async fn forward(
             break;
         }
     }
-    if let Some(outcome) = kept {
+    if let Some((outcome, timing)) = kept {
+        timing.record(done);
         return outcome;
+    }
+    if let Some(timing) = last_timing {
+        timing.record(done);
     }
     let status = match last.0 {
         AttemptError::Timeout | AttemptError::ConnectTimeout => StatusCode::GATEWAY_TIMEOUT,
@@ -1521,5 +1577,32 @@ impl Completion for Done {
         if !self.shared.access_log.log(record) {
             self.shared.metrics.access_log_dropped.inc();
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn forwarded_client_reads_the_list_as_nginx_real_ip() {
+        let ip = |s: &str| Some(s.parse::<IpAddr>().unwrap());
+        assert_eq!(forwarded_client("1.2.3.4"), ip("1.2.3.4"));
+        assert_eq!(forwarded_client("1.2.3.4, 10.0.0.1"), ip("1.2.3.4"));
+        assert_eq!(forwarded_client(" 1.2.3.4 ,10.0.0.1 "), ip("1.2.3.4"));
+        // With a port, bracketed IPv6, bare IPv6.
+        assert_eq!(forwarded_client("1.2.3.4:5678"), ip("1.2.3.4"));
+        assert_eq!(forwarded_client("[2001:db8::1]:443"), ip("2001:db8::1"));
+        assert_eq!(forwarded_client("[2001:db8::1]"), ip("2001:db8::1"));
+        assert_eq!(forwarded_client("2001:db8::1, 10.0.0.1"), ip("2001:db8::1"));
+        // A malformed entry ends the walk: the address to its right.
+        assert_eq!(forwarded_client("unknown, 203.0.113.5"), ip("203.0.113.5"));
+        assert_eq!(
+            forwarded_client("1.1.1.1, garbage, 203.0.113.5, 10.0.0.1"),
+            ip("203.0.113.5")
+        );
+        assert_eq!(forwarded_client("unknown"), None);
+        assert_eq!(forwarded_client(""), None);
+        assert_eq!(forwarded_client("1.2.3.4,, 10.0.0.1, "), ip("1.2.3.4"));
     }
 }

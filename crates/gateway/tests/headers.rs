@@ -186,19 +186,63 @@ async fn a_trusted_load_balancer_decides_scheme_and_client() {
     );
     assert_eq!(b.hits(), 1);
 
+    let r = send("https", "unknown, 1.2.3.9:4431").await;
+    assert_eq!(
+        r.status,
+        http::StatusCode::OK,
+        "nginx's walk from the right"
+    );
+    assert_eq!(r.upstream_header("x-real-ip").as_deref(), Some("1.2.3.9"));
+    assert_eq!(
+        r.upstream_header("x-forwarded-for").as_deref(),
+        Some("1.2.3.9"),
+        "ingress-nginx sends $remote_addr"
+    );
+
     // Not trusted (the default): the socket decides, whatever the client claims.
-    let (env, _b) =
-        common::single_route("h.example.com", &[], &[("force-ssl-redirect", "true")]).await;
+    let (env, b) = common::single_route(
+        "h.example.com",
+        &[],
+        &[
+            ("force-ssl-redirect", "true"),
+            ("allowlist-source-range", "1.2.3.0/24"),
+        ],
+    )
+    .await;
+    for proto in ["https", "http"] {
+        let r = env
+            .send(
+                Method::GET,
+                "h.example.com",
+                "/p",
+                &[("x-forwarded-proto", proto), ("x-forwarded-for", "1.2.3.4")],
+                Vec::new(),
+            )
+            .await;
+        assert_eq!(r.status, http::StatusCode::PERMANENT_REDIRECT, "{proto}");
+    }
+    // Past the redirect (its own Ingress path would be needed): the allowlist alone.
+    let (env, b2) = common::single_route(
+        "h.example.com",
+        &[],
+        &[("allowlist-source-range", "1.2.3.0/24")],
+    )
+    .await;
     let r = env
         .send(
             Method::GET,
             "h.example.com",
             "/p",
-            &[("x-forwarded-proto", "https")],
+            &[("x-forwarded-for", "1.2.3.4")],
             Vec::new(),
         )
         .await;
-    assert_eq!(r.status, http::StatusCode::PERMANENT_REDIRECT);
+    assert_eq!(
+        r.status,
+        http::StatusCode::FORBIDDEN,
+        "a claimed address opens nothing"
+    );
+    assert_eq!(b.hits() + b2.hits(), 0);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

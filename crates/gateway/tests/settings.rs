@@ -69,10 +69,10 @@ async fn keep_alive_requests_closes_after_the_last() {
 async fn limit_status_code_from_the_configmap() {
     let (env, _b) = env(
         &[("limit-req-status-code", "429")],
-        &[("limit-rps", "1"), ("limit-burst-multiplier", "1")],
+        &[("limit-rpm", "1"), ("limit-burst-multiplier", "1")],
     )
     .await;
-    // burst=1 nodelay: two at once.
+    // burst=1 nodelay: two at once, then one a minute (no refill during the test).
     for _ in 0..2 {
         assert_eq!(env.get("s.example.com", "/").await.status, StatusCode::OK);
     }
@@ -215,12 +215,12 @@ async fn upstream_keepalive_requests_and_connections() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn upstream_keepalive_timeout_closes_idle_upstream_connections() {
-    let (env, b) = env(&[("upstream-keepalive-timeout", "1")], &[]).await;
+    let (env, b) = env(&[("upstream-keepalive-timeout", "2")], &[]).await;
     assert_eq!(env.get("s.example.com", "/").await.status, StatusCode::OK);
     assert_eq!(env.get("s.example.com", "/").await.status, StatusCode::OK);
     assert_eq!(b.connections(), 1, "kept alive between requests");
     // Idle past the timeout (swept once a second): the next request needs a new one.
-    tokio::time::sleep(Duration::from_millis(2500)).await;
+    tokio::time::sleep(Duration::from_millis(3600)).await;
     assert_eq!(env.get("s.example.com", "/").await.status, StatusCode::OK);
     assert_eq!(b.connections(), 2);
 }
