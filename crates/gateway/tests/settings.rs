@@ -224,3 +224,16 @@ async fn upstream_keepalive_timeout_closes_idle_upstream_connections() {
     assert_eq!(env.get("s.example.com", "/").await.status, StatusCode::OK);
     assert_eq!(b.connections(), 2);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn upstream_keepalive_time_retires_old_upstream_connections() {
+    let (env, b) = env(&[("upstream-keepalive-time", "2s")], &[]).await;
+    let start = Instant::now();
+    while start.elapsed() < Duration::from_millis(3600) {
+        assert_eq!(env.get("s.example.com", "/").await.status, StatusCode::OK);
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    // Busy all along (never idle for the keep-alive timeout), yet not kept past 2 s.
+    let opened = b.connections();
+    assert!((2..=3).contains(&opened), "{opened} connections in 3.6 s");
+}
