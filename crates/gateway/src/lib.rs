@@ -81,6 +81,8 @@ pub(crate) struct RoutingTable {
     pub backends: HashMap<BackendService, Arc<BackendState>>,
     /// Every endpoint a route leads to (upstream pools of others are closed).
     endpoints: std::collections::HashSet<SocketAddr>,
+    /// `Strict-Transport-Security` for TLS responses, rendered once per configuration.
+    pub hsts: Option<http::HeaderValue>,
 }
 
 impl RoutingTable {
@@ -95,10 +97,15 @@ impl RoutingTable {
             balancer::ewma_retain(&state, &backend.endpoints);
             backends.entry(backend.service.clone()).or_insert(state);
         }
+        let hsts = snapshot
+            .settings
+            .hsts_header()
+            .and_then(|value| http::HeaderValue::from_str(&value).ok());
         RoutingTable {
             snapshot,
             backends,
             endpoints,
+            hsts,
         }
     }
 }

@@ -77,8 +77,8 @@ enum Outcome {
 
 /// Who sent a request and how it reached the first proxy: what the socket says or, with
 /// `use-forwarded-headers`, what the load balancer in front says, as ingress-nginx reads it
-/// (nginx's real_ip module over `X-Forwarded-For` with every source trusted and
-/// `real_ip_recursive on`: its leftmost address; `$pass_access_scheme`: `X-Forwarded-Proto`).
+/// (nginx's real_ip module over `X-Forwarded-For`: [`forwarded_client`];
+/// `$pass_access_scheme`: `X-Forwarded-Proto`).
 #[derive(Debug, Clone)]
 pub(crate) struct ClientView {
     /// nginx's `$remote_addr`: allowlists, limits, `X-Real-IP`, the access log.
@@ -271,14 +271,10 @@ async fn handle_request(
             }
         }
     };
-    if conn.tls {
-        if let Some(value) = settings.hsts_header() {
-            if let Ok(v) = HeaderValue::from_str(&value) {
-                response
-                    .headers_mut()
-                    .insert(header::STRICT_TRANSPORT_SECURITY, v);
-            }
-        }
+    if let Some(hsts) = table.hsts.as_ref().filter(|_| conn.tls) {
+        response
+            .headers_mut()
+            .insert(header::STRICT_TRANSPORT_SECURITY, hsts.clone());
     }
     Ok(close_if_due(response, &settings, served, &conn, version))
 }

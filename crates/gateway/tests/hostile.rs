@@ -99,25 +99,29 @@ async fn oversized_head_is_431() {
     assert_eq!(b.hits(), 1);
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn stalled_head_is_closed_after_client_header_timeout() {
-    let (env, b) = env(&[("client-header-timeout", "1s")]).await;
+/// Sends `bytes`, then nothing: what the gateway answers until it closes the connection
+/// (within 6 s), and when it closed.
+async fn send_and_stall(env: &Env, bytes: &[u8]) -> (String, Duration) {
     let mut stream = TcpStream::connect(env.http).await.unwrap();
     let start = Instant::now();
-    stream
-        .write_all(b"GET / HTTP/1.1\r\nHost: h.example.com\r\nX-Slow: ")
-        .await
-        .unwrap();
+    stream.write_all(bytes).await.unwrap();
     let mut buf = Vec::new();
     let read = tokio::time::timeout(Duration::from_secs(6), stream.read_to_end(&mut buf)).await;
     let took = start.elapsed();
     assert!(read.is_ok(), "the connection was not closed within 6 s");
+    (String::from_utf8_lossy(&buf).into_owned(), took)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn stalled_head_is_closed_after_client_header_timeout() {
+    let (env, b) = env(&[("client-header-timeout", "1s")]).await;
+    let (text, took) =
+        send_and_stall(&env, b"GET / HTTP/1.1\r\nHost: h.example.com\r\nX-Slow: ").await;
     assert!(
         took >= Duration::from_millis(900) && took < Duration::from_secs(4),
         "closed after {took:?}"
     );
     // Nothing or a 408, never a forwarded request.
-    let text = String::from_utf8_lossy(&buf);
     assert!(
         text.is_empty() || text.starts_with("HTTP/1.1 408"),
         "{text}"
@@ -128,22 +132,13 @@ async fn stalled_head_is_closed_after_client_header_timeout() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn stalled_body_is_408_after_client_body_timeout() {
     let (env, b) = env(&[("client-body-timeout", "1s")]).await;
-    let mut stream = TcpStream::connect(env.http).await.unwrap();
-    let start = Instant::now();
-    stream
-        .write_all(b"POST / HTTP/1.1\r\nHost: h.example.com\r\nContent-Length: 10\r\n\r\nabc")
-        .await
-        .unwrap();
-    let mut buf = Vec::new();
-    let read = tokio::time::timeout(Duration::from_secs(6), stream.read_to_end(&mut buf)).await;
-    let took = start.elapsed();
-    assert!(read.is_ok(), "no answer within 6 s");
+    let stalled_body = b"POST / HTTP/1.1\r\nHost: h.example.com\r\nContent-Length: 10\r\n\r\nabc";
+    let (text, took) = send_and_stall(&env, stalled_body).await;
     assert!(
         took >= Duration::from_millis(900) && took < Duration::from_secs(4),
         "answered after {took:?}"
     );
     // nginx's answer to a client that stops sending its body: the client's fault, not a 502.
-    let text = String::from_utf8_lossy(&buf);
     assert!(text.starts_with("HTTP/1.1 408"), "{text}");
     // The backend saw the head, and the body cut short (its echo answer was not relayed).
     assert!(b.hits() <= 1);
